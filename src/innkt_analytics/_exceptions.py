@@ -1,0 +1,81 @@
+"""One exception tree for the whole package.
+
+    InnktError
+    ├── ConfigError                 an invalid configuration value (names the field)
+    ├── ProtocolError (ValueError)  a body that is not valid protocol (see _protocol)
+    ├── TransportError              the backend could not be reached or answered badly
+    │   ├── ServerError             the server answered with an error status
+    │   └── NetworkError            connect/read/timeout: httpx errors are converted here
+    ├── StorageError                local or server storage failed
+    │   ├── StorageFullError        the disk or the configured limit is full
+    │   └── IntegrityError          a backup or a store failed its integrity check
+    │       └── DecryptionError     wrong or missing encryption key
+    └── ConnectionStateError        an illegal state transition of a connection
+
+Third-party exceptions are converted at the edge where they are caught; the
+SDK never raises transport problems into the host application from ``track``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ConnectionStateError",
+    "DecryptionError",
+    "InnktError",
+    "IntegrityError",
+    "NetworkError",
+    "ServerError",
+    "StorageError",
+    "StorageFullError",
+    "TransportError",
+]
+
+
+class InnktError(Exception):
+    """Base of every exception this package raises on purpose."""
+
+
+class ConfigError(InnktError, ValueError):
+    """An invalid configuration value; ``field`` names the offending option."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class TransportError(InnktError):
+    """The backend could not be reached, or answered with an error."""
+
+
+class ServerError(TransportError):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class NetworkError(TransportError):
+    """Connecting, reading or writing failed, or timed out."""
+
+
+class StorageError(InnktError):
+    """Local or server storage failed."""
+
+
+class StorageFullError(StorageError):
+    """The disk, or a configured storage limit, is full."""
+
+
+class IntegrityError(StorageError):
+    """Data or a backup failed its integrity check."""
+
+
+class DecryptionError(IntegrityError):
+    """Encrypted data could not be decrypted: wrong or missing key."""
+
+
+class ConnectionStateError(InnktError, RuntimeError):
+    """An illegal transition of a connection's state machine."""
