@@ -1,0 +1,16 @@
+"""The innkt-analytics backend server (Litestar on uvicorn)."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from innkt_analytics.server._app import create_app
+from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.server.storage import Storage
+
+__all__ = ["ServerSettings", "build_app", "create_app"]
+
+
+def build_app(settings: ServerSettings, storage: Storage | None = None) -> Litestar:
+    """The full server: the API plus every subsystem wired in (real-time hub, dashboard)."""
+    return create_app(settings, storage)

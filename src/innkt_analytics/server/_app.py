@@ -1,0 +1,212 @@
+"""The Litestar application: routes, error rendering, health, OpenAPI, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ControllerRouterHandler
+
+from innkt_analytics._exceptions import StorageError
+from innkt_analytics._protocol import Batch, ClientConfig, ErrorBody, Event, IngestResponse
+from innkt_analytics._version import __version__
+from innkt_analytics.server._auth import KeyCache
+from innkt_analytics.server._ingest import ingest_batch, ingest_event
+from innkt_analytics.server._query import get_config, list_events, put_config, stats
+from innkt_analytics.server._ratelimit import RateLimiter
+from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.server._state import (
+    JSON,
+    ApiError,
+    ServerState,
+    error_response,
+    presented_key,
+    state_of,
+)
+from innkt_analytics.server.storage import Storage, StorageStatus, make_storage
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("innkt_analytics.server")
+
+
+@get("/v1/health", summary="Liveness; details with a read or admin key", tags=["health"])
+async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """``{"status": "ok"}`` for anyone; 503 with the reason when storage is unusable."""
+    state = state_of(request)
+    storage = await state.storage.health()
+    ok = storage.status is StorageStatus.OK
+    body: dict[str, Any] = {"status": "ok" if ok else "degraded"}
+    if not ok:
+        body["storage"] = {"status": storage.status.value, "reason": storage.reason}
+    presented = presented_key(request)
+    record = await state.keys.lookup(presented) if presented else None
+    if record is not None and record.scopes & {"read", "admin"}:
+        body.update(
+            version=state.version,
+            uptimeSeconds=round(time.monotonic() - state.started, 3),
+            storage={
+                "backend": storage.backend,
+                "status": storage.status.value,
+                "reason": storage.reason,
+                "sizeBytes": storage.size_bytes,
+                "events": storage.events,
+                **storage.extra,
+            },
+            ingestRatePerSecond=round(state.ingest_meter.rate(), 3),
+        )
+        for name, section in state.health_sections.items():
+            body[name] = await section()
+    headers = {} if ok else {"Retry-After": str(round(state.settings.unavailable_retry_after))}
+    return Response(
+        msgspec.json.encode(body),
+        status_code=200 if ok else 503,
+        media_type=JSON,
+        headers=headers,
+    )
+
+
+_BODIES = {
+    ("/v1/events/batch", "post"): "Batch",
+    ("/v1/events", "post"): "Event",
+    ("/v1/config", "put"): "ClientConfig",
+}
+
+
+def _openapi_document(app: Litestar) -> dict[str, Any]:
+    # Litestar cannot see bodies we parse ourselves (to report per-event errors),
+    # so the request and response schemas come from the msgspec Structs.
+    schema = app.openapi_schema.to_schema()
+    _, components = msgspec.json.schema_components(
+        [Batch, Event, ClientConfig, IngestResponse, ErrorBody],
+        ref_template="#/components/schemas/{name}",
+    )
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+    for (path, method), name in _BODIES.items():
+        operation = schema["paths"][path][method]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+        }
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    schema["security"] = [{"bearer": []}, {"apiKey": []}]
+    return schema
+
+
+@get("/openapi.json", include_in_schema=False)
+async def openapi_json(request: Request[Any, Any, Any]) -> Response[bytes]:
+    cache = request.app.state
+    if getattr(cache, "openapi_bytes", None) is None:
+        cache.openapi_bytes = msgspec.json.encode(_openapi_document(request.app))
+    return Response(cache.openapi_bytes, media_type=JSON)
+
+
+def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[bytes]:
+    return error_response(exc.status, exc.code, exc.message, exc.retry_after, exc.rejected)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    code = {
+        400: "bad_request",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+    }.get(exc.status_code, "http_error")
+    if isinstance(exc, ValidationException):
+        code = "invalid_parameter"
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+def _storage_error(request: Request[Any, Any, Any], exc: StorageError) -> Response[bytes]:
+    retry = state_of(request).settings.unavailable_retry_after
+    return error_response(503, "storage_unavailable", str(exc), retry)
+
+
+def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")
+
+
+async def _retention_loop(state: ServerState) -> None:
+    settings = state.settings
+    while True:
+        cutoff = time.time_ns() // 1_000_000 - settings.retention_days * 86_400_000
+        try:
+            deleted = await state.storage.delete_events_before(None, cutoff)
+            state.retention_last = {"ranAt": time.time(), "deleted": deleted}
+        except StorageError as exc:
+            log.warning("retention failed: %s", exc)
+        await asyncio.sleep(settings.retention_interval)
+
+
+def create_app(
+    settings: ServerSettings,
+    storage: Storage | None = None,
+    *,
+    extra_handlers: Sequence[ControllerRouterHandler] = (),
+    on_state: Sequence[Callable[[ServerState, Litestar], None]] = (),
+) -> Litestar:
+    """Build the application. ``storage`` defaults to ``make_storage(settings.db)``.
+
+    ``extra_handlers`` and ``on_state`` let subsystems (real-time hub, dashboard)
+    add routes and hook into the shared state without this module knowing them.
+    """
+    store = storage if storage is not None else make_storage(settings.db)
+    state = ServerState(
+        settings=settings,
+        storage=store,
+        keys=KeyCache(store, settings.key_cache_seconds),
+        limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await store.open()
+        tasks: list[asyncio.Task[None]] = []
+        if settings.retention_days > 0:
+            tasks.append(asyncio.create_task(_retention_loop(state)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await store.close()
+
+    app = Litestar(
+        route_handlers=[
+            health,
+            ingest_batch,
+            ingest_event,
+            list_events,
+            stats,
+            get_config,
+            put_config,
+            openapi_json,
+            *extra_handlers,
+        ],
+        lifespan=[lifespan],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            StorageError: _storage_error,
+            Exception: _internal_error,
+        },
+        openapi_config=OpenAPIConfig(title="innkt-analytics", version=__version__, path="/schema"),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+    app.state.innkt = state
+    for hook in on_state:
+        hook(state, app)
+    return app

@@ -1,0 +1,182 @@
+"""The ``innkt-analytics`` command: serve, and manage API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+from innkt_analytics._exceptions import ConfigError, InnktError
+from innkt_analytics._version import __version__
+from innkt_analytics.server._auth import SCOPES, new_key_record
+from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.server.storage import KeyRecord, Storage, make_storage
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="innkt-analytics",
+    help="Offline-first analytics server.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLite path, sqlite:///path or postgresql://… (env INNKT_DB)"),
+]
+
+
+def _settings(
+    *, host: str | None = None, port: int | None = None, db: str | None = None
+) -> ServerSettings:
+    try:
+        return ServerSettings.from_env(host=host, port=port, db=db)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+async def _with_storage(db: str, fn: Callable[[Storage], Awaitable[T]]) -> T:
+    storage = make_storage(db)
+    await storage.open()
+    try:
+        return await fn(storage)
+    finally:
+        await storage.close()
+
+
+async def _bootstrap_keys(storage: Storage) -> list[tuple[str, str]]:
+    """On an empty database, create an admin, a write and a read key for project 'default'."""
+    if await storage.count_keys():
+        return []
+    created = []
+    for scope in ("admin", "write", "read"):
+        key = new_key_record("default", frozenset({scope}), f"bootstrap {scope}")
+        await storage.create_key(key.record)
+        created.append((scope, key.secret))
+    return created
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (env INNKT_HOST)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port; 0 picks a free one (env INNKT_PORT)")
+    ] = None,
+    db: DbOption = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Run the server. On the first start of an empty database, print new API keys."""
+    import uvicorn
+
+    from innkt_analytics.server import build_app
+
+    settings = _settings(host=host, port=port, db=db)
+    try:
+        created = asyncio.run(_with_storage(settings.db, _bootstrap_keys))
+    except InnktError as exc:
+        typer.echo(f"error: cannot open storage {settings.db!r}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        typer.echo(f"error: cannot bind {settings.host}:{settings.port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
+    url = f"http://{shown_host}:{bound_port}"
+    typer.echo(f"innkt-analytics {__version__}  storage: {settings.db}")
+    for scope, secret in created:
+        typer.echo(f"created {scope} key (project 'default'): {secret}")
+    if created:
+        typer.echo("keys are shown once; store them now")
+    typer.echo(f"listening on {url}  (dashboard {url}/ , API {url}/v1/health)")
+    sys.stdout.flush()
+    config = uvicorn.Config(
+        build_app(settings),
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _scopes(scope: list[str]) -> frozenset[str]:
+    scopes = frozenset(scope)
+    if not scopes or scopes - SCOPES:
+        typer.echo(f"error: --scope must be one of {', '.join(sorted(SCOPES))}", err=True)
+        raise typer.Exit(2)
+    return scopes
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[list[str], typer.Option(help="write, read or admin; repeatable")],
+    name: Annotated[str, typer.Option(help="A label for the key")] = "",
+    project: Annotated[str, typer.Option(help="The project the key belongs to")] = "default",
+    db: DbOption = None,
+) -> None:
+    """Create a key; the key itself is the last line of output."""
+    settings = _settings(db=db)
+    key = new_key_record(project, _scopes(scope), name)
+
+    async def run(storage: Storage) -> None:
+        await storage.create_key(key.record)
+
+    asyncio.run(_with_storage(settings.db, run))
+    typer.echo(f"created {key.record.key_id} scopes={','.join(sorted(key.record.scopes))}")
+    typer.echo(key.secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    project: Annotated[str | None, typer.Option(help="Only this project")] = None,
+    db: DbOption = None,
+) -> None:
+    """List keys (never the secrets)."""
+    settings = _settings(db=db)
+
+    async def run(storage: Storage) -> list[KeyRecord]:
+        return await storage.list_keys(project)
+
+    records = asyncio.run(_with_storage(settings.db, run))
+    for r in records:
+        created = dt.datetime.fromtimestamp(r.created_at / 1000, dt.UTC).isoformat()
+        state = "revoked" if r.revoked_at else "active"
+        typer.echo(
+            f"{r.key_id}  {r.project:<12} {','.join(sorted(r.scopes)):<18} {state:<8}"
+            f" {created}  {r.name}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, db: DbOption = None) -> None:
+    """Revoke a key by its id (key_…); takes effect within the key cache time."""
+    settings = _settings(db=db)
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+
+    async def run(storage: Storage) -> bool:
+        return await storage.revoke_key(key_id, now)
+
+    if not asyncio.run(_with_storage(settings.db, run)):
+        typer.echo(f"error: no active key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+def main() -> None:
+    app()

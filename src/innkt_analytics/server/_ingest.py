@@ -1,0 +1,137 @@
+"""Ingest routes: ``POST /v1/events`` and ``POST /v1/events/batch``.
+
+The answer is sent only after the storage has durably committed the events.
+Per-event problems are reported per event while the valid events are stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, post
+
+from innkt_analytics._exceptions import StorageError
+from innkt_analytics._protocol import (
+    IngestResponse,
+    ParsedBatch,
+    ProtocolError,
+    ValidEvent,
+    decode_gzip_bounded,
+    parse_batch,
+    parse_event,
+)
+from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
+from innkt_analytics.server.storage import EventRow
+
+__all__ = ["ingest_batch", "ingest_event", "read_json_body", "store_parsed", "to_row"]
+
+_encoder = msgspec.json.Encoder()
+
+
+def _ms(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def to_row(valid: ValidEvent, received_ms: int, sent_ms: int | None) -> EventRow:
+    event = valid.event
+    return EventRow(
+        event_id=event.event_id,
+        event_type=event.event_type,
+        session_id=event.session_id,
+        user_id=event.user_id,
+        anonymous_id=event.anonymous_id,
+        timestamp=_ms(event.timestamp),
+        sent_at=sent_ms,
+        received_at=received_ms,
+        corrected=_ms(valid.corrected),
+        future=valid.future,
+        payload=valid.raw,
+    )
+
+
+async def read_json_body(request: Request[Any, Any, Any], state: ServerState) -> bytes:
+    """The request body, gunzipped within the limits. Raises ``ApiError`` 400/413/415."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != JSON and not media.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+    limit = state.settings.max_body_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, "payload_too_large", f"body over the limit of {limit} bytes")
+    body = await request.body()
+    if len(body) > limit:
+        raise ApiError(413, "payload_too_large", f"body over the limit of {limit} bytes")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "gzip":
+        try:
+            body = decode_gzip_bounded(body, limit)
+        except ProtocolError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+    elif encoding not in ("", "identity"):
+        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} not supported")
+    return body
+
+
+async def store_parsed(
+    state: ServerState, project: str, parsed: ParsedBatch, received: dt.datetime
+) -> IngestResponse:
+    """Store the valid events durably and build the answer. Raises ``ApiError`` 503."""
+    received_ms = _ms(received)
+    sent_ms = None if parsed.sent_at is None else _ms(parsed.sent_at)
+    rows = [to_row(v, received_ms, sent_ms) for v in parsed.valid]
+    try:
+        stored = await state.storage.insert_events(project, rows)
+    except StorageError as exc:
+        raise ApiError(
+            503,
+            "storage_unavailable",
+            str(exc),
+            retry_after=state.settings.unavailable_retry_after,
+        ) from None
+    state.ingest_meter.add(len(stored))
+    if stored and state.observers:
+        fresh = [v for v in parsed.valid if v.event.event_id in stored]
+        state.notify_events(project, fresh)
+    return IngestResponse(
+        accepted=len(stored), duplicates=len(rows) - len(stored), rejected=parsed.rejected
+    )
+
+
+def _answer(result: IngestResponse) -> Response[bytes]:
+    return Response(_encoder.encode(result), status_code=200, media_type=JSON)
+
+
+@post("/v1/events/batch", status_code=200, summary="Ingest a batch of events", tags=["ingest"])
+async def ingest_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Store a batch; invalid events are reported per event and the rest are stored."""
+    state = state_of(request)
+    key = await authenticate(request, "write")
+    body = await read_json_body(request, state)
+    received = dt.datetime.now(dt.UTC)
+    try:
+        parsed = parse_batch(body, state.settings.limits, received)
+    except ProtocolError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    if parsed.rejected and not parsed.valid:
+        raise ApiError(
+            400, "invalid_batch", "no event in the batch is valid", rejected=parsed.rejected
+        )
+    return _answer(await store_parsed(state, key.project, parsed, received))
+
+
+@post("/v1/events", status_code=200, summary="Ingest one event", tags=["ingest"])
+async def ingest_event(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Store one event (the body is a bare Event object)."""
+    state = state_of(request)
+    key = await authenticate(request, "write")
+    body = await read_json_body(request, state)
+    received = dt.datetime.now(dt.UTC)
+    try:
+        valid = parse_event(body, state.settings.limits, received)
+    except ProtocolError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    parsed = ParsedBatch(valid=[valid])
+    return _answer(await store_parsed(state, key.project, parsed, received))

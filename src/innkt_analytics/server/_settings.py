@@ -1,0 +1,102 @@
+"""Server settings: one typed value object, read from ``INNKT_*`` environment variables.
+
+Command-line options override the environment; the environment overrides the
+defaults documented on each field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from innkt_analytics._exceptions import ConfigError
+from innkt_analytics._protocol import Limits
+
+__all__ = ["ServerSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything the server can be told. Environment: ``INNKT_<FIELD NAME UPPER>``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: a path (SQLite), ``sqlite:///path`` or ``postgresql://...``
+    db: str = "innkt-analytics.db"
+    max_event_bytes: int = 32 * 1024
+    max_body_bytes: int = 1024 * 1024
+    max_batch_events: int = 2500
+    #: token bucket per API key: requests per second (0 disables) and burst size
+    rate_limit_per_second: float = 1000.0
+    rate_limit_burst: int = 2000
+    #: seconds a 503 asks clients to wait while storage is unavailable or full
+    unavailable_retry_after: float = 5.0
+    #: seconds an API key lookup is cached (revocations take effect within this)
+    key_cache_seconds: float = 2.0
+    #: real-time hub: allowed WebSocket Origins ("*" allows all); empty = no browser origins
+    allowed_origins: tuple[str, ...] = ("*",)
+    #: real-time channel backend: "memory", "redis://..." or "postgres"
+    channels: str = "memory"
+    #: shared rate-limit state ("" = per instance, or a redis:// URL)
+    rate_limit_store: str = ""
+    #: retention: days to keep events (0 keeps forever) and how often to enforce it
+    retention_days: int = 0
+    retention_interval: float = 3600.0
+    #: scheduled server backups (seconds, 0 = off) and where they go
+    backup_interval: float = 0.0
+    backup_dir: str = ""
+    backup_keep: int = 7
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_event_bytes=self.max_event_bytes,
+            max_body_bytes=self.max_body_bytes,
+            max_batch_events=self.max_batch_events,
+        )
+
+    def __post_init__(self) -> None:
+        for name in ("max_event_bytes", "max_body_bytes", "max_batch_events"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, "must be positive")
+        if self.rate_limit_per_second < 0:
+            raise ConfigError("rate_limit_per_second", "must be >= 0")
+        if self.rate_limit_burst < 1:
+            raise ConfigError("rate_limit_burst", "must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port", "must be 0..65535")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
+        """Read ``INNKT_*`` variables, then apply non-None ``overrides``.
+
+        Raises ``ConfigError`` naming the variable when a value does not parse.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get("INNKT_" + f.name.upper())
+            if raw is None:
+                continue
+            default = f.default
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                elif isinstance(default, tuple):
+                    values[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise ConfigError("INNKT_" + f.name.upper(), f"cannot parse {raw!r}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

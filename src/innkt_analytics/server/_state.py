@@ -1,0 +1,166 @@
+"""Per-process server state shared by the route handlers, and request helpers.
+
+Handlers reach it with ``state_of(request)``. Helpers here turn requests into
+principals (auth, scopes, rate limits) and errors into the one JSON error body.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+from litestar import Request, Response
+from litestar.connection import ASGIConnection
+
+from innkt_analytics._protocol import ClientConfig, ErrorBody, Rejection, ValidEvent
+from innkt_analytics._version import __version__
+from innkt_analytics.server._auth import KeyCache
+from innkt_analytics.server._ratelimit import RateLimiter
+from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.server.storage import KeyRecord, Storage
+
+__all__ = [
+    "ApiError",
+    "IngestObserver",
+    "RateMeter",
+    "ServerState",
+    "authenticate",
+    "error_response",
+    "state_of",
+]
+
+JSON = "application/json"
+
+
+class ApiError(Exception):
+    """Raised by handlers; rendered as ``ErrorBody`` with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        rejected: list[Rejection] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.rejected = rejected
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    retry_after: float | None = None,
+    rejected: list[Rejection] | None = None,
+) -> Response[bytes]:
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    body = ErrorBody(error=code, message=message, retry_after=retry_after, rejected=rejected)
+    return Response(msgspec.json.encode(body), status_code=status, media_type=JSON, headers=headers)
+
+
+class IngestObserver(Protocol):
+    """Told about newly stored events and config changes (the real-time hub is one)."""
+
+    def on_events(self, project: str, events: list[ValidEvent]) -> None: ...
+
+    def on_config(self, project: str, config: ClientConfig) -> None: ...
+
+
+class RateMeter:
+    """Events per second over the last minute, in one-second buckets."""
+
+    def __init__(self, window: int = 60) -> None:
+        self._window = window
+        self._buckets: collections.deque[list[int]] = collections.deque()
+
+    def add(self, n: int, now: float | None = None) -> None:
+        second = int(time.monotonic() if now is None else now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += n
+        else:
+            self._buckets.append([second, n])
+            while self._buckets and self._buckets[0][0] <= second - self._window:
+                self._buckets.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        second = int(time.monotonic() if now is None else now)
+        total = sum(n for s, n in self._buckets if s > second - self._window)
+        return total / self._window
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    storage: Storage
+    keys: KeyCache
+    limiter: RateLimiter
+    started: float = field(default_factory=time.monotonic)
+    ingest_meter: RateMeter = field(default_factory=RateMeter)
+    observers: list[IngestObserver] = field(default_factory=list)
+    version: str = __version__
+    #: extra health sections contributed by subsystems (retention, backups, realtime)
+    health_sections: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
+    #: the last retention run: {"ranAt": epoch seconds, "deleted": n}
+    retention_last: dict[str, Any] | None = None
+
+    def notify_events(self, project: str, events: list[ValidEvent]) -> None:
+        for observer in self.observers:
+            observer.on_events(project, events)
+
+    def notify_config(self, project: str, config: ClientConfig) -> None:
+        for observer in self.observers:
+            observer.on_config(project, config)
+
+
+def state_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ServerState:
+    state: ServerState = connection.app.state.innkt
+    return state
+
+
+def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    auth = connection.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+    return connection.headers.get("x-api-key")
+
+
+async def authenticate(
+    request: Request[Any, Any, Any], scope: str | None, *, rate_limited: bool = True
+) -> KeyRecord:
+    """The key record for this request, which must carry ``scope`` (None: any scope).
+
+    ``admin`` implies every scope. Raises ``ApiError`` 401, 403 or 429.
+    """
+    state = state_of(request)
+    presented = presented_key(request)
+    if not presented:
+        raise ApiError(401, "unauthorized", "missing API key (Authorization: Bearer <key>)")
+    record = await state.keys.lookup(presented)
+    if record is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key")
+    check_scope(record, scope)
+    if rate_limited:
+        wait = state.limiter.check(record.key_id, time.monotonic())
+        if wait:
+            raise ApiError(429, "rate_limited", "too many requests", retry_after=wait)
+    return record
+
+
+def check_scope(record: KeyRecord, scope: str | None) -> None:
+    if scope is not None and scope not in record.scopes and "admin" not in record.scopes:
+        raise ApiError(403, "forbidden", f"this key lacks the {scope!r} scope")

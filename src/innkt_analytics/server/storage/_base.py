@@ -1,0 +1,151 @@
+"""The storage interface every backend implements (SQLite, PostgreSQL).
+
+Times are integer milliseconds since the Unix epoch (UTC) everywhere in this
+layer; the HTTP layer converts to and from ISO 8601.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from innkt_analytics._protocol import ClientConfig
+
+__all__ = [
+    "EventFilter",
+    "EventPage",
+    "EventRow",
+    "KeyRecord",
+    "Stats",
+    "Storage",
+    "StorageHealth",
+    "StorageStatus",
+]
+
+
+@dataclass(slots=True)
+class EventRow:
+    """One event as stored; ``payload`` is the event's JSON exactly as validated."""
+
+    event_id: str
+    event_type: str
+    session_id: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: int
+    sent_at: int | None
+    received_at: int
+    corrected: int
+    future: bool
+    payload: bytes
+    seq: int = 0  # assigned by storage on read
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    event_type: str | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    since: int | None = None  # inclusive, on the corrected timestamp
+    until: int | None = None  # exclusive
+
+
+@dataclass(slots=True)
+class EventPage:
+    rows: list[EventRow]
+    next_cursor: int | None
+
+
+@dataclass(slots=True)
+class Stats:
+    total: int
+    by_event_type: dict[str, int]
+    series: list[tuple[int, int]]  # (bucket start ms, count)
+    unique_sessions: int
+    unique_users: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    project: str
+    name: str
+    scopes: frozenset[str]
+    key_hash: str
+    created_at: int
+    revoked_at: int | None = None
+
+
+class StorageStatus(enum.Enum):
+    OK = "ok"
+    FULL = "full"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(slots=True)
+class StorageHealth:
+    status: StorageStatus
+    backend: str
+    size_bytes: int
+    events: int
+    reason: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Storage(abc.ABC):
+    """Durable event storage. ``insert_events`` returns only once rows are committed."""
+
+    backend: str = "abstract"
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def insert_events(self, project: str, rows: Sequence[EventRow]) -> set[str]:
+        """Store rows durably, skipping (project, eventId) pairs already stored.
+
+        Returns the event ids that were newly stored. Raises ``StorageError``
+        (``StorageFullError`` when out of space).
+        """
+
+    @abc.abstractmethod
+    async def query_events(
+        self, project: str, flt: EventFilter, cursor: int | None, limit: int
+    ) -> EventPage: ...
+
+    @abc.abstractmethod
+    async def stats(self, project: str, flt: EventFilter, bucket_ms: int) -> Stats: ...
+
+    @abc.abstractmethod
+    async def get_config(self, project: str) -> ClientConfig | None: ...
+
+    @abc.abstractmethod
+    async def put_config(self, project: str, config: ClientConfig) -> ClientConfig:
+        """Store the config with its version bumped; returns what was stored."""
+
+    @abc.abstractmethod
+    async def create_key(self, record: KeyRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def find_key(self, key_hash: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_keys(self, project: str | None = None) -> list[KeyRecord]: ...
+
+    @abc.abstractmethod
+    async def revoke_key(self, key_id: str, at: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def count_keys(self) -> int: ...
+
+    @abc.abstractmethod
+    async def delete_events_before(self, project: str | None, before: int) -> int:
+        """Retention: delete events whose corrected time is before ``before``."""
+
+    @abc.abstractmethod
+    async def health(self) -> StorageHealth: ...
