@@ -1,0 +1,186 @@
+"""A real server in a subprocess, for tests and benchmarks.
+
+Starts ``python -m innkt_analytics serve`` on a free port, waits for it to
+listen, and remembers the keys it printed on its first start. ``kill()`` is a
+real SIGKILL; ``start()`` after it brings the same database back on the same port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+__all__ = ["ServerProcess"]
+
+_KEY = re.compile(r"created (\w+) key \(project '[^']+'\): (\S+)")
+_URL = re.compile(r"listening on (http://\S+)")
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        db: str | Path,
+        *,
+        log_dir: str | Path,
+        env: dict[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
+        self.db = str(db)
+        self.port = port
+        self.env = dict(env or {})
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.keys: dict[str, str] = {}
+        self.url = ""
+        self._starts = 0
+
+    @property
+    def write_key(self) -> str:
+        return self.keys["write"]
+
+    @property
+    def read_key(self) -> str:
+        return self.keys["read"]
+
+    @property
+    def admin_key(self) -> str:
+        return self.keys["admin"]
+
+    @property
+    def db_path(self) -> str:
+        return self.db
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        self._starts += 1
+        log = self.log_dir / f"server-{self.port or 'new'}-{self._starts}.log"
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "innkt_analytics",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--db",
+                    self.db,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            for scope, key in _KEY.findall(text):
+                self.keys[scope] = key
+            found = _URL.search(text)
+            if found:
+                self.url = found.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1])
+                self._wait_healthy(deadline)
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"server did not start in {timeout}s:\n{log.read_text()}")
+
+    def _wait_healthy(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server never became healthy")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no flush — what a crash looks like."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> ServerProcess:
+        self.stop()
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def headers(self, scope: str = "write") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[scope]}"}
+
+    def create_key(self, scope: str, project: str = "default") -> str:
+        """A new key made with the real CLI against the live database."""
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "innkt_analytics",
+                "keys",
+                "create",
+                "--scope",
+                scope,
+                "--project",
+                project,
+                "--db",
+                self.db,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    # -- assertions read the database directly (SQLite) ----------------------------
+
+    def event_ids(self, project: str = "default") -> list[str]:
+        with sqlite3.connect(self.db) as conn:
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT event_id FROM events WHERE project = ? ORDER BY seq", (project,)
+                )
+            ]
+
+    def count_events(self, project: str | None = None) -> int:
+        with sqlite3.connect(self.db) as conn:
+            if project is None:
+                return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT COUNT(*) FROM events WHERE project = ?", (project,)
+                ).fetchone()[0]
+            )
