@@ -112,6 +112,8 @@ class ClientConfig(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=F
     sampling_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
     disabled_event_types: list[Id] = []
     realtime_interval: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
+    #: server-side retention of the project's events in days; 0 = the server default
+    retention_days: Annotated[int, msgspec.Meta(ge=0, le=36500)] = 0
     version: int = 0
 
 
@@ -198,7 +200,7 @@ def _too_deep(raw: bytes, limit: int = MAX_NESTING_DEPTH) -> bool:
         value = _any_decoder.decode(raw)
     except RecursionError:
         return True
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return False  # the typed decode reports the syntax error
     return _depth_exceeds(value, limit)
 
@@ -206,7 +208,7 @@ def _too_deep(raw: bytes, limit: int = MAX_NESTING_DEPTH) -> bool:
 def _event_id_of(raw: bytes) -> str | None:
     try:
         value = _id_field.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return None
     eid = value.get("eventId")
     return eid if isinstance(eid, str) else None
@@ -227,12 +229,20 @@ def _validate(
         )
     try:
         event = _event_decoder.decode(raw)
+        # msgspec skips unknown fields without decoding them, but the raw bytes are
+        # stored and served back, so they must be valid UTF-8 too.
+        raw.decode()
     except msgspec.ValidationError as exc:
         return Rejection(index=index, event_id=_event_id_of(raw), error=str(exc))
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         return Rejection(index=index, event_id=None, error=f"malformed event: {exc}")
     timestamp = event.timestamp
-    corrected = received - (sent_at - timestamp) if sent_at is not None else timestamp
+    try:
+        corrected = received - (sent_at - timestamp) if sent_at is not None else timestamp
+    except OverflowError:  # a sentAt and timestamp thousands of years apart
+        return Rejection(
+            index=index, event_id=event.event_id, error="corrected timestamp out of range"
+        )
     return ValidEvent(
         index=index,
         event=event,
@@ -256,7 +266,7 @@ def parse_batch(body: bytes, limits: Limits, received: dt.datetime) -> ParsedBat
         raise ProtocolError(
             400, "too_deep", f"JSON nesting deeper than {MAX_NESTING_DEPTH}"
         ) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(400, "malformed_json", str(exc)) from None
     if len(batch.events) > limits.max_batch_events:
         raise ProtocolError(

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -19,6 +19,8 @@ from innkt_analytics._exceptions import StorageError
 from innkt_analytics._protocol import Batch, ClientConfig, ErrorBody, Event, IngestResponse
 from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import KeyCache
+from innkt_analytics.server._backups import BackupScheduler, sqlite_path
+from innkt_analytics.server._export import export_events
 from innkt_analytics.server._ingest import ingest_batch, ingest_event
 from innkt_analytics.server._query import get_config, list_events, put_config, stats
 from innkt_analytics.server._ratelimit import RateLimiter
@@ -138,16 +140,45 @@ def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes
     return error_response(500, "internal_error", "internal server error")
 
 
+async def enforce_retention(state: ServerState) -> dict[str, int]:
+    """Delete each project's events older than its retention; returns deleted per project.
+
+    A project's ``retentionDays`` config wins; 0 there means the server default
+    (``INNKT_RETENTION_DAYS``); 0 both places keeps events forever.
+    """
+    storage = state.storage
+    now_ms = time.time_ns() // 1_000_000
+    deleted: dict[str, int] = {}
+    projects = sorted({k.project for k in await storage.list_keys()})
+    for project in projects:
+        config = await storage.get_config(project)
+        days = (config.retention_days if config else 0) or state.settings.retention_days
+        if days > 0:
+            deleted[project] = await storage.delete_events_before(
+                project, now_ms - days * 86_400_000
+            )
+    state.retention_last = {"ranAt": time.time(), "deleted": deleted}
+    return deleted
+
+
 async def _retention_loop(state: ServerState) -> None:
-    settings = state.settings
     while True:
-        cutoff = time.time_ns() // 1_000_000 - settings.retention_days * 86_400_000
         try:
-            deleted = await state.storage.delete_events_before(None, cutoff)
-            state.retention_last = {"ranAt": time.time(), "deleted": deleted}
+            await enforce_retention(state)
         except StorageError as exc:
             log.warning("retention failed: %s", exc)
-        await asyncio.sleep(settings.retention_interval)
+        await asyncio.sleep(state.settings.retention_interval)
+
+
+def _retention_health(state: ServerState) -> Callable[[], Awaitable[dict[str, Any]]]:
+    async def section() -> dict[str, Any]:
+        return {
+            "defaultDays": state.settings.retention_days,
+            "intervalSeconds": state.settings.retention_interval,
+            "last": state.retention_last,
+        }
+
+    return section
 
 
 def create_app(
@@ -174,14 +205,22 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await store.open()
         tasks: list[asyncio.Task[None]] = []
-        if settings.retention_days > 0:
+        if settings.retention_interval > 0:
             tasks.append(asyncio.create_task(_retention_loop(state)))
+        if settings.backup_interval > 0:
+            tasks.append(asyncio.create_task(backups.run()))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await store.close()
+
+    backups = BackupScheduler(state)
+    state.health_sections["retention"] = _retention_health(state)
+    if settings.backup_interval > 0:
+        sqlite_path(settings)  # fail at start, not an hour later, for a PostgreSQL URL
+        state.health_sections["backups"] = backups.health
 
     app = Litestar(
         route_handlers=[
@@ -192,6 +231,7 @@ def create_app(
             stats,
             get_config,
             put_config,
+            export_events,
             openapi_json,
             *extra_handlers,
         ],

@@ -7,13 +7,24 @@ import datetime as dt
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, BinaryIO, NoReturn, TypeVar
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
+from innkt_analytics import _backup
 from innkt_analytics._exceptions import ConfigError, InnktError
 from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import SCOPES, new_key_record
+from innkt_analytics.server._backups import backup_dir, sqlite_path
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server.storage import KeyRecord, Storage, make_storage
 
@@ -29,6 +40,10 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+backup_app = typer.Typer(
+    help="Back up, verify and restore the SQLite database.", no_args_is_help=True
+)
+app.add_typer(backup_app, name="backup")
 
 DbOption = Annotated[
     str | None,
@@ -176,6 +191,145 @@ def keys_revoke(key_id: str, db: DbOption = None) -> None:
         typer.echo(f"error: no active key {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
+
+
+def _fail(exc: Exception) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+@backup_app.command("create")
+def backup_create(
+    db: DbOption = None,
+    keep: Annotated[int | None, typer.Option(help="Prune to this many newest backups")] = None,
+) -> None:
+    """Take a consistent backup now (safe while the server is running)."""
+    settings = _settings(db=db)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True) as bar:
+            bar.add_task("backing up…")
+            manifest = _backup.create_backup(
+                sqlite_path(settings),
+                backup_dir(settings),
+                count_table="events",
+                max_backups=keep if keep is not None else settings.backup_keep,
+            )
+    except InnktError as exc:
+        _fail(exc)
+    typer.echo(
+        f"backup {manifest.backup_id}: {manifest.record_count} events,"
+        f" {manifest.size_bytes} bytes, sha256 {manifest.sha256}"
+    )
+
+
+@backup_app.command("list")
+def backup_list(db: DbOption = None) -> None:
+    """List backups, newest first."""
+    settings = _settings(db=db)
+    try:
+        manifests = _backup.list_backups(backup_dir(settings))
+    except InnktError as exc:
+        _fail(exc)
+    for m in manifests:
+        typer.echo(
+            f"{m.backup_id}  {m.created_at.isoformat(timespec='seconds')}"
+            f"  events={m.record_count}  bytes={m.size_bytes}"
+        )
+
+
+@backup_app.command("verify")
+def backup_verify(backup_id: str, db: DbOption = None) -> None:
+    """Check a backup's hash, size, integrity and record count against its manifest."""
+    settings = _settings(db=db)
+    try:
+        manifest = _backup.verify_backup(backup_dir(settings), backup_id)
+    except InnktError as exc:
+        _fail(exc)
+    typer.echo(f"ok {manifest.backup_id}: {manifest.record_count} events, sha256 verified")
+
+
+@backup_app.command("restore")
+def backup_restore(backup_id: str, db: DbOption = None) -> None:
+    """Replace the database with a verified backup. Stop the server first."""
+    settings = _settings(db=db)
+    try:
+        manifest = _backup.restore_backup(sqlite_path(settings), backup_dir(settings), backup_id)
+    except InnktError as exc:
+        _fail(exc)
+    typer.echo(f"restored {manifest.backup_id}: {manifest.record_count} events")
+
+
+@app.command()
+def export(
+    output: Annotated[str, typer.Option("--output", "-o", help="File to write; - for stdout")],
+    fmt: Annotated[str, typer.Option("--format", help="ndjson, csv or parquet")] = "ndjson",
+    since: Annotated[str | None, typer.Option(help="ISO 8601, inclusive")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO 8601, exclusive")] = None,
+    project: Annotated[str, typer.Option(help="The project to export")] = "default",
+    event_type: Annotated[str | None, typer.Option("--event-type")] = None,
+    db: DbOption = None,
+) -> None:
+    """Export events of a project, with a progress bar."""
+    from innkt_analytics.server._export import (  # keeps startup light
+        iter_rows,
+        render_csv,
+        render_ndjson,
+        write_parquet,
+    )
+    from innkt_analytics.server._query import parse_time
+    from innkt_analytics.server._state import ApiError
+    from innkt_analytics.server.storage import EventFilter
+
+    if fmt not in ("ndjson", "csv", "parquet"):
+        _fail(ValueError("--format must be ndjson, csv or parquet"))
+    if fmt == "parquet" and output == "-":
+        _fail(ValueError("parquet needs a file (--output PATH)"))
+    settings = _settings(db=db)
+    try:
+        flt = EventFilter(
+            event_type=event_type,
+            since=parse_time("--since", since),
+            until=parse_time("--until", until),
+        )
+    except ApiError as exc:
+        _fail(ValueError(exc.message))
+
+    async def run(storage: Storage) -> int:
+        stats = await storage.stats(project, flt, 86_400_000)
+        with Progress(
+            TextColumn("exporting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=output == "-",
+        ) as bar:
+            task = bar.add_task("export", total=stats.total)
+            if fmt == "parquet":
+                return await write_parquet(
+                    storage, project, flt, output, lambda n: bar.advance(task, n)
+                )
+            assert sink is not None
+            total = 0
+            if fmt == "csv":
+                sink.write(render_csv([], header=True))
+            async for rows in iter_rows(storage, project, flt):
+                sink.write(render_ndjson(rows) if fmt == "ndjson" else render_csv(rows))
+                total += len(rows)
+                bar.advance(task, len(rows))
+            return total
+
+    sink: BinaryIO | None = None
+    try:
+        if fmt != "parquet":
+            sink = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
+        total = asyncio.run(_with_storage(settings.db, run))
+    except (InnktError, ImportError, OSError) as exc:
+        _fail(exc)
+    finally:
+        if sink is not None and sink is not sys.stdout.buffer:
+            sink.close()
+    typer.echo(f"exported {total} events", err=True)
 
 
 def main() -> None:
