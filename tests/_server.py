@@ -7,6 +7,7 @@ real SIGKILL; ``start()`` after it brings the same database back on the same por
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -167,7 +168,7 @@ class ServerProcess:
     # -- assertions read the database directly (SQLite) ----------------------------
 
     def event_ids(self, project: str = "default") -> list[str]:
-        with sqlite3.connect(self.db) as conn:
+        with contextlib.closing(sqlite3.connect(self.db)) as conn:
             return [
                 r[0]
                 for r in conn.execute(
@@ -176,7 +177,7 @@ class ServerProcess:
             ]
 
     def count_events(self, project: str | None = None) -> int:
-        with sqlite3.connect(self.db) as conn:
+        with contextlib.closing(sqlite3.connect(self.db)) as conn:
             if project is None:
                 return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
             return int(
