@@ -236,13 +236,13 @@ def _validate(
         return Rejection(index=index, event_id=_event_id_of(raw), error=str(exc))
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         return Rejection(index=index, event_id=None, error=f"malformed event: {exc}")
-    timestamp = event.timestamp
     try:
+        # Normalised to UTC here so every stored time can be served back as a UTC
+        # datetime: "0001-01-01T00:00+23:59" is valid RFC 3339 but not a UTC datetime.
+        timestamp = event.timestamp.astimezone(dt.UTC)
         corrected = received - (sent_at - timestamp) if sent_at is not None else timestamp
-    except OverflowError:  # a sentAt and timestamp thousands of years apart
-        return Rejection(
-            index=index, event_id=event.event_id, error="corrected timestamp out of range"
-        )
+    except OverflowError:
+        return Rejection(index=index, event_id=event.event_id, error="timestamp out of range")
     return ValidEvent(
         index=index,
         event=event,
@@ -274,9 +274,13 @@ def parse_batch(body: bytes, limits: Limits, received: dt.datetime) -> ParsedBat
             "too_many_events",
             f"{len(batch.events)} events, over the limit of {limits.max_batch_events}",
         )
-    result = ParsedBatch(sent_at=batch.sent_at)
+    try:
+        sent_at = None if batch.sent_at is None else batch.sent_at.astimezone(dt.UTC)
+    except OverflowError:
+        raise ProtocolError(400, "invalid_batch", "sentAt out of range") from None
+    result = ParsedBatch(sent_at=sent_at)
     for index, raw in enumerate(batch.events):
-        outcome = _validate(index, bytes(raw), limits, batch.sent_at, received)
+        outcome = _validate(index, bytes(raw), limits, sent_at, received)
         if isinstance(outcome, Rejection):
             result.rejected.append(outcome)
         else:
@@ -308,26 +312,32 @@ def decode_gzip_bounded(data: bytes, max_size: int) -> bytes:
     Decompression stops as soon as the limit is passed, so a gzip bomb costs
     at most ``max_size`` bytes of memory. Raises ``ProtocolError`` (413 or 400).
     """
-    decomp = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     out: list[bytes] = []
     size = 0
+    rest = data
     try:
-        chunk = decomp.decompress(data, max_size + 1)
+        # One pass per gzip member: concatenated members are one valid gzip stream
+        # (RFC 1952, and what gzip.decompress accepts); the size budget is shared.
         while True:
-            size += len(chunk)
-            if size > max_size:
-                raise ProtocolError(
-                    413, "payload_too_large", f"decompressed body over {max_size} bytes"
-                )
-            out.append(chunk)
-            if decomp.eof or not decomp.unconsumed_tail:
-                break
-            chunk = decomp.decompress(decomp.unconsumed_tail, max_size + 1 - size)
+            decomp = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            chunk = decomp.decompress(rest, max_size + 1 - size)
+            while True:
+                size += len(chunk)
+                if size > max_size:
+                    raise ProtocolError(
+                        413, "payload_too_large", f"decompressed body over {max_size} bytes"
+                    )
+                out.append(chunk)
+                if decomp.eof or not decomp.unconsumed_tail:
+                    break
+                chunk = decomp.decompress(decomp.unconsumed_tail, max_size + 1 - size)
+            if not decomp.eof:
+                raise ProtocolError(400, "bad_gzip", "truncated gzip body")
+            rest = decomp.unused_data.lstrip(b"\0")  # zero padding is ignored, as gzip does
+            if not rest:
+                return b"".join(out)
     except zlib.error as exc:
         raise ProtocolError(400, "bad_gzip", f"invalid gzip body: {exc}") from None
-    if not decomp.eof:
-        raise ProtocolError(400, "bad_gzip", "truncated gzip body")
-    return b"".join(out)
 
 
 def gzip_bytes(data: bytes, level: int = 6) -> bytes:

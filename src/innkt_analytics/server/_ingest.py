@@ -59,7 +59,7 @@ async def read_json_body(request: Request[Any, Any, Any], state: ServerState) ->
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
     limit = state.settings.max_body_bytes
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and length.isdecimal() and int(length) > limit:
         raise ApiError(413, "payload_too_large", f"body over the limit of {limit} bytes")
     body = await request.body()
     if len(body) > limit:

@@ -70,9 +70,12 @@ def _decode_cursor(value: str | None) -> int | None:
     if not value:
         return None
     try:
-        return int(base64.urlsafe_b64decode(value.encode()).decode())
+        seq = int(base64.urlsafe_b64decode(value.encode()).decode())
     except (ValueError, UnicodeError):
-        raise ApiError(400, "invalid_parameter", "cursor: not a cursor from this API") from None
+        seq = -1
+    if not 0 <= seq < 2**63:  # storage integers are 64-bit; a bigger one cannot be bound
+        raise ApiError(400, "invalid_parameter", "cursor: not a cursor from this API")
+    return seq
 
 
 @get("/v1/events", summary="Query stored events", tags=["query"])
@@ -84,7 +87,8 @@ async def list_events(request: Request[Any, Any, Any]) -> Response[bytes]:
     key = await authenticate(request, "read")
     flt = _filter(request)
     raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    # isdecimal, not isdigit: int() refuses digits such as "²" that isdigit accepts
+    if not raw_limit.isdecimal() or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise ApiError(400, "invalid_parameter", f"limit: an integer in 1..{MAX_PAGE}")
     cursor = _decode_cursor(request.query_params.get("cursor"))
     page = await state_of(request).storage.query_events(key.project, flt, cursor, int(raw_limit))
@@ -133,7 +137,7 @@ async def put_config(request: Request[Any, Any, Any]) -> Response[bytes]:
     body = await read_json_body(request, state)
     try:
         config = _config_decoder.decode(body)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_config", str(exc)) from None
     stored = await state.storage.put_config(key.project, config)
     state.notify_config(key.project, stored)
