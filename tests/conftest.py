@@ -96,3 +96,36 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     proc.start()
     yield proc
     proc.kill()
+
+
+# -- PostgreSQL: a fresh database per test, and the storage backends as a parameter ------
+
+
+def _pg_admin(url: str, statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture
+def pg_database(pg_url: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    import urllib.parse
+    import uuid
+
+    name = f"innkt_test_{uuid.uuid4().hex[:16]}"
+    # template0 accepts no connections, so parallel creations never find it busy
+    _pg_admin(pg_url, f'CREATE DATABASE "{name}" TEMPLATE template0')
+    parts = urllib.parse.urlsplit(pg_url)
+    yield urllib.parse.urlunsplit(parts._replace(path="/" + name))
+    _pg_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database for each storage backend: a SQLite path, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "storage.db")
+    url: str = request.getfixturevalue("pg_database")
+    return url

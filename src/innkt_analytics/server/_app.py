@@ -24,6 +24,7 @@ from innkt_analytics.server._export import export_events
 from innkt_analytics.server._ingest import ingest_batch, ingest_event
 from innkt_analytics.server._query import get_config, list_events, put_config, stats
 from innkt_analytics.server._ratelimit import RateLimiter
+from innkt_analytics.server._ratelimit_redis import use_shared_rate_limits
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server._state import (
     JSON,
@@ -247,6 +248,7 @@ def create_app(
         debug=False,
     )
     app.state.innkt = state
+    use_shared_rate_limits(state, app)  # INNKT_RATE_LIMIT_STORE: one bucket for all instances
     for hook in on_state:
         hook(state, app)
     return app

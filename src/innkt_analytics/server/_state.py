@@ -20,6 +20,7 @@ from innkt_analytics._protocol import ClientConfig, ErrorBody, Rejection, ValidE
 from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import KeyCache
 from innkt_analytics.server._ratelimit import RateLimiter
+from innkt_analytics.server._ratelimit_redis import RedisRateLimiter
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server.storage import KeyRecord, Storage
 
@@ -155,7 +156,11 @@ async def authenticate(
         raise ApiError(401, "unauthorized", "invalid or revoked API key")
     check_scope(record, scope)
     if rate_limited:
-        wait = state.limiter.check(record.key_id, time.monotonic())
+        limiter = state.limiter
+        if isinstance(limiter, RedisRateLimiter):  # shared across instances
+            wait = await limiter.acquire(record.key_id, time.monotonic())
+        else:
+            wait = limiter.check(record.key_id, time.monotonic())
         if wait:
             raise ApiError(429, "rate_limited", "too many requests", retry_after=wait)
     return record

@@ -1,0 +1,167 @@
+"""PostgreSQL schema, migrations and monthly partition arithmetic (no I/O).
+
+Layout, and why:
+
+* ``events`` is partitioned by RANGE on ``corrected`` (epoch ms), one partition
+  per UTC calendar month, so retention drops whole partitions instead of
+  deleting rows one by one.
+* Deduplication cannot be a unique index on ``events``: PostgreSQL requires a
+  unique index on a partitioned table to include the partition key, and the
+  partition key of a retried event differs from the first attempt (the
+  corrected time is computed from the request's ``sentAt``, which changes on
+  every retry). So ``event_ids`` — a small, unpartitioned table keyed by
+  (project, event_id) — is inserted into first, in the same statement and
+  transaction, and only the ids it newly accepted reach ``events``.
+* Months outside a window around "now" go to ``events_default`` so a client
+  with a wild clock cannot create thousands of partitions. When a month's
+  partition is created later, its rows are moved out of the default first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "PartitionWindow",
+    "month_bounds",
+    "month_start",
+    "months_ahead",
+    "partition_name",
+    "partitions_to_create",
+]
+
+SCHEMA_VERSION: Final = 1
+
+#: statements per schema version; each version runs in one transaction
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        "CREATE SEQUENCE events_seq AS bigint",
+        """
+        CREATE TABLE events (
+            seq bigint NOT NULL DEFAULT nextval('events_seq'),
+            project text NOT NULL,
+            event_id text NOT NULL,
+            event_type text NOT NULL,
+            session_id text,
+            user_id text,
+            anonymous_id text,
+            ts bigint NOT NULL,
+            sent_at bigint,
+            received_at bigint NOT NULL,
+            corrected bigint NOT NULL,
+            future boolean NOT NULL DEFAULT false,
+            payload bytea NOT NULL
+        ) PARTITION BY RANGE (corrected)
+        """,
+        "ALTER SEQUENCE events_seq OWNED BY events.seq",
+        "CREATE TABLE events_default PARTITION OF events DEFAULT",
+        # The query API pages by seq within a project and filters by type,
+        # session, user and time; these mirror the SQLite indexes.
+        "CREATE INDEX events_seq_idx ON events (project, seq)",
+        "CREATE INDEX events_time_idx ON events (project, corrected)",
+        "CREATE INDEX events_type_idx ON events (project, event_type, corrected)",
+        "CREATE INDEX events_session_idx ON events (project, session_id)"
+        " WHERE session_id IS NOT NULL",
+        "CREATE INDEX events_user_idx ON events (project, user_id) WHERE user_id IS NOT NULL",
+        """
+        CREATE TABLE event_ids (
+            project text NOT NULL,
+            event_id text NOT NULL,
+            PRIMARY KEY (project, event_id)
+        )
+        """,
+        # months detached by retention and not yet dropped (see _pg_partitions)
+        "CREATE TABLE innkt_retired (table_name text PRIMARY KEY, project text)",
+        """
+        CREATE TABLE api_keys (
+            key_id text PRIMARY KEY,
+            project text NOT NULL,
+            name text NOT NULL,
+            scopes text NOT NULL,
+            key_hash text NOT NULL UNIQUE,
+            created_at bigint NOT NULL,
+            revoked_at bigint
+        )
+        """,
+        """
+        CREATE TABLE project_config (
+            project text PRIMARY KEY,
+            config bytea NOT NULL
+        )
+        """,
+    ),
+}
+
+
+def month_start(ms: int) -> int:
+    """The start (epoch ms, UTC) of the calendar month containing ``ms``."""
+    day = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
+    first = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return _to_ms(first)
+
+
+def month_bounds(start: int) -> tuple[int, int]:
+    """``(start, next month's start)`` for a month start."""
+    first = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=start)
+    year, month = (first.year + 1, 1) if first.month == 12 else (first.year, first.month + 1)
+    return start, _to_ms(first.replace(year=year, month=month))
+
+
+def months_ahead(now: int, count: int) -> list[int]:
+    """The month starts of the current month and the ``count`` months after it."""
+    starts = [month_start(now)]
+    for _ in range(count):
+        starts.append(month_bounds(starts[-1])[1])
+    return starts
+
+
+def partition_name(start: int) -> str:
+    first = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=start)
+    return f"events_p{first.year:04d}{first.month:02d}"
+
+
+def _to_ms(value: dt.datetime) -> int:
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionWindow:
+    """Months that get their own partition: from ``past_months`` ago to ``future_months`` ahead.
+
+    Rows outside go to the default partition; the window keeps a client with a
+    broken clock from creating one partition per month of its fantasy.
+    """
+
+    past_months: int = 36
+    future_months: int = 3
+
+    def bounds(self, now: int) -> tuple[int, int]:
+        """``[low, high)`` in epoch ms for the window around ``now``."""
+        first = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=now)
+        index = first.year * 12 + first.month - 1
+        low_index = index - self.past_months
+        high_index = index + self.future_months + 1
+        low = dt.datetime(low_index // 12, low_index % 12 + 1, 1, tzinfo=dt.UTC)
+        high = dt.datetime(high_index // 12, high_index % 12 + 1, 1, tzinfo=dt.UTC)
+        return _to_ms(low), _to_ms(high)
+
+
+def partitions_to_create(
+    corrected: Iterable[int], known: set[int], now: int, window: PartitionWindow
+) -> list[int]:
+    """Month starts the rows need that are in the window and not yet ``known``."""
+    low, high = window.bounds(now)
+    wanted: set[int] = set()
+    lo = hi = 0  # the month of the previous row: batches mostly share one month
+    for ms in corrected:
+        if lo <= ms < hi or not low <= ms < high:
+            continue
+        lo, hi = month_bounds(month_start(ms))
+        wanted.add(lo)
+    return sorted(wanted - known)

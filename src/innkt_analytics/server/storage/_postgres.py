@@ -1,0 +1,549 @@
+"""PostgreSQL storage: for several stateless server instances sharing one database.
+
+Ingest is one statement per batch — ``unnest`` of column arrays, the dedup
+insert into ``event_ids`` and the insert into ``events`` chained in CTEs — run
+in autocommit, so the caller is answered only after PostgreSQL has committed
+(``synchronous_commit`` is left on). Concurrent requests on the pool's
+connections share WAL flushes, which is PostgreSQL's own group commit.
+
+See ``_pg_schema`` for the table layout and why deduplication lives in its own
+table. Every driver error is converted to ``StorageError`` here (the app
+answers 503 with Retry-After); a connection lost mid-request is retried once on
+a fresh connection, which the pool opens again as soon as the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]
+import msgspec
+
+from innkt_analytics._exceptions import ConfigError, StorageError, StorageFullError
+from innkt_analytics._protocol import ClientConfig
+from innkt_analytics.server.storage._base import (
+    EventFilter,
+    EventPage,
+    EventRow,
+    KeyRecord,
+    Stats,
+    Storage,
+    StorageHealth,
+    StorageStatus,
+)
+from innkt_analytics.server.storage._pg_partitions import (
+    create_partitions,
+    delete_rows_before,
+    expired_partitions,
+    load_partitions,
+    purge_retired,
+    retire,
+)
+from innkt_analytics.server.storage._pg_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    PartitionWindow,
+    months_ahead,
+    partitions_to_create,
+)
+
+__all__ = ["PostgresStorage"]
+
+T = TypeVar("T")
+log = logging.getLogger("innkt_analytics.server.postgres")
+
+# Arbitrary constants for pg_advisory_xact_lock: instances serialise migrations
+# (partition DDL uses _pg_partitions.PARTITION_LOCK).
+_MIGRATION_LOCK: Final = 0x494E4B54_0001
+_CONFIG_LOCK_SPACE: Final = 0x494E4B54  # two-int form: (space, hashtext(project))
+#: above this many (estimated) events, health reports the planner's estimate
+_EXACT_COUNT_LIMIT: Final = 200_000
+
+_INSERT: Final = """
+WITH input AS (
+    SELECT * FROM unnest(
+        $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::bytea[]
+    ) WITH ORDINALITY AS u(event_id, event_type, session_id, user_id, anonymous_id,
+                           ts, sent_at, received_at, corrected, future, payload, ord)
+), fresh AS (
+    -- sorted, so concurrent batches sharing ids lock them in one order (no deadlock)
+    INSERT INTO event_ids (project, event_id)
+    SELECT $1, event_id FROM input ORDER BY event_id
+    ON CONFLICT (project, event_id) DO NOTHING
+    RETURNING event_id
+)
+INSERT INTO events (project, event_id, event_type, session_id, user_id, anonymous_id,
+                    ts, sent_at, received_at, corrected, future, payload)
+SELECT $1, i.event_id, i.event_type, i.session_id, i.user_id, i.anonymous_id,
+       i.ts, i.sent_at, i.received_at, i.corrected, i.future, i.payload
+FROM input i JOIN fresh f ON f.event_id = i.event_id
+ORDER BY i.ord
+RETURNING event_id
+"""
+
+_SELECT: Final = (
+    "SELECT seq, event_id, event_type, session_id, user_id, anonymous_id,"
+    " ts, sent_at, received_at, corrected, future, payload FROM events"
+)
+_KEY_COLUMNS: Final = "key_id, project, name, scopes, key_hash, created_at, revoked_at"
+
+# Errors after which the same request may succeed on a new connection.
+_CONNECTION_LOST: Final = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+)
+_DRIVER_ERRORS: Final = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
+class StorageState(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def _convert_error(exc: BaseException) -> StorageError:
+    if isinstance(exc, asyncpg.exceptions.DiskFullError):
+        return StorageFullError(f"PostgreSQL is out of disk space: {exc}")
+    if isinstance(exc, TimeoutError):
+        return StorageError("PostgreSQL did not answer in time")
+    kind = type(exc).__name__
+    return StorageError(f"PostgreSQL unavailable ({kind}): {exc}".rstrip(": "))
+
+
+class PostgresStorage(Storage):
+    """Events, keys and config in PostgreSQL; safe to share between server instances.
+
+    ``pool_size`` is the most connections this instance opens.
+    """
+
+    backend = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 30.0,
+        window: PartitionWindow | None = None,
+        maintenance_interval: float = 3600.0,
+    ) -> None:
+        if pool_size < 1:
+            raise ConfigError("pool_size", "must be >= 1")
+        self.url = url
+        self.pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._window = window or PartitionWindow()
+        self._maintenance_interval = maintenance_interval
+        self._pool: Any = None
+        self._state = StorageState.NEW
+        self._known: set[int] = set()  # month starts that have a partition
+        self._last_error: StorageError | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, migrate and create the coming months' partitions.
+
+        Raises ``StorageError`` when PostgreSQL cannot be reached.
+        """
+        if self._state is not StorageState.NEW:
+            raise StorageError(f"cannot open storage in state {self._state.value}")
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
+                server_settings={"application_name": "innkt-analytics"},
+            )
+        except (*_DRIVER_ERRORS, ValueError) as exc:
+            raise _convert_error(exc) from exc
+        self._state = StorageState.OPEN
+        try:
+            await self._run(self._migrate)
+            await self.ensure_partitions_ahead()
+        except BaseException:
+            await self.close()
+            raise
+        self._maintenance = asyncio.create_task(self._maintain())
+
+    async def close(self) -> None:
+        if self._state is StorageState.CLOSED:
+            return
+        self._state = StorageState.CLOSED
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), self._connect_timeout)
+            except _DRIVER_ERRORS:  # TimeoutError is among them
+                self._pool.terminate()
+
+    async def _migrate(self, conn: Any) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS innkt_schema (version integer NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM innkt_schema") or 0
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"database schema version {version} is newer than this server's"
+                    f" {SCHEMA_VERSION}; upgrade the server"
+                )
+            for target in sorted(v for v in MIGRATIONS if v > version):
+                for statement in MIGRATIONS[target]:
+                    await conn.execute(statement)
+                await conn.execute("DELETE FROM innkt_schema")
+                await conn.execute("INSERT INTO innkt_schema (version) VALUES ($1)", target)
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self._maintenance_interval)
+            try:
+                await self.ensure_partitions_ahead()
+            except StorageError as exc:
+                log.warning("partition maintenance failed: %s", exc)
+
+    async def ensure_partitions_ahead(self) -> None:
+        """Create this month's and the next months' partitions if missing.
+
+        Run at open and hourly, so inserts normally never wait on DDL.
+        Raises ``StorageError``.
+        """
+        now = time.time_ns() // 1_000_000
+        wanted = months_ahead(now, self._window.future_months)
+        await self._run(lambda conn: self._create_partitions(conn, wanted))
+
+    async def _create_partitions(self, conn: Any, starts: Sequence[int]) -> None:
+        if not all(s in self._known for s in starts):
+            self._known = await create_partitions(conn, starts)
+
+    # -- the connection helper -----------------------------------------------------
+
+    async def _run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn`` on a pooled connection; errors become ``StorageError``."""
+        if self._state is not StorageState.OPEN:
+            raise StorageError(f"storage is {self._state.value}")
+        for attempt in range(2):
+            try:
+                async with self._pool.acquire(timeout=self._connect_timeout) as conn:
+                    result = await fn(conn)
+            except _CONNECTION_LOST as exc:
+                # A connection killed while idle in the pool (server restart,
+                # failover, pg_terminate_backend) fails its next use; a fresh one
+                # may work. Retrying is safe: inserts are deduplicated.
+                if attempt == 0:
+                    continue
+                raise self._failed(exc) from exc
+            except _DRIVER_ERRORS as exc:
+                raise self._failed(exc) from exc
+            self._last_error = None
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failed(self, exc: BaseException) -> StorageError:
+        error = _convert_error(exc)
+        self._last_error = error
+        return error
+
+    # -- events --------------------------------------------------------------------
+
+    async def insert_events(self, project: str, rows: Sequence[EventRow]) -> set[str]:
+        if not rows:
+            return set()
+        unique: dict[str, EventRow] = {}
+        for row in rows:  # the first of repeated ids in one batch wins, as in SQLite
+            unique.setdefault(row.event_id, row)
+        batch = list(unique.values())
+        needed = partitions_to_create(
+            (r.corrected for r in batch), self._known, time.time_ns() // 1_000_000, self._window
+        )
+        args = (
+            project,
+            [r.event_id for r in batch],
+            [r.event_type for r in batch],
+            [r.session_id for r in batch],
+            [r.user_id for r in batch],
+            [r.anonymous_id for r in batch],
+            [r.timestamp for r in batch],
+            [r.sent_at for r in batch],
+            [r.received_at for r in batch],
+            [r.corrected for r in batch],
+            [r.future for r in batch],
+            [r.payload for r in batch],
+        )
+
+        async def run(conn: Any) -> set[str]:
+            if needed:
+                await self._create_partitions(conn, needed)
+            return {r[0] for r in await conn.fetch(_INSERT, *args)}
+
+        return await self._run(run)
+
+    async def query_events(
+        self, project: str, flt: EventFilter, cursor: int | None, limit: int
+    ) -> EventPage:
+        where, params = _where(project, flt)
+        if cursor is not None:
+            params.append(cursor)
+            where += f" AND seq > ${len(params)}"
+        params.append(limit + 1)
+        sql = f"{_SELECT} WHERE {where} ORDER BY project, seq LIMIT ${len(params)}"
+
+        async def run(conn: Any) -> EventPage:
+            rows = [_row(r) for r in await conn.fetch(sql, *params)]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return EventPage(rows=rows, next_cursor=rows[-1].seq if more and rows else None)
+
+        return await self._run(run)
+
+    async def stats(self, project: str, flt: EventFilter, bucket_ms: int) -> Stats:
+        where, params = _where(project, flt)
+        n = len(params)
+
+        async def run(conn: Any) -> Stats:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                by_type = {
+                    r[0]: int(r[1])
+                    for r in await conn.fetch(
+                        f"SELECT event_type, count(*) FROM events WHERE {where}"
+                        " GROUP BY event_type ORDER BY count(*) DESC",
+                        *params,
+                    )
+                }
+                series = await conn.fetch(
+                    f"SELECT (corrected / ${n + 1}) * ${n + 1} AS bucket, count(*)"
+                    f" FROM events WHERE {where} GROUP BY 1 ORDER BY 1",
+                    *params,
+                    bucket_ms,
+                )
+                uniques = await conn.fetchrow(
+                    "SELECT count(DISTINCT session_id), count(DISTINCT user_id)"
+                    f" FROM events WHERE {where}",
+                    *params,
+                )
+            return Stats(
+                total=sum(by_type.values()),
+                by_event_type=by_type,
+                series=[(int(t), int(c)) for t, c in series],
+                unique_sessions=int(uniques[0]),
+                unique_users=int(uniques[1]),
+            )
+
+        return await self._run(run)
+
+    async def delete_events_before(self, project: str | None, before: int) -> int:
+        """Retention. Months wholly before ``before`` are dropped as partitions
+        (for one project: those holding only its rows); the rest is deleted row by
+        row. Raises ``StorageError``.
+        """
+
+        async def run(conn: Any) -> int:
+            for start in await expired_partitions(conn, project, before):
+                await retire(conn, start, project)
+            deleted = await purge_retired(conn)
+            async with conn.transaction():
+                deleted += await delete_rows_before(conn, project, before)
+            self._known = await load_partitions(conn)
+            return deleted
+
+        return await self._run(run)
+
+    # -- config --------------------------------------------------------------------
+
+    async def get_config(self, project: str) -> ClientConfig | None:
+        raw = await self._run(
+            lambda conn: conn.fetchval(
+                "SELECT config FROM project_config WHERE project = $1", project
+            )
+        )
+        return None if raw is None else msgspec.json.decode(raw, type=ClientConfig)
+
+    async def put_config(self, project: str, config: ClientConfig) -> ClientConfig:
+        async def run(conn: Any) -> ClientConfig:
+            async with conn.transaction():
+                # Two instances bumping the same project's version must not both
+                # read version N; the lock also covers a project with no row yet.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CONFIG_LOCK_SPACE, project
+                )
+                raw = await conn.fetchval(
+                    "SELECT config FROM project_config WHERE project = $1", project
+                )
+                old = 0 if raw is None else msgspec.json.decode(raw, type=ClientConfig).version
+                stored = msgspec.structs.replace(config, version=old + 1)
+                await conn.execute(
+                    "INSERT INTO project_config (project, config) VALUES ($1, $2)"
+                    " ON CONFLICT (project) DO UPDATE SET config = excluded.config",
+                    project,
+                    msgspec.json.encode(stored),
+                )
+            return stored
+
+        return await self._run(run)
+
+    # -- keys ----------------------------------------------------------------------
+
+    async def create_key(self, record: KeyRecord) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO api_keys (key_id, project, name, scopes, key_hash, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                record.key_id,
+                record.project,
+                record.name,
+                ",".join(sorted(record.scopes)),
+                record.key_hash,
+                record.created_at,
+            )
+        )
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None:
+        row = await self._run(
+            lambda conn: conn.fetchrow(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
+            )
+        )
+        return None if row is None else _key(row)
+
+    async def list_keys(self, project: str | None = None) -> list[KeyRecord]:
+        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        if project is None:
+            rows = await self._run(lambda conn: conn.fetch(sql + " ORDER BY created_at, key_id"))
+        else:
+            rows = await self._run(
+                lambda conn: conn.fetch(
+                    sql + " WHERE project = $1 ORDER BY created_at, key_id", project
+                )
+            )
+        return [_key(r) for r in rows]
+
+    async def revoke_key(self, key_id: str, at: int) -> bool:
+        status = await self._run(
+            lambda conn: conn.execute(
+                "UPDATE api_keys SET revoked_at = $1 WHERE key_id = $2 AND revoked_at IS NULL",
+                at,
+                key_id,
+            )
+        )
+        return bool(status != "UPDATE 0")
+
+    async def count_keys(self) -> int:
+        count = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM api_keys"))
+        return int(count)
+
+    # -- health --------------------------------------------------------------------
+
+    async def health(self) -> StorageHealth:
+        async def run(conn: Any) -> StorageHealth:
+            size, estimate, version = await conn.fetchrow(
+                "SELECT pg_database_size(current_database()),"
+                " (SELECT reltuples FROM pg_class WHERE oid = 'event_ids'::regclass),"
+                " (SELECT max(version) FROM innkt_schema)",
+                timeout=self._connect_timeout,
+            )
+            exact = estimate < _EXACT_COUNT_LIMIT  # -1 before the first ANALYZE
+            if exact:
+                events = await conn.fetchval(
+                    "SELECT count(*) FROM event_ids", timeout=self._connect_timeout
+                )
+            else:
+                events = int(estimate)
+            return StorageHealth(
+                status=StorageStatus.OK,
+                backend=self.backend,
+                size_bytes=int(size),
+                events=int(events),
+                extra={
+                    "schemaVersion": version,
+                    "partitions": len(self._known),
+                    "eventsExact": exact,
+                    "pool": {"size": self._pool.get_size(), "max": self.pool_size},
+                },
+            )
+
+        last = self._last_error
+        try:
+            result = await self._run(run)
+        except StorageError as exc:
+            return StorageHealth(
+                status=StorageStatus.UNAVAILABLE,
+                backend=self.backend,
+                size_bytes=0,
+                events=0,
+                reason=str(exc),
+            )
+        if isinstance(last, StorageFullError):
+            # Reads work but the last write hit a full disk: say so until a write succeeds.
+            result.status = StorageStatus.FULL
+            result.reason = str(last)
+            self._last_error = last
+        return result
+
+
+def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:
+    clauses = ["project = $1"]
+    params: list[object] = [project]
+    for column, op, value in (
+        ("event_type", "=", flt.event_type),
+        ("session_id", "=", flt.session_id),
+        ("user_id", "=", flt.user_id),
+        ("corrected", ">=", flt.since),
+        ("corrected", "<", flt.until),
+    ):
+        if value is not None:
+            params.append(value)
+            clauses.append(f"{column} {op} ${len(params)}")
+    return " AND ".join(clauses), params
+
+
+def _row(r: Any) -> EventRow:
+    return EventRow(
+        seq=r[0],
+        event_id=r[1],
+        event_type=r[2],
+        session_id=r[3],
+        user_id=r[4],
+        anonymous_id=r[5],
+        timestamp=r[6],
+        sent_at=r[7],
+        received_at=r[8],
+        corrected=r[9],
+        future=bool(r[10]),
+        payload=bytes(r[11]),
+    )
+
+
+def _key(r: Any) -> KeyRecord:
+    return KeyRecord(
+        key_id=r[0],
+        project=r[1],
+        name=r[2],
+        scopes=frozenset(s for s in r[3].split(",") if s),
+        key_hash=r[4],
+        created_at=r[5],
+        revoked_at=r[6],
+    )
