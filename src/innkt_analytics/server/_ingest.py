@@ -30,8 +30,13 @@ __all__ = ["ingest_batch", "ingest_event", "read_json_body", "store_parsed", "to
 _encoder = msgspec.json.Encoder()
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_ONE_MS = dt.timedelta(milliseconds=1)
+
+
 def _ms(value: dt.datetime) -> int:
-    return int(value.timestamp() * 1000)
+    # Integer arithmetic: float timestamps can round a stored time 1 ms off.
+    return (value - _EPOCH) // _ONE_MS
 
 
 def to_row(valid: ValidEvent, received_ms: int, sent_ms: int | None) -> EventRow:
