@@ -36,8 +36,10 @@ def bearer(key: str) -> dict[str, str]:
 def cli_create_key(server: ServerProcess, scope: str, project: str) -> tuple[str, str]:
     """(key id, secret) from the real CLI."""
     out = subprocess.run(
-        [sys.executable, "-m", "innkt_analytics", "keys", "create", "--scope", scope]
-        + ["--project", project, "--db", server.db],
+        [
+            *(sys.executable, "-m", "innkt_analytics", "keys", "create"),
+            *("--scope", scope, "--project", project, "--db", server.db),
+        ],
         check=True,
         capture_output=True,
         text=True,
