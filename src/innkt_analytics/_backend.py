@@ -1,0 +1,823 @@
+"""``AnalyticsBackendService``: the SDK's front door, with a background worker.
+
+How an event travels::
+
+    track()/send_event()      caller's thread: build a small record, append it to
+         │                     an in-memory ring (no I/O, no lock, no network)
+         ▼
+    committer thread          every ``commit_interval`` (or sooner when the ring
+         │                     fills): encode, then commit a group to the queue
+         ▼
+    SQLite queue (WAL)        bounded; overflow counted; survives kill -9
+         │
+         ▼
+    sender (thread or task)   claims chunks, drives ``delivery_flow`` over the
+                               transport, deletes what the server acknowledged
+
+Guarantees (see docs/sdk.md): an event is *committed* once the committer's
+transaction holding it returned; ``flush()`` commits everything handed over
+before it in the caller's thread, then waits for delivery. Nothing on this
+path raises into the host application for transport problems.
+
+The parts shared with ``AsyncAnalyticsBackendService`` (intake, committer,
+counters, configuration) are in ``ServiceBase``; the two front-ends differ
+only in how the sender waits and does I/O.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import datetime as dt
+import enum
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import Any, ClassVar, Final, Self, TypeAlias
+
+from innkt_analytics._config import BackendConfig, QueueMode
+from innkt_analytics._exceptions import ConfigError, ConnectionStateError, StorageError
+from innkt_analytics._ids import uuid7
+from innkt_analytics._protocol import ClientConfig, Event
+from innkt_analytics._queue import (
+    Dropped,
+    EventQueue,
+    MemoryQueue,
+    QueuedChunk,
+    SQLiteQueue,
+    Tracked,
+    encode_records,
+)
+from innkt_analytics._transport import (
+    DeliveryCore,
+    HealthStatus,
+    HttpTransport,
+    NetworkState,
+    Send,
+    SendResult,
+    ServiceStatus,
+    Step,
+    Transport,
+    TransportCore,
+    Verdict,
+    delivery_flow,
+)
+
+__all__ = [
+    "AnalyticsBackendService",
+    "DropCallback",
+    "ServiceBase",
+    "ServiceState",
+    "ServiceStatus",
+]
+
+log = logging.getLogger("innkt_analytics")
+
+DropCallback: TypeAlias = Callable[[Sequence[Dropped]], None]
+_UTC: Final = dt.UTC
+#: options that need a new transport when they change at runtime
+_TRANSPORT_OPTIONS: Final = frozenset(
+    {"base_url", "api_key", "timeout", "compression", "compression_level"}
+)
+_QUEUE_OPTIONS: Final = frozenset({"queue_mode", "queue_path", "queue_fsync"})
+
+
+class ServiceState(enum.Enum):
+    """Lifecycle of a service: NEW -> RUNNING -> CLOSED; ``initialize`` on anything
+    but NEW raises ``ConnectionStateError``."""
+
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+_live: weakref.WeakSet[ServiceBase] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for service in list(_live):
+        service._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _atexit_shutdown(ref: weakref.ReferenceType[ServiceBase]) -> None:
+    service = ref()
+    if service is not None:
+        service._atexit()
+
+
+class ServiceBase:
+    """What the sync and the asyncio service share: intake, committer, counters, config."""
+
+    _instances: ClassVar[dict[type, ServiceBase]] = {}
+    _instances_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        *,
+        on_drop: DropCallback | None = None,
+    ) -> None:
+        self.on_drop = on_drop
+        self._lifecycle = ServiceState.NEW
+        self._early_drops: dict[str, int] = {}
+        # The hot path reads only these plain attributes (no lock, no property).
+        self._open = False
+        self._ring: collections.deque[Tracked | Event] = collections.deque()
+        self._buffer_size = 1
+        self._sampling = 1.0
+        self._disabled: frozenset[str] = frozenset()
+        self._wake_at = 1
+        self._session_id = ""
+        self._pid = os.getpid()
+        self._forked = False
+        self._init_locks()
+        self._config: BackendConfig | None = None
+        self._queue: EventQueue | None = None
+        self._core: DeliveryCore | None = None
+        self._watermark = 0
+        self._config_version: int | None = None
+        self._atexit_cb: Callable[[], None] | None = None
+        self._committer: threading.Thread | None = None
+
+    def _init_locks(self) -> None:
+        #: guards the core, counters and lifecycle
+        self._lock = threading.RLock()
+        #: serialises ring draining (committer thread and flush callers)
+        self._commit_lock = threading.Lock()
+        self._commit_wake = threading.Event()
+        self._stopping = threading.Event()
+
+    # -- singleton (the seed's getInstance) --------------------------------------
+
+    @classmethod
+    def get_instance(cls) -> Self:
+        """The process-wide instance of this class (created on first use, not started)."""
+        with ServiceBase._instances_lock:
+            instance = ServiceBase._instances.get(cls)
+            if instance is None:
+                instance = ServiceBase._instances[cls] = cls()
+            if not isinstance(instance, cls):
+                raise TypeError(f"singleton of {cls.__name__} has the wrong type")
+            return instance
+
+    # -- configuration -------------------------------------------------------------
+
+    @property
+    def config(self) -> BackendConfig:
+        """The configuration in force. Raises ``ConnectionStateError`` before ``initialize``."""
+        if self._config is None:
+            raise ConnectionStateError("the service is not initialized")
+        return self._config
+
+    def _start_common(self, config: BackendConfig) -> None:
+        if not isinstance(config, BackendConfig):
+            raise ConfigError("config", f"must be a BackendConfig, got {type(config).__name__}")
+        with self._lock:
+            if self._lifecycle is not ServiceState.NEW:
+                raise ConnectionStateError(f"initialize() on a {self._lifecycle.value} service")
+            self._queue = self._open_queue(config)
+            self._config = config
+            self._core = DeliveryCore(config, time.monotonic())
+            self._apply_hot(config)
+            self._session_id = uuid7()
+            self._lifecycle = ServiceState.RUNNING
+            self._start_committer()
+            _live.add(self)
+            cb = self._atexit_cb = _make_atexit(self)
+            atexit.register(cb)
+            self._open = True
+
+    @staticmethod
+    def _open_queue(config: BackendConfig) -> EventQueue:
+        if config.queue_mode is QueueMode.MEMORY:
+            return MemoryQueue(
+                config.max_queue_events, config.max_queue_bytes, config.overflow_policy
+            )
+        return SQLiteQueue(
+            config.resolved_queue_path,
+            config.max_queue_events,
+            config.max_queue_bytes,
+            config.overflow_policy,
+            fsync=config.queue_fsync,
+        )
+
+    def _apply_hot(self, config: BackendConfig) -> None:
+        self._buffer_size = config.buffer_size
+        self._sampling = config.sampling_rate
+        self._disabled = config.disabled_event_types
+        # Wake the committer early once a sizeable group is waiting.
+        self._wake_at = max(1, min(config.buffer_size // 4, 4096))
+
+    def update_config(self, **changes: Any) -> BackendConfig:
+        """Change options at runtime, without a restart; returns the new configuration.
+
+        Raises ``ConfigError`` for an invalid value or an option that cannot change
+        while running (the queue's mode, path and fsync).
+        """
+        with self._lock:
+            old = self.config
+            new = old.replace(**changes)
+            for name in _QUEUE_OPTIONS:
+                if getattr(new, name) != getattr(old, name):
+                    raise ConfigError(name, "cannot change while the service runs")
+            self._install_config(new, transport=any(k in _TRANSPORT_OPTIONS for k in changes))
+        return new
+
+    def apply_remote_config(self, remote: ClientConfig) -> bool:
+        """Apply a server-side ``ClientConfig`` (from ``GET /v1/config`` or a real-time
+        ``config_update``). Versions older than the one applied are ignored, and so is
+        version 0: the server's built-in defaults, which no admin has set, must not
+        override the app's own options.
+
+        Returns whether it was applied. Raises ``ConfigError`` if it is out of range.
+        """
+        with self._lock:
+            if self._config is None or remote.version <= 0:
+                return False
+            if self._config_version is not None and remote.version < self._config_version:
+                return False
+            self._install_config(self._config.with_client_config(remote), transport=False)
+            self._config_version = remote.version
+        return True
+
+    def _install_config(self, config: BackendConfig, *, transport: bool) -> None:
+        core = self._core
+        queue = self._queue
+        if core is None or queue is None:
+            raise ConnectionStateError("the service is not initialized")
+        self._config = config
+        core.configure(config)
+        queue.set_bounds(config.max_queue_events, config.max_queue_bytes, config.overflow_policy)
+        self._apply_hot(config)
+        if transport:
+            self._transport_changed()
+            if core.state is NetworkState.HALTED:
+                core.transition(NetworkState.ONLINE, time.monotonic())
+        self._wake_sender()
+
+    def _transport_changed(self) -> None:
+        """The front-end rebuilds its transport before the next request."""
+
+    def _make_transport_core(self) -> TransportCore:
+        config = self.config
+        return TransportCore(
+            config.base_url,
+            config.api_key,
+            compression=config.compression,
+            compression_level=config.compression_level,
+        )
+
+    # -- intake: the caller's side -------------------------------------------------
+
+    def track(
+        self,
+        event_type: str,
+        properties: dict[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+    ) -> bool:
+        """Record an event; the id (UUIDv7), timestamp and session are filled in.
+
+        Returns True when the event was handed to the worker, False when it was
+        dropped (sampled out, disabled type, buffer full, service not running);
+        every drop is counted in ``get_status().dropped``. Never blocks on the
+        network, never raises for transport problems. ``properties`` is encoded
+        by the worker within ``commit_interval``: do not mutate it afterwards.
+        """
+        if not self._open and not self._reopen():
+            return False
+        if event_type in self._disabled:
+            self._count_drop("disabled_type")
+            return False
+        if self._sampling < 1.0 and random.random() >= self._sampling:
+            self._count_drop("sampled")
+            return False
+        ring = self._ring
+        if len(ring) >= self._wake_at:
+            if len(ring) >= self._buffer_size:
+                self._count_drop("buffer_full")
+                return False
+            self._commit_wake.set()
+        ring.append((time.time(), event_type, properties, session_id, user_id))
+        return True
+
+    def send_event(self, event: Event) -> bool:
+        """Queue a complete ``Event`` (the seed's ``sendEvent``); same contract as ``track``."""
+        if not self._open and not self._reopen():
+            return False
+        if event.event_type in self._disabled:
+            self._count_drop("disabled_type")
+            return False
+        if self._sampling < 1.0 and random.random() >= self._sampling:
+            self._count_drop("sampled")
+            return False
+        ring = self._ring
+        if len(ring) >= self._wake_at:
+            if len(ring) >= self._buffer_size:
+                self._count_drop("buffer_full")
+                return False
+            self._commit_wake.set()
+        ring.append(event)
+        return True
+
+    def send_events(self, events: Iterable[Event]) -> int:
+        """Queue several events; returns how many were handed over (see ``send_event``)."""
+        return sum(1 for event in events if self.send_event(event))
+
+    def _reopen(self) -> bool:
+        """The slow path of ``track``: restart in a forked child, or count the drop."""
+        if self._forked and self._lifecycle is ServiceState.RUNNING:
+            self._restart_after_fork()
+            if self._open:
+                return True
+        self._count_drop("closed" if self._lifecycle is ServiceState.CLOSED else "not_initialized")
+        return False
+
+    def _count_drop(self, reason: str, n: int = 1) -> bool:
+        with self._lock:
+            if self._core is not None:
+                self._core.count_dropped(reason, n)
+            else:
+                # Before initialize there is no core: keep the count for later.
+                self._early_drops[reason] = self._early_drops.get(reason, 0) + n
+        return False
+
+    # -- committer -------------------------------------------------------------------
+
+    def _start_committer(self) -> None:
+        self._committer = threading.Thread(
+            target=self._committer_main, name="innkt-analytics-committer", daemon=True
+        )
+        self._committer.start()
+
+    def _committer_main(self) -> None:
+        while not self._stopping.is_set():
+            self._commit_wake.wait(self.config.commit_interval)
+            self._commit_wake.clear()
+            try:
+                self.commit()
+            except Exception as exc:  # a worker thread must never die silently
+                log.exception("innkt-analytics committer failed")
+                with self._lock:
+                    if self._core is not None:
+                        self._core.last_error = f"committer: {exc}"
+
+    def commit(self) -> int:
+        """Commit every event handed over so far to the queue; returns the flush
+        watermark (the highest queue row id written). Safe from any thread.
+        """
+        with self._commit_lock:
+            ring = self._ring
+            n = len(ring)
+            if not n:
+                return self._watermark
+            pending = [ring.popleft() for _ in range(n)]
+            config = self.config
+            items, dropped = encode_records(pending, self._session_id, config.max_event_bytes)
+            queue = self._queue
+            if queue is None:
+                return self._watermark
+            try:
+                result = queue.put(
+                    items,
+                    time.time(),
+                    chunk_events=config.batch_size,
+                    chunk_bytes=config.max_request_bytes - 64,
+                )
+            except StorageError as exc:
+                dropped.extend(Dropped(eid, "storage_error", str(exc)) for eid, _ in items)
+                with self._lock:
+                    if self._core is not None:
+                        self._core.last_error = str(exc)
+            else:
+                dropped.extend(Dropped(e, "queue_full", "queue is full") for e in result.refused)
+                dropped.extend(
+                    Dropped(e, "queue_evicted", "evicted to make room") for e in result.evicted
+                )
+                if result.last_rowid:
+                    self._watermark = result.last_rowid
+            if dropped:
+                self._report(dropped)
+            events, nbytes = queue.depth()
+        if events >= config.batch_size or nbytes >= config.max_request_bytes:
+            self._wake_sender()
+        return self._watermark
+
+    def _report(self, dropped: Sequence[Dropped]) -> None:
+        with self._lock:
+            if self._core is not None:
+                for item in dropped:
+                    self._core.count_dropped(item.reason)
+        self._notify_dropped(dropped)
+
+    def _notify_dropped(self, dropped: Sequence[Dropped]) -> None:
+        callback = self.on_drop
+        if callback is None or not dropped:
+            return
+        try:
+            callback(dropped)
+        except Exception:  # the app's callback must not kill the worker
+            log.exception("innkt-analytics on_drop callback failed")
+
+    # -- sender helpers shared by both front-ends -------------------------------------
+
+    def _wake_sender(self) -> None:
+        """Tell the sender that something changed (front-end specific)."""
+
+    def _flow(
+        self, chunks_payloads: list[bytes], count: int
+    ) -> Generator[Step, SendResult | None, Verdict]:
+        core = self._core
+        if core is None:
+            raise ConnectionStateError("the service is not initialized")
+        return delivery_flow(chunks_payloads, count, core.policy, lambda: dt.datetime.now(_UTC))
+
+    def _record(self, result: SendResult) -> None:
+        with self._lock:
+            if self._core is not None:
+                self._core.record(result)
+
+    def _settle(self, verdict: Verdict, rowids: list[int]) -> None:
+        queue = self._queue
+        if queue is None:
+            return
+        if verdict.settled:
+            queue.remove(rowids)
+        else:
+            queue.release(rowids)
+        with self._lock:
+            if self._core is not None:
+                self._core.settle(verdict, time.monotonic())
+        self._notify_dropped(verdict.dropped)
+
+    def _apply_fetched(self, remote: ClientConfig | None) -> None:
+        if remote is None:
+            return
+        try:
+            self.apply_remote_config(remote)
+        except ConfigError as exc:
+            log.warning("innkt-analytics: ignoring remote config: %s", exc)
+
+    # -- status and network state -------------------------------------------------------
+
+    def get_status(self) -> ServiceStatus:
+        """A snapshot of the state, queue and counters. Never raises."""
+        oldest: float | None = None
+        with contextlib.suppress(IndexError):
+            head = self._ring[0]
+            oldest = head.timestamp.timestamp() if isinstance(head, Event) else head[0]
+        with self._lock:
+            core, queue = self._core, self._queue
+            if core is None or queue is None:
+                return ServiceStatus.empty(
+                    self._lifecycle.value, len(self._ring), self._early_drops
+                )
+            with contextlib.suppress(StorageError):
+                if self._lifecycle is not ServiceState.CLOSED:
+                    created = queue.oldest_created()
+                    if created is not None:
+                        oldest = created if oldest is None else min(oldest, created)
+            return core.snapshot(queue.depth(), len(self._ring), oldest, self._config_version)
+
+    def set_online(self, online: bool) -> None:
+        """Tell the service whether the network is usable (an app often knows first).
+
+        ``False`` pauses sending and probing (events keep queueing); ``True``
+        resumes at once. Raises ``ConnectionStateError`` before ``initialize``.
+        """
+        with self._lock:
+            core = self._core
+            if core is None:
+                raise ConnectionStateError("the service is not initialized")
+            core.transition(
+                NetworkState.ONLINE if online else NetworkState.PAUSED, time.monotonic()
+            )
+        if not online:
+            self._interrupt_sender()
+        self._wake_sender()
+
+    def _interrupt_sender(self) -> None:
+        """Cut a retry sleep short (front-end specific)."""
+
+    # -- fork and exit -------------------------------------------------------------------
+
+    def _forget_parent(self) -> None:
+        # Runs in a forked child, single-threaded. Nothing of the parent's I/O state
+        # may be used here: its threads do not exist, its locks may be held, its
+        # sqlite connection and sockets belong to the parent.
+        self._init_locks()
+        self._open = False
+        self._forked = True
+        self._ring = collections.deque()
+        if isinstance(self._queue, SQLiteQueue):
+            self._queue.abandon()
+        self._forget_parent_io()
+
+    def _forget_parent_io(self) -> None:
+        """Front-end specific: drop (never close) inherited connections and threads."""
+
+    def _restart_after_fork(self) -> None:
+        with self._lock:
+            if not self._forked or self._config is None:
+                return
+            config = self._config
+            self._forked = False
+            self._pid = os.getpid()
+            self._queue = self._open_queue(config)
+            self._core = DeliveryCore(config, time.monotonic())
+            self._watermark = 0
+            self._session_id = uuid7()
+            self._start_committer()
+            self._start_sender()
+            self._open = True
+
+    def _start_sender(self) -> None:
+        """Front-end specific."""
+
+    def _atexit(self) -> None:
+        """Front-end specific: a bounded shutdown at interpreter exit."""
+
+    def _unregister(self) -> None:
+        if self._atexit_cb is not None:
+            atexit.unregister(self._atexit_cb)
+            self._atexit_cb = None
+        _live.discard(self)
+
+
+def _make_atexit(service: ServiceBase) -> Callable[[], None]:
+    ref = weakref.ref(service)
+    return lambda: _atexit_shutdown(ref)
+
+
+class AnalyticsBackendService(ServiceBase):
+    """The sync service: ``track`` in any thread, delivery in a background thread.
+
+    ``AnalyticsBackendService(config)`` starts at once; ``get_instance()`` gives
+    the process-wide one, started by ``initialize(config)``. ``transport`` replaces
+    the HTTP transport (see ``innkt_analytics.testing``).
+    """
+
+    def __init__(
+        self,
+        config: BackendConfig | None = None,
+        *,
+        transport: Transport | None = None,
+        on_drop: DropCallback | None = None,
+    ) -> None:
+        super().__init__(on_drop=on_drop)
+        self._custom_transport = transport
+        self._transport: Transport | None = transport
+        self._sender: threading.Thread | None = None
+        self._sender_cond = threading.Condition(self._lock)
+        self._sender_wake = False
+        self._interrupt = threading.Event()
+        self._flush_requested = 0
+        self._flush_done = 0
+        self._transport_dirty = False
+        if config is not None:
+            self.initialize(config)
+
+    def _init_locks(self) -> None:
+        super()._init_locks()
+        self._sender_cond = threading.Condition(self._lock)
+        self._interrupt = threading.Event()
+
+    def initialize(self, config: BackendConfig) -> None:
+        """Open the queue and start the worker threads.
+
+        Raises ``ConfigError`` for a bad config, ``StorageError`` when the queue file
+        cannot be opened, ``ConnectionStateError`` when already initialized.
+        """
+        self._start_common(config)
+        self._start_sender()
+
+    def _start_sender(self) -> None:
+        if self._transport is None:
+            self._transport = self._custom_transport or HttpTransport(
+                self._make_transport_core(), self.config.timeout
+            )
+        self._sender = threading.Thread(
+            target=self._sender_main, name="innkt-analytics-sender", daemon=True
+        )
+        self._sender.start()
+
+    def _wake_sender(self) -> None:
+        with self._sender_cond:
+            self._sender_wake = True
+            self._sender_cond.notify_all()
+
+    def _interrupt_sender(self) -> None:
+        self._interrupt.set()
+
+    def _transport_changed(self) -> None:
+        self._transport_dirty = True
+
+    # -- the sender thread ---------------------------------------------------------------
+
+    def _sender_main(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._sender_step()
+            except Exception as exc:  # never die silently; the queue keeps the events
+                log.exception("innkt-analytics sender failed")
+                with self._lock:
+                    if self._core is not None:
+                        self._core.last_error = f"sender: {exc}"
+                self._stopping.wait(0.5)
+
+    def _sender_step(self) -> None:
+        core, queue = self._core, self._queue
+        if core is None or queue is None:
+            return
+        if self._transport_dirty and self._custom_transport is None:
+            self._transport_dirty = False
+            old, self._transport = (
+                self._transport,
+                HttpTransport(self._make_transport_core(), self.config.timeout),
+            )
+            if old is not None:
+                old.close()
+        transport = self._transport
+        if transport is None:
+            return
+        with self._lock:
+            flush_seq = self._flush_requested
+            flush = flush_seq > self._flush_done
+            now = time.monotonic()
+            config_due = core.config_due(now)
+            maintenance = core.maintenance_due(now)
+            probe = core.probe_due(now, flush)
+        if config_due:
+            self._apply_fetched(transport.fetch_config())
+        if maintenance:
+            queue.recover(time.time())
+            if isinstance(queue, SQLiteQueue):
+                queue.refresh()
+        if probe:
+            health = transport.check_health()
+            with self._lock:
+                core.on_probe(health, time.monotonic())
+        events, nbytes = queue.depth()
+        with self._lock:
+            send = core.send_due(time.monotonic(), events, nbytes, flush)
+        if send:
+            config = self.config
+            chunks = queue.claim(config.batch_size, config.max_request_bytes - 64, time.time())
+            if chunks:
+                self._deliver(transport, chunks)
+                return  # look again at once: more may be due
+        with self._sender_cond:
+            # Done for this flush when nothing can be sent now; a Retry-After hold is waited out.
+            if flush and (core.state is not NetworkState.ONLINE or events == 0):
+                self._flush_done = max(self._flush_done, flush_seq)
+                self._sender_cond.notify_all()
+            if self._sender_wake or self._stopping.is_set():
+                self._sender_wake = False
+                return
+            now = time.monotonic()
+            wait = core.next_wakeup(now, events)
+            if flush_seq > self._flush_done:
+                wait = min(wait, 0.05)
+            self._sender_cond.wait(wait)
+            self._sender_wake = False
+
+    def _deliver(self, transport: Transport, chunks: Sequence[QueuedChunk]) -> None:
+        rowids = [c.rowid for c in chunks]
+        flow = self._flow([c.payload for c in chunks], sum(c.count for c in chunks))
+        self._interrupt.clear()
+        verdict: Verdict | None = None
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, Send):
+                    result = transport.send_batch(step.body)
+                    self._record(result)
+                    step = flow.send(result)
+                elif self._interrupt.wait(step.seconds) or self._stopping.is_set():
+                    flow.close()
+                    break
+                else:
+                    step = flow.send(None)
+        except StopIteration as stop:
+            verdict = stop.value
+        if verdict is None:
+            # Interrupted mid-retry (pause or shutdown): the events stay queued.
+            queue = self._queue
+            if queue is not None:
+                queue.release(rowids)
+            return
+        self._settle(verdict, rowids)
+        with self._sender_cond:
+            self._sender_cond.notify_all()
+
+    # -- the caller's side -----------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Commit everything tracked before this call to the queue (in this thread),
+        then wait up to ``timeout`` seconds (default ``shutdown_timeout``) for the server
+        to acknowledge it.
+
+        Returns True when all of it was acknowledged (or dropped and counted), False
+        when some is still queued on disk (offline, paused, halted, timeout). Never
+        raises for transport problems.
+        """
+        if self._lifecycle is not ServiceState.RUNNING:
+            return self._lifecycle is ServiceState.CLOSED and not self._ring
+        if self._forked:
+            self._restart_after_fork()
+        deadline = time.monotonic() + (self.config.shutdown_timeout if timeout is None else timeout)
+        watermark = self.commit()
+        queue = self._queue
+        if queue is None:
+            return False
+        with self._sender_cond:
+            self._flush_requested += 1
+            ticket = self._flush_requested
+            self._sender_wake = True
+            self._sender_cond.notify_all()
+        while True:
+            try:
+                if not queue.pending_through(watermark):
+                    return True
+            except StorageError:
+                return False
+            with self._sender_cond:
+                if self._flush_done >= ticket:
+                    # The sender could do no more for this flush: re-check once, then give up.
+                    return not queue.pending_through(watermark)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._sender_cond.wait(min(remaining, 0.05))
+
+    def check_backend_health(self) -> HealthStatus:
+        """Probe ``GET /v1/health`` now: status, latency in ms, server version. Never raises
+        for transport problems; raises ``ConnectionStateError`` before ``initialize``."""
+        transport = self._transport
+        if transport is None:
+            raise ConnectionStateError("the service is not initialized")
+        return transport.check_health()
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Flush with a deadline (default ``shutdown_timeout``), stop the workers, close
+        the queue. Returns what ``flush`` returned. Idempotent; never raises for
+        transport problems.
+        """
+        if self._lifecycle is ServiceState.NEW:
+            return True
+        if self._forked:
+            # A child that never used the service: nothing of its own to flush.
+            self._lifecycle = ServiceState.CLOSED
+            return not self._ring
+        if self._lifecycle is ServiceState.CLOSED:
+            return True
+        budget = self.config.shutdown_timeout if timeout is None else timeout
+        start = time.monotonic()
+        ok = self.flush(budget)
+        with self._lock:
+            self._open = False
+            self._lifecycle = ServiceState.CLOSED
+        self._stopping.set()
+        self._interrupt.set()
+        self._commit_wake.set()
+        self._wake_sender()
+        grace = max(0.5, budget - (time.monotonic() - start))
+        for thread in (self._committer, self._sender):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(grace)
+        # Anything handed over while we flushed is committed, not lost.
+        with contextlib.suppress(StorageError):
+            self.commit()
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                self._transport.close()
+        if self._queue is not None:
+            with contextlib.suppress(StorageError):
+                self._queue.close()
+        self._unregister()
+        return ok and not self._ring
+
+    def _atexit(self) -> None:
+        if self._lifecycle is ServiceState.RUNNING and self._config is not None:
+            self.shutdown(self._config.atexit_timeout)
+
+    def _forget_parent_io(self) -> None:
+        if self._transport is not None and self._custom_transport is None:
+            abandoned_transports.append(self._transport)
+            self._transport = None
+        self._sender = None
+        self._committer = None
+        self._flush_requested = self._flush_done = 0
+
+
+#: Transports inherited across fork: kept referenced so that no finalizer closes
+#: (and, with TLS, shuts down) a connection that belongs to the parent.
+abandoned_transports: list[object] = []
