@@ -453,10 +453,21 @@ class SQLiteStorage(Storage):
                 reason=str(exc),
             )
         if self._last_error is not None:
+            # Nothing else clears the error until a client writes, and clients wait
+            # for health: so find out now whether a write commits again.
+            with contextlib.suppress(StorageError):
+                await self._write(_probe_write)
+        if self._last_error is not None:
             full = isinstance(self._last_error, StorageFullError)
             result.status = StorageStatus.FULL if full else StorageStatus.UNAVAILABLE
             result.reason = str(self._last_error)
         return result
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    # Dirties a page without leaving a trace, so the commit really has to write.
+    conn.execute("INSERT INTO project_config (project, config) VALUES ('', x'')")
+    conn.execute("DELETE FROM project_config WHERE project = ''")
 
 
 def _insert(conn: sqlite3.Connection, project: str, rows: Sequence[EventRow]) -> set[str]:
