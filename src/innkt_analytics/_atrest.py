@@ -1,0 +1,299 @@
+"""At-rest encoding of stored blobs: zstandard compression and AES-256-GCM, free of I/O.
+
+One blob is laid out as::
+
+    byte 0        flags: 0x01 zstd, 0x02 zstd with a trained dictionary, 0x04 AES-256-GCM
+    bytes 1..2    dictionary id (uint16, big endian), only with flag 0x02
+    12 bytes      GCM nonce, only with flag 0x04
+    rest          payload: the plaintext, compressed if flagged, then encrypted if flagged
+
+The header travels as additional authenticated data together with a caller-given
+``aad`` (the record id), so a flipped flag, a swapped dictionary id or a blob moved
+to another record fails authentication instead of decoding to garbage.
+
+Analytics records are small (a few hundred bytes of JSON). Plain zstd saves about a
+quarter on such inputs and costs ~5 µs per call, while a dictionary trained on the
+store's own records saves ~75 % at ~2 µs (see ``docs/persistence.md``); without a
+dictionary only blobs of at least ``min_plain_size`` bytes are compressed, and a
+compressed form is kept only when it is smaller.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from innkt_analytics._exceptions import ConfigError, DecryptionError, IntegrityError
+
+__all__ = [
+    "KEY_SIZE",
+    "AtRestCodec",
+    "key_check_blob",
+    "key_id",
+    "parse_key",
+    "train_dictionary",
+    "verify_key_check",
+]
+
+KEY_SIZE: Final = 32
+FLAG_ZSTD: Final = 0x01
+FLAG_DICT: Final = 0x02
+FLAG_AESGCM: Final = 0x04
+_KNOWN_FLAGS: Final = FLAG_ZSTD | FLAG_DICT | FLAG_AESGCM
+_NONCE_SIZE: Final = 12
+_TAG_SIZE: Final = 16
+_MAX_DICT_ID: Final = 0xFFFF
+_KEY_CHECK_PLAINTEXT: Final = b"innkt-analytics at-rest key check v1"
+_KEY_CHECK_AAD: Final = b"innkt-analytics:key-check"
+# A decompressed blob larger than this is treated as corrupt rather than allocated.
+_MAX_PLAINTEXT: Final = 256 * 1024 * 1024
+
+
+def parse_key(text: str, *, field: str = "INNKT_ENCRYPTION_KEY") -> bytes:
+    """Decode a 32-byte key written as 64 hex digits or as base64 (standard or URL-safe).
+
+    Raises ConfigError naming ``field`` when the text is not such a key.
+    """
+    text = text.strip()
+    if len(text) == 2 * KEY_SIZE:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass  # 64 characters of base64 is not a 32-byte key either; reported below
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            key = decode(text.encode("ascii"))
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            continue
+        if len(key) == KEY_SIZE:
+            return key
+    raise ConfigError(field, f"must be {KEY_SIZE} bytes written as 64 hex digits or as base64")
+
+
+def key_id(key: bytes) -> str:
+    """A short public fingerprint of a key, to tell which key a store or backup needs."""
+    return hmac.new(key, b"innkt-analytics:key-id", hashlib.sha256).hexdigest()[:16]
+
+
+def key_check_blob(key: bytes) -> bytes:
+    """An encrypted known value that proves, later, whether a key is the store's key."""
+    nonce = os.urandom(_NONCE_SIZE)
+    return nonce + AESGCM(key).encrypt(nonce, _KEY_CHECK_PLAINTEXT, _KEY_CHECK_AAD)
+
+
+def verify_key_check(key: bytes | None, blob: bytes) -> None:
+    """Check ``key`` against a blob from :func:`key_check_blob`.
+
+    Raises DecryptionError when the key is missing or is not the one that made the blob.
+    """
+    if key is None:
+        raise DecryptionError(
+            "the data is encrypted but no encryption key is configured "
+            "(set PersistenceConfig.encryption_key or INNKT_ENCRYPTION_KEY)"
+        )
+    try:
+        plain = AESGCM(key).decrypt(blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], _KEY_CHECK_AAD)
+    except InvalidTag:
+        raise DecryptionError(
+            f"wrong encryption key (key id {key_id(key)} does not match the data)"
+        ) from None
+    if plain != _KEY_CHECK_PLAINTEXT:  # pragma: no cover - GCM already authenticated it
+        raise DecryptionError("wrong encryption key")
+
+
+def train_dictionary(samples: Iterable[bytes], size: int = 16 * 1024) -> bytes | None:
+    """Train a zstd dictionary on sample plaintexts; None when there is too little to learn.
+
+    Needs at least 100 samples of 8+ bytes and 16 KiB in all: zstd's trainer aborts the
+    whole process (SIGSEGV, zstandard 0.25) on a handful of tiny samples, so that
+    floor is a guard, not only a quality threshold.
+    """
+    sample_list: list[bytes | bytearray | memoryview] = [s for s in samples if len(s) >= 8]
+    total = sum(len(s) for s in sample_list)
+    if len(sample_list) < 100 or total < 16 * 1024:
+        return None
+    try:
+        return zstandard.train_dictionary(min(size, total // 8), sample_list).as_bytes()
+    except zstandard.ZstdError:
+        # Too uniform samples: the caller goes on without a dictionary.
+        return None
+
+
+class _ThreadState(threading.local):
+    """Per-thread zstd contexts: zstandard compressors are not safe to share across threads."""
+
+    def __init__(self) -> None:
+        self.compressors: dict[int, zstandard.ZstdCompressor] = {}
+        self.decompressors: dict[int, zstandard.ZstdDecompressor] = {}
+
+
+class AtRestCodec:
+    """Encodes and decodes stored blobs; thread-safe.
+
+    ``key`` enables encryption of new blobs (unless ``encrypt`` is False: the key is then
+    only used to read); ``compress`` enables compression of new blobs. Decoding
+    understands every flag combination whatever the settings, so a store can change
+    its settings over time; decoding an encrypted blob needs the key.
+    """
+
+    def __init__(
+        self,
+        *,
+        compress: bool = True,
+        key: bytes | None = None,
+        encrypt: bool | None = None,
+        level: int = 3,
+        min_plain_size: int = 1024,
+    ) -> None:
+        if key is not None and len(key) != KEY_SIZE:
+            raise ConfigError("encryption_key", f"must be exactly {KEY_SIZE} bytes")
+        if encrypt and key is None:
+            raise ConfigError("encryption_key", "encryption needs a key")
+        if not 1 <= level <= 22:
+            raise ConfigError("compression_level", "must be between 1 and 22")
+        self._compress = compress
+        self._aead = AESGCM(key) if key is not None else None
+        # A key without ``encrypt`` only reads: a store that turned encryption off
+        # still holds encrypted rows from before.
+        self._encrypt = key is not None if encrypt is None else encrypt
+        self._level = level
+        self._min_plain_size = min_plain_size
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._active_dict: int | None = None
+        self._local = _ThreadState()
+
+    @property
+    def encrypts(self) -> bool:
+        """Whether new blobs are encrypted."""
+        return self._encrypt
+
+    @property
+    def compresses(self) -> bool:
+        """Whether new blobs are compressed (when it pays)."""
+        return self._compress
+
+    @property
+    def active_dictionary(self) -> int | None:
+        """Id of the dictionary new blobs are compressed with, if any."""
+        return self._active_dict
+
+    def add_dictionary(self, dict_id: int, data: bytes, *, activate: bool = True) -> None:
+        """Register a trained dictionary; blobs that name its id decode with it."""
+        if not 0 <= dict_id <= _MAX_DICT_ID:
+            raise ValueError(f"dictionary id {dict_id} out of range")
+        self._dicts[dict_id] = zstandard.ZstdCompressionDict(data)
+        # Contexts bound to an id that is being re-registered must not be reused.
+        self._local = _ThreadState()
+        if activate:
+            self._active_dict = dict_id
+
+    def load_dictionaries(self, dicts: Mapping[int, bytes]) -> None:
+        """Replace all dictionaries; the highest id becomes the active one."""
+        self._dicts = {i: zstandard.ZstdCompressionDict(d) for i, d in dicts.items()}
+        self._active_dict = max(self._dicts) if self._dicts else None
+        self._local = _ThreadState()
+
+    def encode(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        """Return the at-rest form of ``plaintext``; ``aad`` binds it to its owner (record id)."""
+        flags = 0
+        header = b""
+        payload = plaintext
+        if self._compress:
+            dict_id = self._active_dict
+            if dict_id is not None:
+                packed = self._compressor(dict_id).compress(plaintext)
+                if len(packed) + 2 < len(plaintext):
+                    flags = FLAG_ZSTD | FLAG_DICT
+                    header = dict_id.to_bytes(2, "big")
+                    payload = packed
+            elif len(plaintext) >= self._min_plain_size:
+                packed = self._compressor(-1).compress(plaintext)
+                if len(packed) < len(plaintext):
+                    flags = FLAG_ZSTD
+                    payload = packed
+        if self._encrypt and self._aead is not None:
+            flags |= FLAG_AESGCM
+            head = bytes((flags,)) + header
+            nonce = os.urandom(_NONCE_SIZE)
+            return head + nonce + self._aead.encrypt(nonce, payload, head + aad)
+        return bytes((flags,)) + header + payload
+
+    def decode(self, blob: bytes, aad: bytes = b"") -> bytes:
+        """Return the plaintext of an at-rest blob.
+
+        Raises DecryptionError for an encrypted blob without the right key (or one that
+        was tampered with), IntegrityError for a blob that is not valid at-rest data.
+        """
+        if not blob:
+            raise IntegrityError("empty at-rest blob")
+        flags = blob[0]
+        if flags & ~_KNOWN_FLAGS:
+            raise IntegrityError(f"unknown at-rest flags 0x{flags:02x}")
+        pos = 1
+        dict_id = -1
+        if flags & FLAG_DICT:
+            if not flags & FLAG_ZSTD or len(blob) < 3:
+                raise IntegrityError("malformed at-rest header")
+            dict_id = int.from_bytes(blob[1:3], "big")
+            pos = 3
+        payload = blob[pos:]
+        if flags & FLAG_AESGCM:
+            if self._aead is None:
+                raise DecryptionError("record is encrypted but no encryption key is configured")
+            if len(payload) < _NONCE_SIZE + _TAG_SIZE:
+                raise IntegrityError("truncated encrypted blob")
+            try:
+                payload = self._aead.decrypt(
+                    payload[:_NONCE_SIZE], payload[_NONCE_SIZE:], blob[:pos] + aad
+                )
+            except InvalidTag:
+                raise DecryptionError(
+                    "record failed authentication: wrong encryption key or tampered data"
+                ) from None
+        if flags & FLAG_ZSTD:
+            if dict_id >= 0 and dict_id not in self._dicts:
+                raise IntegrityError(f"blob needs compression dictionary {dict_id}, not loaded")
+            try:
+                return self._decompressor(dict_id).decompress(
+                    payload, max_output_size=_MAX_PLAINTEXT
+                )
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"corrupt compressed blob: {exc}") from None
+        return bytes(payload)
+
+    def _compressor(self, dict_id: int) -> zstandard.ZstdCompressor:
+        comp = self._local.compressors.get(dict_id)
+        if comp is None:
+            if dict_id >= 0:
+                # Dictionary id and checksum are redundant with our header and the GCM tag.
+                comp = zstandard.ZstdCompressor(
+                    level=self._level,
+                    dict_data=self._dicts[dict_id],
+                    write_dict_id=False,
+                    write_checksum=False,
+                )
+            else:
+                comp = zstandard.ZstdCompressor(level=self._level)
+            self._local.compressors[dict_id] = comp
+        return comp
+
+    def _decompressor(self, dict_id: int) -> zstandard.ZstdDecompressor:
+        dec = self._local.decompressors.get(dict_id)
+        if dec is None:
+            dec = (
+                zstandard.ZstdDecompressor(dict_data=self._dicts[dict_id])
+                if dict_id >= 0
+                else zstandard.ZstdDecompressor()
+            )
+            self._local.decompressors[dict_id] = dec
+        return dec

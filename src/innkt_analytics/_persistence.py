@@ -1,0 +1,1032 @@
+"""The SDK's local analytics store: ``AnalyticsDataPersistenceService``.
+
+A port of the seed's service of the same name onto SQLite in WAL mode::
+
+    AnalyticsDataPersistenceService     one connection, guarded by a lock; thread-safe
+    ├── records table                   id, type, ts (µs UTC), session_id, size, data blob
+    │   └── data blob                   JSON, compressed and/or encrypted (see _atrest)
+    ├── stats row                       record count, logical bytes, evicted/expired totals
+    ├── maintenance thread              retention cleanup and scheduled backups
+    └── backups                         _backup: online backup API + manifests
+
+Design decisions (the why is in ``docs/persistence.md``):
+
+* ``max_storage_size`` is enforced inside each write transaction by evicting the
+  oldest records (by timestamp) down to 90 % of the limit; the host app's write
+  never fails because of the limit, and evictions are counted and returned.
+* ``synchronous = NORMAL``: in WAL mode a crash of the app never loses a committed
+  transaction and a power cut cannot corrupt the file; it may lose the last commits
+  before the cut, which is acceptable for a local analytics buffer and makes small
+  writes an order of magnitude cheaper than ``FULL``.
+* A record's logical size is its stored blob plus its id, type and session id plus
+  a fixed 40-byte allowance for the row and index entries; ``usage_percent`` refers
+  to that, ``file_bytes`` reports what the files really take.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import enum
+import io
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Final, Literal, Protocol, Self
+
+import msgspec
+
+from innkt_analytics._atrest import (
+    AtRestCodec,
+    key_check_blob,
+    key_id,
+    parse_key,
+    train_dictionary,
+    verify_key_check,
+)
+from innkt_analytics._backup import (
+    BackupManifest,
+    create_backup,
+    list_backups,
+    prune_backups,
+    restore_backup,
+    storage_error,
+    verify_backup,
+)
+from innkt_analytics._exceptions import (
+    ConfigError,
+    ConnectionStateError,
+    InnktError,
+    IntegrityError,
+    StorageError,
+)
+
+__all__ = [
+    "ENCRYPTION_KEY_ENV",
+    "AnalyticsDataPersistenceService",
+    "CleanupResult",
+    "ExportFormat",
+    "InvalidRecordError",
+    "PersistenceConfig",
+    "PersistenceState",
+    "StorageInfo",
+    "StoreResult",
+    "StoredRecord",
+]
+
+logger = logging.getLogger("innkt_analytics.persistence")
+
+ENCRYPTION_KEY_ENV: Final = "INNKT_ENCRYPTION_KEY"
+SCHEMA_VERSION: Final = 1
+ROW_OVERHEAD: Final = 40
+LOW_WATERMARK: Final = 0.9
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_US: Final = dt.timedelta(microseconds=1)
+_STORAGE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+_DICT_MIN_SAMPLES: Final = 1000
+_DICT_MAX_ATTEMPTS: Final = 3
+_EXPORT_CHUNK: Final = 2000
+
+_SCHEMA: Final = f"""
+CREATE TABLE records (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    session_id TEXT,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX records_ts ON records (ts);
+CREATE INDEX records_session ON records (session_id, ts) WHERE session_id IS NOT NULL;
+CREATE TABLE stats (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    records INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    evicted INTEGER NOT NULL,
+    expired INTEGER NOT NULL
+);
+INSERT INTO stats VALUES (1, 0, 0, 0, 0);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE zstd_dicts (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+_INSERT: Final = "INSERT INTO records (id, type, ts, session_id, size, data) VALUES (?,?,?,?,?,?)"
+_COLUMNS: Final = "id, type, ts, session_id, data"
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ExportFormat = Literal["json", "ndjson", "csv"]
+_Row = tuple[str, str, int, str | None, int, bytes]
+
+
+class InvalidRecordError(InnktError, ValueError):
+    """A record that cannot be stored: empty id or type, naive timestamp, data not a dict."""
+
+
+class StoredRecord(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
+    """One stored analytics record: ``{id, type, data, timestamp, sessionId}`` as in the seed.
+
+    ``timestamp`` must be timezone-aware; it is stored in UTC with microsecond precision.
+    """
+
+    id: Id
+    type: Id
+    data: dict[str, Any]
+    timestamp: dt.datetime
+    session_id: Id | None = None
+
+
+class _ExportRow(msgspec.Struct, rename="camel", kw_only=True):
+    # Same fields and order as StoredRecord, but the data JSON is spliced in as stored.
+    id: str
+    type: str
+    data: msgspec.Raw
+    timestamp: dt.datetime
+    session_id: str | None = None
+
+
+class StoreResult(msgspec.Struct, kw_only=True, frozen=True):
+    """What a write did: records stored, and old records evicted to respect the size limit."""
+
+    stored: int
+    evicted: int = 0
+
+
+class CleanupResult(msgspec.Struct, kw_only=True, frozen=True):
+    """What ``cleanup`` removed."""
+
+    expired: int
+    evicted: int
+    backups_pruned: int
+
+
+class StorageInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """A snapshot of the store, as ``get_storage_info`` returns it."""
+
+    records: int
+    bytes: int
+    max_bytes: int
+    usage_percent: float
+    file_bytes: int
+    oldest: dt.datetime | None
+    newest: dt.datetime | None
+    last_backup: dt.datetime | None
+    last_backup_id: str | None
+    backups: int
+    evicted_total: int
+    expired_total: int
+    compressed: bool
+    encrypted: bool
+    maintenance_errors: int
+    last_error: str | None
+
+
+class PersistenceState(enum.Enum):
+    """Lifecycle of the service's database connection."""
+
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def _positive_interval(name: str, value: float | None) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf
+    ):
+        raise ConfigError(name, "must be a positive number of seconds, or None to disable")
+
+
+@dataclass(frozen=True, slots=True)
+class PersistenceConfig:
+    """Settings of the persistence service, with the seed's defaults (times in seconds).
+
+    ``db_path`` defaults to ``$XDG_DATA_HOME/innkt-analytics/<storage_key>.sqlite3``
+    and ``backup_dir`` to ``<storage_key>-backups`` beside the database. The key is
+    32 raw bytes; without one, ``INNKT_ENCRYPTION_KEY`` (base64 or hex) is read when the
+    service starts. Raises ConfigError naming the field for any invalid value.
+    """
+
+    storage_key: str = "analytics_data"
+    max_storage_size: int = 50 * 1024 * 1024
+    backup_interval: float | None = 24 * 60 * 60.0
+    retention_days: float = 30
+    enable_compression: bool = True
+    enable_encryption: bool = False
+    db_path: Path | None = None
+    backup_dir: Path | None = None
+    max_backups: int = 7
+    encryption_key: bytes | None = field(default=None, repr=False)
+    cleanup_interval: float | None = 60 * 60.0
+    compression_level: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.storage_key, str) or not _STORAGE_KEY_RE.fullmatch(self.storage_key):
+            raise ConfigError("storage_key", "must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        if isinstance(self.max_storage_size, bool) or not isinstance(self.max_storage_size, int):
+            raise ConfigError("max_storage_size", "must be an int number of bytes")
+        if self.max_storage_size < 1024:
+            raise ConfigError("max_storage_size", "must be at least 1024 bytes")
+        _positive_interval("backup_interval", self.backup_interval)
+        _positive_interval("cleanup_interval", self.cleanup_interval)
+        if (
+            isinstance(self.retention_days, bool)
+            or not isinstance(self.retention_days, int | float)
+            or not 0 < self.retention_days < math.inf
+        ):
+            raise ConfigError("retention_days", "must be a positive number of days")
+        for name in ("enable_compression", "enable_encryption"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, "must be a bool")
+        if isinstance(self.max_backups, bool) or not isinstance(self.max_backups, int):
+            raise ConfigError("max_backups", "must be an int")
+        if self.max_backups < 1:
+            raise ConfigError("max_backups", "must be at least 1")
+        if self.encryption_key is not None and (
+            not isinstance(self.encryption_key, bytes) or len(self.encryption_key) != 32
+        ):
+            raise ConfigError("encryption_key", "must be exactly 32 bytes")
+        if isinstance(self.compression_level, bool) or self.compression_level not in range(1, 23):
+            raise ConfigError("compression_level", "must be an int between 1 and 22")
+        for name in ("db_path", "backup_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, str | os.PathLike):
+                    raise ConfigError(name, "must be a path")
+                object.__setattr__(self, name, Path(value))
+
+    def resolved_db_path(self, environ: Mapping[str, str] | None = None) -> Path:
+        """The database file this configuration uses."""
+        if self.db_path is not None:
+            return self.db_path
+        env = os.environ if environ is None else environ
+        base = Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+        return base / "innkt-analytics" / f"{self.storage_key}.sqlite3"
+
+    def resolved_backup_dir(self, environ: Mapping[str, str] | None = None) -> Path:
+        """The directory backups go to."""
+        if self.backup_dir is not None:
+            return self.backup_dir
+        return self.resolved_db_path(environ).parent / f"{self.storage_key}-backups"
+
+    def resolved_key(self, environ: Mapping[str, str] | None = None) -> bytes | None:
+        """The configured key, else the one in INNKT_ENCRYPTION_KEY, else None.
+
+        Raises ConfigError if the variable is set but is not a 32-byte key.
+        """
+        if self.encryption_key is not None:
+            return self.encryption_key
+        text = (os.environ if environ is None else environ).get(ENCRYPTION_KEY_ENV)
+        return parse_key(text, field=ENCRYPTION_KEY_ENV) if text else None
+
+
+class _BinarySink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+def _to_micros(ts: dt.datetime) -> int:
+    return (ts - _EPOCH) // _US
+
+
+def _from_micros(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=us)
+
+
+def _utc(ts: dt.datetime, name: str) -> int:
+    if ts.utcoffset() is None:
+        raise ConfigError(name, "must be a timezone-aware datetime")
+    return _to_micros(ts)
+
+
+class AnalyticsDataPersistenceService:
+    """Local, thread-safe analytics record store with backups (see the module docstring).
+
+    Construct it with a config (or call ``initialize`` later); ``get_instance()`` gives
+    the process-wide instance as in the seed. ``close()`` stops the maintenance thread.
+    """
+
+    _instance: ClassVar[AnalyticsDataPersistenceService | None] = None
+    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, config: PersistenceConfig | None = None) -> None:
+        self._lock = threading.RLock()
+        # Held by backup and restore; never taken while holding _lock (lock order).
+        self._backup_lock = threading.Lock()
+        self._state = PersistenceState.NEW
+        self._conn: sqlite3.Connection | None = None
+        self._config = PersistenceConfig()
+        self._db_path = Path()
+        self._backup_dir = Path()
+        self._key: bytes | None = None
+        self._codec = AtRestCodec()
+        self._meta_codec = AtRestCodec(compress=False)
+        self._json_encode = msgspec.json.Encoder().encode
+        self._json_decode = msgspec.json.Decoder(dict[str, Any]).decode
+        self._samples: list[bytes] = []
+        self._dict_attempts = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._maintenance_errors = 0
+        self._last_error: str | None = None
+        if config is not None:
+            self.initialize(config)
+
+    @classmethod
+    def get_instance(cls) -> AnalyticsDataPersistenceService:
+        """The process-wide instance, created on first use (not yet initialized)."""
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> PersistenceState:
+        """Current lifecycle state."""
+        return self._state
+
+    @property
+    def config(self) -> PersistenceConfig:
+        """The configuration in force."""
+        return self._config
+
+    def initialize(
+        self, config: PersistenceConfig | None = None, *, environ: Mapping[str, str] | None = None
+    ) -> None:
+        """Open (creating if needed) the store and start the maintenance thread.
+
+        Raises ConnectionStateError if already open, ConfigError for a bad setting or
+        key, DecryptionError if the store is encrypted and the key is missing or wrong,
+        StorageError if the file cannot be opened or has a newer schema.
+        """
+        config = config or PersistenceConfig()
+        with self._lock:
+            if self._state is PersistenceState.OPEN:
+                raise ConnectionStateError("persistence service is already open; close() first")
+            key = config.resolved_key(environ)
+            if config.enable_encryption and key is None:
+                raise ConfigError(
+                    "encryption_key",
+                    f"enable_encryption needs a 32-byte key here or in {ENCRYPTION_KEY_ENV}",
+                )
+            self._config = config
+            self._key = key
+            self._db_path = config.resolved_db_path(environ)
+            self._backup_dir = config.resolved_backup_dir(environ)
+            self._open_connection()
+            self._state = PersistenceState.OPEN
+        self._start_maintenance()
+
+    def close(self) -> None:
+        """Stop the maintenance thread and close the database; safe to call twice."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._state is PersistenceState.OPEN:
+                self._state = PersistenceState.CLOSED
+
+    shutdown = close
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open_connection(self) -> None:
+        """Open the database, create or check the schema, check the key, load dictionaries."""
+        try:
+            self._db_path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise storage_error(exc, f"cannot open {self._db_path}") from exc
+        try:
+            self._setup(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        cfg = self._config
+        with self._sql_errors("open"):
+            conn.execute("PRAGMA busy_timeout = 5000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"{self._db_path}: cannot enable WAL (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA cache_size = -16384")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    if conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+                        raise StorageError(f"{self._db_path} is not an innkt-analytics store")
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                elif version > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"{self._db_path} has schema version {version}; "
+                        f"this SDK reads up to {SCHEMA_VERSION}"
+                    )
+                row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+                if row is not None:
+                    verify_key_check(self._key, bytes(row[0]))
+                elif cfg.enable_encryption and self._key is not None:
+                    conn.execute(
+                        "INSERT INTO meta VALUES ('key_check', ?)", (key_check_blob(self._key),)
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            encrypt = cfg.enable_encryption
+            self._codec = AtRestCodec(
+                compress=cfg.enable_compression,
+                key=self._key,
+                encrypt=encrypt,
+                level=cfg.compression_level,
+            )
+            self._meta_codec = AtRestCodec(compress=False, key=self._key, encrypt=encrypt)
+            dicts = {
+                int(i): self._meta_codec.decode(bytes(blob), b"zstd-dict:%d" % i)
+                for i, blob in conn.execute("SELECT id, data FROM zstd_dicts")
+            }
+            self._codec.load_dictionaries(dicts)
+        self._samples = []
+        self._dict_attempts = 0
+
+    @contextmanager
+    def _sql_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise storage_error(exc, f"{what} failed") from exc
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._state is not PersistenceState.OPEN or self._conn is None:
+            raise ConnectionStateError(
+                f"persistence service is {self._state.value}; call initialize() first"
+            )
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; rolled back and converted on error."""
+        with self._lock:
+            conn = self._require_open()
+            with self._sql_errors("write"):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may already have rolled back (e.g. after SQLITE_FULL).
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+
+    # -- writes --------------------------------------------------------------------------
+
+    def store_data(self, record: StoredRecord | Mapping[str, Any]) -> StoreResult:
+        """Store one record (replacing a record with the same id).
+
+        Raises InvalidRecordError for a bad record, StorageFullError if the disk is
+        full, StorageError for other storage failures. Exceeding ``max_storage_size``
+        is not an error: the oldest records are evicted and counted in the result.
+        """
+        return self.store_batch((record,))
+
+    def store_batch(self, records: Iterable[StoredRecord | Mapping[str, Any]]) -> StoreResult:
+        """Store many records in one transaction; same contract as ``store_data``."""
+        recs = [_coerce(r) for r in records]
+        if not recs:
+            return StoreResult(stored=0)
+        with self._lock:
+            self._require_open()
+            if self._codec.compresses and self._codec.active_dictionary is None:
+                self._sample_for_dictionary(recs)
+            rows = self._prepare(recs)
+            with self._write() as conn:
+                try:
+                    conn.executemany(_INSERT, rows)
+                    added, delta = len(rows), sum(r[4] for r in rows)
+                except sqlite3.IntegrityError:
+                    # Some ids exist already: redo the batch row by row as upserts.
+                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                    added, delta = _upsert(conn, rows)
+                evicted = self._account(conn, added, delta)
+        return StoreResult(stored=len(rows), evicted=evicted)
+
+    def update_data(
+        self,
+        record_id: str,
+        *,
+        type: str | None = None,
+        data: dict[str, Any] | None = None,
+        timestamp: dt.datetime | None = None,
+        session_id: str | msgspec.UnsetType | None = msgspec.UNSET,
+    ) -> StoredRecord | None:
+        """Replace the given fields of a record; return it, or None if there is no such id.
+
+        Raises InvalidRecordError, StorageError as ``store_data`` does.
+        """
+        with self._lock:
+            current = self.get_data(record_id)
+            if current is None:
+                return None
+            changes: dict[str, Any] = {}
+            if type is not None:
+                changes["type"] = type
+            if data is not None:
+                changes["data"] = data
+            if timestamp is not None:
+                changes["timestamp"] = timestamp
+            if session_id is not msgspec.UNSET:
+                changes["session_id"] = session_id
+            updated = msgspec.structs.replace(current, **changes)
+            (row,) = self._prepare([updated])
+            with self._write() as conn:
+                old = conn.execute("SELECT size FROM records WHERE id = ?", (record_id,)).fetchone()
+                if old is None:  # deleted by another connection since get_data
+                    return None
+                conn.execute(
+                    "UPDATE records SET type=?, ts=?, session_id=?, size=?, data=? WHERE id=?",
+                    (*row[1:], record_id),
+                )
+                self._account(conn, 0, row[4] - old[0])
+            return updated
+
+    def delete_data(self, record_id: str) -> bool:
+        """Delete a record; return whether it existed. Raises StorageError on failure."""
+        with self._write() as conn:
+            row = conn.execute("DELETE FROM records WHERE id = ? RETURNING size", (record_id,))
+            found = row.fetchone()
+            if found is not None:
+                self._account(conn, -1, -found[0])
+        return found is not None
+
+    def _prepare(self, recs: list[StoredRecord]) -> list[_Row]:
+        encode = self._codec.encode
+        json_encode = self._json_encode
+        rows: list[_Row] = []
+        append = rows.append
+        for r in recs:
+            rid, rtype, sid, ts = r.id, r.type, r.session_id, r.timestamp
+            if not (isinstance(rid, str) and rid and isinstance(rtype, str) and rtype):
+                raise InvalidRecordError(f"record id and type must be non-empty strings: {rid!r}")
+            if not isinstance(ts, dt.datetime) or ts.utcoffset() is None:
+                raise InvalidRecordError(f"record {rid!r}: timestamp must be timezone-aware")
+            if not isinstance(r.data, dict):
+                raise InvalidRecordError(f"record {rid!r}: data must be a dict")
+            blob = encode(json_encode(r.data), rid.encode())
+            size = len(blob) + len(rid) + len(rtype) + ROW_OVERHEAD
+            if sid is not None:
+                size += len(sid)
+            append((rid, rtype, (ts - _EPOCH) // _US, sid, size, blob))
+        return rows
+
+    def _account(self, conn: sqlite3.Connection, added: int, delta: int) -> int:
+        """Apply a write's record/byte change to the stats row; evict if over the limit."""
+        (total,) = conn.execute(
+            "UPDATE stats SET records = records + ?, bytes = bytes + ? RETURNING bytes",
+            (added, delta),
+        ).fetchone()
+        limit = self._config.max_storage_size
+        if total <= limit:
+            return 0
+        need = total - int(limit * LOW_WATERMARK)
+        victims: list[tuple[int]] = []
+        freed = 0
+        cur = conn.execute("SELECT seq, size FROM records ORDER BY ts, seq")
+        try:
+            while freed < need and (chunk := cur.fetchmany(256)):
+                for seq, size in chunk:
+                    victims.append((seq,))
+                    freed += size
+                    if freed >= need:
+                        break
+        finally:
+            cur.close()
+        conn.executemany("DELETE FROM records WHERE seq = ?", victims)
+        conn.execute(
+            "UPDATE stats SET records = records - ?, bytes = bytes - ?, evicted = evicted + ?",
+            (len(victims), freed, len(victims)),
+        )
+        logger.info("storage limit reached: evicted %d oldest records", len(victims))
+        return len(victims)
+
+    def _sample_for_dictionary(self, recs: list[StoredRecord]) -> None:
+        """Collect plaintexts until a zstd dictionary can be trained, then train and store it."""
+        if self._dict_attempts >= _DICT_MAX_ATTEMPTS:
+            return
+        need = _DICT_MIN_SAMPLES * 4**self._dict_attempts
+        encode = self._json_encode
+        self._samples.extend(encode(r.data) for r in recs[: need - len(self._samples)])
+        if len(self._samples) < need:
+            return
+        self._dict_attempts += 1
+        trained = train_dictionary(self._samples)
+        self._samples = []
+        if trained is None:
+            return
+        with self._write() as conn:
+            (dict_id,) = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM zstd_dicts").fetchone()
+            blob = self._meta_codec.encode(trained, b"zstd-dict:%d" % dict_id)
+            conn.execute("INSERT INTO zstd_dicts (id, data) VALUES (?, ?)", (dict_id, blob))
+        # Registered only after the commit, so no blob can name an uncommitted dictionary.
+        self._codec.add_dictionary(dict_id, trained)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _decode(self, rid: str, rtype: str, ts: int, sid: str | None, blob: bytes) -> StoredRecord:
+        try:
+            data = self._json_decode(self._codec.decode(blob, rid.encode()))
+        except msgspec.DecodeError as exc:
+            raise IntegrityError(f"record {rid!r} holds invalid JSON: {exc}") from None
+        return StoredRecord(
+            id=rid, type=rtype, data=data, timestamp=_from_micros(ts), session_id=sid
+        )
+
+    def get_data(self, record_id: str) -> StoredRecord | None:
+        """The record with this id, or None.
+
+        Raises DecryptionError if it cannot be decrypted, StorageError on failure.
+        """
+        with self._lock, self._sql_errors("read"):
+            row = (
+                self._require_open()
+                .execute(f"SELECT {_COLUMNS} FROM records WHERE id = ?", (record_id,))
+                .fetchone()
+            )
+        return None if row is None else self._decode(*row)
+
+    def query(
+        self,
+        *,
+        type: str | None = None,
+        session_id: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> list[StoredRecord]:
+        """Records matching all given filters, ordered by timestamp (``since`` inclusive,
+        ``until`` exclusive). Raises ConfigError for a bad argument, StorageError on failure.
+        """
+        sql, params = _select(type, session_id, since, until, order)
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ConfigError("limit", "must be a non-negative int")
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._lock, self._sql_errors("query"):
+            rows = self._require_open().execute(sql, params).fetchall()
+        return [self._decode(*row) for row in rows]
+
+    def export_data(
+        self,
+        format: ExportFormat = "json",
+        path: Path | str | None = None,
+        stream: _BinarySink | None = None,
+        *,
+        type: str | None = None,
+        session_id: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> int:
+        """Write matching records to ``path`` (atomically) or to a binary ``stream``;
+        return how many. JSON is an array, NDJSON one record per line, CSV has the
+        columns id,type,timestamp,sessionId,data (data as JSON text).
+
+        Reads a consistent snapshot on a connection of its own, so writers are not
+        held up. Raises ConfigError for bad arguments, StorageError on failure.
+        """
+        if format not in ("json", "ndjson", "csv"):
+            raise ConfigError("format", "must be 'json', 'ndjson' or 'csv'")
+        sql, params = _select(type, session_id, since, until, "asc")
+        with self._lock:
+            self._require_open()
+            db_path = self._db_path
+        if stream is not None and path is None:
+            return self._export(db_path, sql, params, format, stream)
+        if path is None or stream is not None:
+            raise ConfigError("path", "give exactly one of path or stream")
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            with tmp.open("wb") as f:
+                count = self._export(db_path, sql, params, format, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error(exc, f"export to {target} failed") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return count
+
+    def _export(
+        self, db_path: Path, sql: str, params: list[Any], fmt: str, out: _BinarySink
+    ) -> int:
+        decode = self._codec.decode
+        encode = msgspec.json.encode
+        count = 0
+        with self._sql_errors("export"):
+            conn = sqlite3.connect(db_path, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 5000")
+                conn.execute("BEGIN")  # one snapshot for the whole export
+                cur = conn.execute(sql, params)
+                if fmt == "json":
+                    out.write(b"[")
+                elif fmt == "csv":
+                    out.write(b"id,type,timestamp,sessionId,data\r\n")
+                while chunk := cur.fetchmany(_EXPORT_CHUNK):
+                    if fmt == "csv":
+                        text = io.StringIO()
+                        writer = csv.writer(text)
+                        for rid, rtype, ts, sid, blob in chunk:
+                            plain = decode(blob, rid.encode()).decode()
+                            writer.writerow((rid, rtype, _iso(ts), sid or "", plain))
+                        out.write(text.getvalue().encode())
+                    else:
+                        parts = [
+                            encode(
+                                _ExportRow(
+                                    id=rid,
+                                    type=rtype,
+                                    data=msgspec.Raw(decode(blob, rid.encode())),
+                                    timestamp=_from_micros(ts),
+                                    session_id=sid,
+                                )
+                            )
+                            for rid, rtype, ts, sid, blob in chunk
+                        ]
+                        if fmt == "json":
+                            out.write((b"," if count else b"") + b",".join(parts))
+                        else:
+                            out.write(b"\n".join(parts) + b"\n")
+                    count += len(chunk)
+                if fmt == "json":
+                    out.write(b"]")
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+        return count
+
+    def get_storage_info(self) -> StorageInfo:
+        """Record count, logical bytes and usage, oldest/newest, last backup, counters.
+
+        Raises StorageError on failure.
+        """
+        with self._lock, self._sql_errors("storage info"):
+            conn = self._require_open()
+            records, nbytes, evicted, expired = conn.execute(
+                "SELECT records, bytes, evicted, expired FROM stats"
+            ).fetchone()
+            oldest, newest = conn.execute("SELECT min(ts), max(ts) FROM records").fetchone()
+            file_bytes = sum(
+                p.stat().st_size
+                for p in (self._db_path, Path(f"{self._db_path}-wal"))
+                if p.exists()
+            )
+            limit = self._config.max_storage_size
+        backups = list_backups(self._backup_dir)
+        return StorageInfo(
+            records=records,
+            bytes=nbytes,
+            max_bytes=limit,
+            usage_percent=round(100.0 * nbytes / limit, 2),
+            file_bytes=file_bytes,
+            oldest=None if oldest is None else _from_micros(oldest),
+            newest=None if newest is None else _from_micros(newest),
+            last_backup=backups[0].created_at if backups else None,
+            last_backup_id=backups[0].backup_id if backups else None,
+            backups=len(backups),
+            evicted_total=evicted,
+            expired_total=expired,
+            compressed=self._codec.compresses,
+            encrypted=self._codec.encrypts,
+            maintenance_errors=self._maintenance_errors,
+            last_error=self._last_error,
+        )
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def cleanup(self) -> CleanupResult:
+        """Delete records older than ``retention_days``, enforce the size limit and prune
+        the backup history. Raises StorageError on failure.
+        """
+        cutoff = _to_micros(dt.datetime.now(dt.UTC)) - int(
+            self._config.retention_days * 86_400_000_000
+        )
+        with self._write() as conn:
+            count, freed = conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM records WHERE ts < ?", (cutoff,)
+            ).fetchone()
+            if count:
+                conn.execute("DELETE FROM records WHERE ts < ?", (cutoff,))
+                conn.execute(
+                    "UPDATE stats SET records = records - ?, bytes = bytes - ?, "
+                    "expired = expired + ?",
+                    (count, freed, count),
+                )
+            evicted = self._account(conn, 0, 0)
+        with self._sql_errors("checkpoint"), self._lock:
+            self._require_open().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        pruned = prune_backups(self._backup_dir, self._config.max_backups)
+        return CleanupResult(expired=count, evicted=evicted, backups_pruned=len(pruned))
+
+    def perform_backup(self) -> BackupManifest:
+        """Back up the store now (writers continue meanwhile) and prune the history.
+
+        Raises StorageFullError if the backup disk is full, StorageError on failure.
+        """
+        with self._backup_lock:
+            with self._lock:
+                self._require_open()
+                labels = {"storageKey": self._config.storage_key}
+                if self._key is not None:
+                    labels["keyId"] = key_id(self._key)
+                db_path, backup_dir = self._db_path, self._backup_dir
+            return create_backup(
+                db_path,
+                backup_dir,
+                count_table="records",
+                compressed=self._codec.compresses,
+                encrypted=self._codec.encrypts,
+                labels=labels,
+                max_backups=self._config.max_backups,
+            )
+
+    def list_backups(self) -> list[BackupManifest]:
+        """Manifests of this store's backups, newest first."""
+        return list_backups(self._backup_dir)
+
+    def verify_backup(self, backup_id: str) -> BackupManifest:
+        """Check a backup's file against its manifest and SQLite's integrity_check.
+
+        Raises IntegrityError naming the problem.
+        """
+        return verify_backup(self._backup_dir, backup_id)
+
+    def restore_backup(self, backup_id: str) -> BackupManifest:
+        """Verify a backup and swap it in atomically for the current data.
+
+        Raises IntegrityError if the backup is damaged, DecryptionError if it was made
+        with another key, StorageError on failure; in every case the current data stays.
+        """
+        with self._backup_lock, self._lock:
+            conn = self._require_open()
+            conn.close()
+            self._conn = None
+            try:
+                return restore_backup(
+                    self._db_path, self._backup_dir, backup_id, check=self._check_restorable
+                )
+            finally:
+                # Reopen whichever database is now in place: the restored one or the old one.
+                try:
+                    self._open_connection()
+                except BaseException:
+                    self._state = PersistenceState.CLOSED
+                    raise
+
+    def _check_restorable(self, path: Path) -> None:
+        """Refuse a backup this service could not read: newer schema or another key."""
+        with self._sql_errors("reading backup"):
+            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+            finally:
+                conn.close()
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"backup has schema version {version}; this SDK reads up to 1")
+        if row is not None:
+            verify_key_check(self._key, bytes(row[0]))
+
+    def _start_maintenance(self) -> None:
+        cfg = self._config
+        if cfg.backup_interval is None and cfg.cleanup_interval is None:
+            return
+        self._stop = threading.Event()
+        first_backup = math.inf
+        if cfg.backup_interval is not None:
+            backups = list_backups(self._backup_dir)
+            last = backups[0].created_at.timestamp() if backups else time.time()
+            first_backup = max(0.0, last + cfg.backup_interval - time.time())
+        self._thread = threading.Thread(
+            target=self._maintain,
+            args=(self._stop, first_backup),
+            name="innkt-persistence-maintenance",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _maintain(self, stop: threading.Event, first_backup: float) -> None:
+        cfg = self._config
+        now = time.monotonic()
+        next_cleanup = now if cfg.cleanup_interval is not None else math.inf
+        next_backup = now + first_backup
+        while True:
+            wait = min(next_cleanup, next_backup) - time.monotonic()
+            if stop.wait(min(max(wait, 0.0), 3600.0)):
+                return
+            now = time.monotonic()
+            if now >= next_cleanup:
+                self._guarded(self.cleanup)
+                next_cleanup = now + (cfg.cleanup_interval or math.inf)
+            if now >= next_backup:
+                self._guarded(self.perform_backup)
+                next_backup = now + (cfg.backup_interval or math.inf)
+
+    def _guarded(self, job: Callable[[], object]) -> None:
+        # The maintenance thread must outlive any one failure; failures are counted
+        # and surfaced in get_storage_info() rather than raised into nobody.
+        try:
+            job()
+        except ConnectionStateError:
+            return
+        except Exception as exc:
+            self._maintenance_errors += 1
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("persistence maintenance failed", exc_info=True)
+
+
+def _coerce(record: StoredRecord | Mapping[str, Any]) -> StoredRecord:
+    if isinstance(record, StoredRecord):
+        return record
+    try:
+        return msgspec.convert(dict(record), StoredRecord)
+    except msgspec.ValidationError as exc:
+        raise InvalidRecordError(f"invalid record: {exc}") from None
+
+
+def _upsert(conn: sqlite3.Connection, rows: list[_Row]) -> tuple[int, int]:
+    """Insert-or-replace row by row; return (new records, byte delta)."""
+    added = delta = 0
+    for row in rows:
+        old = conn.execute("SELECT size FROM records WHERE id = ?", (row[0],)).fetchone()
+        if old is None:
+            conn.execute(_INSERT, row)
+            added += 1
+            delta += row[4]
+        else:
+            conn.execute(
+                "UPDATE records SET type=?, ts=?, session_id=?, size=?, data=? WHERE id=?",
+                (*row[1:], row[0]),
+            )
+            delta += row[4] - old[0]
+    return added, delta
+
+
+def _select(
+    rtype: str | None,
+    session_id: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    order: str,
+) -> tuple[str, list[Any]]:
+    if order not in ("asc", "desc"):
+        raise ConfigError("order", "must be 'asc' or 'desc'")
+    where: list[str] = []
+    params: list[Any] = []
+    for clause, value in (
+        ("type = ?", rtype),
+        ("session_id = ?", session_id),
+        ("ts >= ?", None if since is None else _utc(since, "since")),
+        ("ts < ?", None if until is None else _utc(until, "until")),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    sql = f"SELECT {_COLUMNS} FROM records"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    direction = "DESC" if order == "desc" else "ASC"
+    return sql + f" ORDER BY ts {direction}, seq {direction}", params
+
+
+def _iso(us: int) -> str:
+    return _from_micros(us).isoformat().replace("+00:00", "Z")
