@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -91,7 +92,7 @@ class ServerProcess:
             if found:
                 self.url = found.group(1)
                 self.port = int(self.url.rsplit(":", 1)[1])
-                self._wait_healthy(deadline)
+                self._wait_healthy(deadline, log)
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{text}")
@@ -99,8 +100,10 @@ class ServerProcess:
         self.kill()
         raise RuntimeError(f"server did not start in {timeout}s:\n{log.read_text()}")
 
-    def _wait_healthy(self, deadline: float) -> None:
+    def _wait_healthy(self, deadline: float, log: Path) -> None:
         while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{log.read_text()}")
             try:
                 if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
                     return
@@ -165,9 +168,24 @@ class ServerProcess:
         )
         return out.stdout.strip().splitlines()[-1]
 
-    # -- assertions read the database directly (SQLite) ----------------------------
+    # -- assertions read the database directly (SQLite or PostgreSQL) ------------
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.db.startswith(("postgresql://", "postgres://"))
+
+    def _pg_rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        import psycopg  # only PostgreSQL runs need it
+
+        with psycopg.connect(self.db, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
 
     def event_ids(self, project: str = "default") -> list[str]:
+        if self.is_postgres:
+            rows = self._pg_rows(
+                "SELECT event_id FROM events WHERE project = %s ORDER BY seq", (project,)
+            )
+            return [r[0] for r in rows]
         with contextlib.closing(sqlite3.connect(self.db)) as conn:
             return [
                 r[0]
@@ -177,6 +195,11 @@ class ServerProcess:
             ]
 
     def count_events(self, project: str | None = None) -> int:
+        if self.is_postgres:
+            if project is None:
+                return int(self._pg_rows("SELECT count(*) FROM events")[0][0])
+            rows = self._pg_rows("SELECT count(*) FROM events WHERE project = %s", (project,))
+            return int(rows[0][0])
         with contextlib.closing(sqlite3.connect(self.db)) as conn:
             if project is None:
                 return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])

@@ -1,0 +1,149 @@
+"""One real server process on PostgreSQL: the API end to end, PostgreSQL going
+away and coming back, and rate limits kept in Redis (or not, when Redis is gone).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests._server import ServerProcess
+from tests.conftest import ServerFactory
+
+
+def events(*ids: str, day: str = "2026-11-02") -> dict[str, Any]:
+    return {
+        "events": [
+            {
+                "eventId": i,
+                "eventType": "signup" if i.endswith("0") else "page",
+                "sessionId": f"s-{i[-1]}",
+                "timestamp": f"{day}T10:00:00Z",
+            }
+            for i in ids
+        ]
+    }
+
+
+def post(server: ServerProcess, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(server.url + "/v1/events/batch", headers=server.headers("write"), json=body)
+
+
+@pytest.fixture
+def outage(pg_url: str, pg_database: str) -> Iterator[Callable[[bool], None]]:
+    """``outage(True)``: the server's database refuses connections and its open
+    ones are terminated; ``outage(False)``: it is back."""
+    name = urllib.parse.urlsplit(pg_database).path.lstrip("/")
+
+    def switch(on: bool) -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if on else "true"}')
+            if on:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+
+    yield switch
+    switch(False)
+
+
+@pytest.mark.postgres
+def test_ingest_query_and_stats_on_postgres(
+    server_factory: ServerFactory, pg_database: str
+) -> None:
+    server = server_factory(db=pg_database)
+    r = post(server, events("a0", "a1", "a2"))
+    assert r.json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    assert post(server, events("a2", "a3")).json()["duplicates"] == 1
+    assert server.event_ids() == ["a0", "a1", "a2", "a3"]
+    read = server.headers("read")
+    page = httpx.get(server.url + "/v1/events", headers=read, params={"limit": 3}).json()
+    assert [e["eventId"] for e in page["events"]] == ["a0", "a1", "a2"]
+    rest = httpx.get(
+        server.url + "/v1/events", headers=read, params={"cursor": page["nextCursor"]}
+    ).json()
+    assert [e["eventId"] for e in rest["events"]] == ["a3"]
+    assert rest["nextCursor"] is None
+    stats = httpx.get(server.url + "/v1/stats", headers=read, params={"bucket": "day"}).json()
+    assert stats["total"] == 4
+    assert stats["byEventType"] == {"page": 3, "signup": 1}
+    assert stats["uniqueSessions"] == 4
+    health = httpx.get(server.url + "/v1/health", headers=read).json()
+    assert health["storage"]["backend"] == "postgresql"
+    assert health["storage"]["events"] == 4
+
+
+@pytest.mark.postgres
+def test_postgres_outage_answers_503_and_recovers_by_itself(
+    server_factory: ServerFactory, pg_database: str, outage: Callable[[bool], None]
+) -> None:
+    server = server_factory(
+        db=pg_database,
+        env={"INNKT_UNAVAILABLE_RETRY_AFTER": "2", "INNKT_KEY_CACHE_SECONDS": "600"},
+    )
+    assert post(server, events("b1")).status_code == 200
+    outage(True)
+    r = post(server, events("b2", "b3"))
+    assert r.status_code == 503, r.text
+    assert r.headers["Retry-After"] == "2"
+    assert r.json()["error"] == "storage_unavailable"
+    health = httpx.get(server.url + "/v1/health")
+    assert health.status_code == 503
+    assert health.headers["Retry-After"] == "2"
+    assert health.json()["storage"]["status"] == "unavailable"
+    assert "PostgreSQL" in health.json()["storage"]["reason"]
+    outage(False)
+    r = post(server, events("b1", "b2", "b3"))  # the SDK's retry of the same batch
+    assert r.json() == {"accepted": 2, "duplicates": 1, "rejected": []}
+    assert httpx.get(server.url + "/v1/health").json() == {"status": "ok"}
+    assert server.event_ids() == ["b1", "b2", "b3"]
+
+
+@pytest.mark.redis
+def test_rate_limit_kept_in_redis(server_factory: ServerFactory, redis_url: str) -> None:
+    server = server_factory(
+        env={
+            "INNKT_RATE_LIMIT_STORE": redis_url,
+            "INNKT_RATE_LIMIT_PER_SECOND": "0.01",
+            "INNKT_RATE_LIMIT_BURST": "3",
+        }
+    )
+    codes = [post(server, events(f"c{i}")).status_code for i in range(4)]
+    assert codes == [200, 200, 200, 429]
+    r = post(server, events("c9"))
+    assert r.json()["error"] == "rate_limited"
+    assert int(r.headers["Retry-After"]) >= 1
+    section = httpx.get(server.url + "/v1/health", headers=server.headers("read")).json()
+    assert section["rateLimit"]["state"] == "shared"
+
+
+def test_rate_limit_falls_back_per_instance_when_redis_is_unreachable(
+    server_factory: ServerFactory,
+) -> None:
+    # Nothing listens on port 1: every Redis call fails at once.
+    server = server_factory(
+        env={
+            "INNKT_RATE_LIMIT_STORE": "redis://127.0.0.1:1/0",
+            "INNKT_RATE_LIMIT_PER_SECOND": "0.01",
+            "INNKT_RATE_LIMIT_BURST": "2",
+        }
+    )
+    codes = [post(server, events(f"d{i}")).status_code for i in range(3)]
+    assert codes == [200, 200, 429]
+    section = httpx.get(server.url + "/v1/health", headers=server.headers("read")).json()
+    assert section["rateLimit"]["state"] == "local"
+    assert section["rateLimit"]["reason"]
+    assert section["rateLimit"]["fallbacks"] >= 3
+
+
+def test_a_rate_limit_store_that_is_not_redis_is_refused(
+    server_factory: ServerFactory,
+) -> None:
+    with pytest.raises(RuntimeError, match="rate_limit_store"):
+        server_factory(env={"INNKT_RATE_LIMIT_STORE": "memcached://127.0.0.1"})
