@@ -86,9 +86,10 @@ class PutResult:
     stored: int = 0
     #: the highest row id written (0 when nothing was): ``flush`` waits up to here
     last_rowid: int = 0
-    #: new events not stored (``DROP_NEWEST``, or one put larger than the bounds)
+    #: new events not stored (``DROP_NEWEST``)
     refused: list[str] = field(default_factory=list)
-    #: queued events deleted to make room (``DROP_OLDEST``)
+    #: the oldest events given up to make room (``DROP_OLDEST``): queued ones deleted,
+    #: or the oldest of this put when it alone is larger than the bounds
     evicted: list[str] = field(default_factory=list)
 
 
@@ -180,19 +181,17 @@ def encode_records(
     return items, dropped
 
 
-def _plan_refusals(
+def _plan_room(
     sizes: Sequence[int], events: int, nbytes: int, max_events: int, max_bytes: int
 ) -> int:
-    """How many leading items to refuse so that the rest fits into the free room."""
-    keep_events = 0
-    keep_bytes = 0
-    # Keep the newest items that fit, counting from the end.
-    for size in reversed(sizes):
-        if keep_events + 1 > max_events - events or keep_bytes + size > max_bytes - nbytes:
+    """How many of ``sizes`` fit into the free room, counting from the first."""
+    fit_events = fit_bytes = 0
+    for size in sizes:
+        if fit_events + 1 > max_events - events or fit_bytes + size > max_bytes - nbytes:
             break
-        keep_events += 1
-        keep_bytes += size
-    return len(sizes) - keep_events
+        fit_events += 1
+        fit_bytes += size
+    return fit_events
 
 
 def _chunks(
@@ -251,13 +250,20 @@ class EventQueue(abc.ABC):
             over_events = self._events + len(items) - self.max_events
             over_bytes = self._bytes + sum(sizes) - self.max_bytes
             if over_events > 0 or over_bytes > 0:
-                if self.policy is OverflowPolicy.DROP_OLDEST:
+                room = (self._events, self._bytes, self.max_events, self.max_bytes)
+                if self.policy is OverflowPolicy.DROP_NEWEST:
+                    keep = _plan_room(sizes, *room)
+                    result.refused = [eid for eid, _ in items[keep:]]
+                    items = items[:keep]
+                else:
                     result.evicted = self._evict(max(0, over_events), max(0, over_bytes), now)
-                skip = _plan_refusals(
-                    sizes, self._events, self._bytes, self.max_events, self.max_bytes
-                )
-                result.refused = [eid for eid, _ in items[:skip]]
-                items = items[skip:]
+                    room = (self._events, self._bytes, self.max_events, self.max_bytes)
+                    # Still too much (one put larger than the bounds, or the queued events
+                    # are in flight): the oldest of the new ones go, as the policy says.
+                    keep = _plan_room(sizes[::-1], *room)
+                    skip = len(items) - keep
+                    result.evicted += [eid for eid, _ in items[:skip]]
+                    items = items[skip:]
             if items:
                 chunks = list(_chunks(items, chunk_events, chunk_bytes))
                 result.last_rowid = self._insert(chunks, now)

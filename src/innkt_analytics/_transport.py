@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import gzip
+import math
 import random
 import time
 from collections import deque
@@ -335,10 +336,10 @@ def _deliver(
     if outcome is Outcome.DELIVERED:
         verdict.accepted += result.accepted
         verdict.duplicates += result.duplicates
-        verdict.dropped.extend(Dropped(r.event_id, "rejected", r.error) for r in result.rejected)
+        verdict.dropped.extend(_rejections(parts, result))
         return True
     if outcome is Outcome.REJECTED:
-        verdict.dropped.extend(Dropped(r.event_id, "rejected", r.error) for r in result.rejected)
+        verdict.dropped.extend(_rejections(parts, result))
         # The server names every invalid event; if it named fewer, drop the rest too
         # rather than resend a batch the server has refused as a whole.
         verdict.dropped.extend(
@@ -365,6 +366,21 @@ def _deliver(
     verdict.settled = False
     verdict.last = result
     return False
+
+
+def _rejections(parts: Sequence[bytes], result: SendResult) -> list[Dropped]:
+    # The server names the event by its index in the request, and by eventId when it
+    # could read one (not for an event too deep to parse): fill the gaps from our bytes.
+    ids: list[str] = []
+    if any(r.event_id is None for r in result.rejected):
+        ids = [eid for part in parts for eid in event_ids_of(part)]
+    out = []
+    for r in result.rejected:
+        eid = r.event_id
+        if eid is None and 0 <= r.index < len(ids):
+            eid = ids[r.index] or None
+        out.append(Dropped(eid, "rejected", r.error))
+    return out
 
 
 def _drop_all(parts: Sequence[bytes], reason: str, detail: str, verdict: Verdict) -> None:
@@ -422,7 +438,7 @@ def percentile(values: Iterable[float], q: float) -> float | None:
     ordered = sorted(values)
     if not ordered:
         return None
-    rank = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+    rank = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
     return ordered[rank]
 
 
