@@ -1,4 +1,8 @@
-"""At-rest encoding of stored blobs: zstandard compression and AES-256-GCM, free of I/O.
+"""How analytics records look at rest, free of I/O: the sans-I/O core of persistence.
+
+``AtRestCodec`` encodes the data blob of a record (zstandard, AES-256-GCM);
+``RecordCodec`` turns ``StoredRecord`` values into SQLite rows and back, and rows
+into export bytes. The persistence service only moves these rows in and out of SQLite.
 
 One blob is laid out as::
 
@@ -22,25 +26,44 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
+import datetime as dt
 import hashlib
 import hmac
+import io
 import os
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Annotated, Any, Final, Literal
 
+import msgspec
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from innkt_analytics._exceptions import ConfigError, DecryptionError, IntegrityError
+from innkt_analytics._exceptions import ConfigError, DecryptionError, InnktError, IntegrityError
 
 __all__ = [
+    "COLUMNS",
+    "EPOCH",
+    "INSERT_SQL",
     "KEY_SIZE",
+    "ROW_OVERHEAD",
+    "SCHEMA",
+    "SCHEMA_VERSION",
     "AtRestCodec",
+    "ExportFormat",
+    "InvalidRecordError",
+    "RecordCodec",
+    "Row",
+    "StoredRecord",
+    "coerce_record",
+    "from_micros",
     "key_check_blob",
     "key_id",
     "parse_key",
+    "select_sql",
+    "to_micros",
     "train_dictionary",
     "verify_key_check",
 ]
@@ -297,3 +320,251 @@ class AtRestCodec:
             )
             self._local.decompressors[dict_id] = dec
         return dec
+
+
+# -- records at rest -------------------------------------------------------------------------
+#
+# How one analytics record becomes a SQLite row and back, and how rows become export
+# bytes: pure functions over the blob codec above, driven by the persistence service.
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ExportFormat = Literal["json", "ndjson", "csv"]
+# (id, type, timestamp in µs since the epoch UTC, session id, logical size, blob)
+Row = tuple[str, str, int, str | None, int, bytes]
+# A record's logical size adds this to its blob, id, type and session id: an allowance
+# for the rowid, integer columns and index entries, so the limit tracks the file.
+ROW_OVERHEAD: Final = 40
+EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_US: Final = dt.timedelta(microseconds=1)
+_DICT_MIN_SAMPLES: Final = 1000
+_DICT_MAX_ATTEMPTS: Final = 3
+_CSV_HEADER: Final = b"id,type,timestamp,sessionId,data\r\n"
+
+
+class InvalidRecordError(InnktError, ValueError):
+    """A record that cannot be stored: empty id or type, naive timestamp, data not a dict."""
+
+
+class StoredRecord(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
+    """One stored analytics record: ``{id, type, data, timestamp, sessionId}`` as in the seed.
+
+    ``timestamp`` must be timezone-aware; it is stored in UTC with microsecond precision.
+    """
+
+    id: Id
+    type: Id
+    data: dict[str, Any]
+    timestamp: dt.datetime
+    session_id: Id | None = None
+
+
+class _ExportRow(msgspec.Struct, rename="camel", kw_only=True):
+    # Same fields and order as StoredRecord, but the data JSON is spliced in as stored.
+    id: str
+    type: str
+    data: msgspec.Raw
+    timestamp: dt.datetime
+    session_id: str | None = None
+
+
+def to_micros(ts: dt.datetime) -> int:
+    """Microseconds since the epoch of an aware datetime."""
+    return (ts - EPOCH) // _US
+
+
+def from_micros(us: int) -> dt.datetime:
+    """The UTC datetime ``us`` microseconds after the epoch."""
+    return EPOCH + dt.timedelta(microseconds=us)
+
+
+def coerce_record(record: StoredRecord | Mapping[str, Any]) -> StoredRecord:
+    """A StoredRecord as is, or one converted from a seed-shaped mapping (camelCase keys).
+
+    Raises InvalidRecordError for a mapping that does not fit.
+    """
+    if isinstance(record, StoredRecord):
+        return record
+    try:
+        return msgspec.convert(dict(record), StoredRecord)
+    except msgspec.ValidationError as exc:
+        raise InvalidRecordError(f"invalid record: {exc}") from None
+
+
+class RecordCodec:
+    """Records to rows and back, rows to export bytes, and when to train a dictionary.
+
+    ``blobs`` encodes the data column; this class adds the JSON, the timestamp and size
+    columns and the checks a record must pass. Thread-safe for concurrent decoding; the
+    dictionary sampling (``observe``) must be called by one writer at a time.
+    """
+
+    def __init__(self, blobs: AtRestCodec) -> None:
+        self.blobs = blobs
+        self._encode_json = msgspec.json.Encoder().encode
+        self._decode_json = msgspec.json.Decoder(dict[str, Any]).decode
+        self._samples: list[bytes] = []
+        self._attempts = 0
+
+    def to_rows(self, records: list[StoredRecord]) -> list[Row]:
+        """Rows ready for INSERT. Raises InvalidRecordError for a record that cannot be stored."""
+        encode = self.blobs.encode
+        encode_json = self._encode_json
+        rows: list[Row] = []
+        append = rows.append
+        for r in records:  # the hot loop of store_batch: kept flat on purpose
+            rid, rtype, sid, ts = r.id, r.type, r.session_id, r.timestamp
+            if not (isinstance(rid, str) and rid and isinstance(rtype, str) and rtype):
+                raise InvalidRecordError(f"record id and type must be non-empty strings: {rid!r}")
+            if not isinstance(ts, dt.datetime) or ts.utcoffset() is None:
+                raise InvalidRecordError(f"record {rid!r}: timestamp must be timezone-aware")
+            if not isinstance(r.data, dict):
+                raise InvalidRecordError(f"record {rid!r}: data must be a dict")
+            blob = encode(encode_json(r.data), rid.encode())
+            size = len(blob) + len(rid) + len(rtype) + ROW_OVERHEAD
+            if sid is not None:
+                size += len(sid)
+            append((rid, rtype, (ts - EPOCH) // _US, sid, size, blob))
+        return rows
+
+    def from_row(self, rid: str, rtype: str, ts: int, sid: str | None, blob: bytes) -> StoredRecord:
+        """The record of a row. Raises DecryptionError or IntegrityError for a bad blob."""
+        try:
+            data = self._decode_json(self.blobs.decode(blob, rid.encode()))
+        except msgspec.DecodeError as exc:
+            raise IntegrityError(f"record {rid!r} holds invalid JSON: {exc}") from None
+        return StoredRecord(
+            id=rid, type=rtype, data=data, timestamp=from_micros(ts), session_id=sid
+        )
+
+    def observe(self, records: list[StoredRecord]) -> bytes | None:
+        """Collect samples while compression has no dictionary; return one once trained.
+
+        The caller persists the returned dictionary and then registers it with
+        ``blobs.add_dictionary`` (after its commit, so no blob names an unsaved one).
+        """
+        if (
+            not self.blobs.compresses
+            or self.blobs.active_dictionary is not None
+            or self._attempts >= _DICT_MAX_ATTEMPTS
+        ):
+            return None
+        need = _DICT_MIN_SAMPLES * 4**self._attempts  # more samples after each failure
+        self._samples.extend(
+            self._encode_json(r.data) for r in records[: need - len(self._samples)]
+        )
+        if len(self._samples) < need:
+            return None
+        self._attempts += 1
+        samples, self._samples = self._samples, []
+        return train_dictionary(samples)
+
+    @staticmethod
+    def export_head(fmt: ExportFormat) -> bytes:
+        """Bytes an export starts with."""
+        return {"json": b"[", "csv": _CSV_HEADER}.get(fmt, b"")
+
+    @staticmethod
+    def export_tail(fmt: ExportFormat) -> bytes:
+        """Bytes an export ends with."""
+        return b"]" if fmt == "json" else b""
+
+    def export_chunk(
+        self, fmt: ExportFormat, rows: list[tuple[str, str, int, str | None, bytes]], first: bool
+    ) -> bytes:
+        """Export bytes of (id, type, ts, session_id, blob) rows; ``first`` for the first chunk.
+
+        Raises DecryptionError or IntegrityError for a bad blob.
+        """
+        decode = self.blobs.decode
+        if fmt == "csv":
+            text = io.StringIO()
+            writer = csv.writer(text)
+            for rid, rtype, ts, sid, blob in rows:
+                iso = from_micros(ts).isoformat().replace("+00:00", "Z")
+                writer.writerow((rid, rtype, iso, sid or "", decode(blob, rid.encode()).decode()))
+            return text.getvalue().encode()
+        encode = msgspec.json.encode
+        parts = [
+            encode(
+                _ExportRow(
+                    id=rid,
+                    type=rtype,
+                    data=msgspec.Raw(decode(blob, rid.encode())),
+                    timestamp=from_micros(ts),
+                    session_id=sid,
+                )
+            )
+            for rid, rtype, ts, sid, blob in rows
+        ]
+        if fmt == "json":
+            return (b"" if first else b",") + b",".join(parts)
+        return b"\n".join(parts) + b"\n"
+
+
+# -- the table -------------------------------------------------------------------------------
+
+SCHEMA_VERSION: Final = 1
+SCHEMA: Final = f"""
+CREATE TABLE records (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    session_id TEXT,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX records_ts ON records (ts);
+CREATE INDEX records_session ON records (session_id, ts) WHERE session_id IS NOT NULL;
+CREATE TABLE stats (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    records INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    evicted INTEGER NOT NULL,
+    expired INTEGER NOT NULL
+);
+INSERT INTO stats VALUES (1, 0, 0, 0, 0);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE zstd_dicts (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+INSERT_SQL: Final = (
+    "INSERT INTO records (id, type, ts, session_id, size, data) VALUES (?,?,?,?,?,?)"
+)
+COLUMNS: Final = "id, type, ts, session_id, data"
+
+
+def _micros_arg(ts: dt.datetime, name: str) -> int:
+    if ts.utcoffset() is None:
+        raise ConfigError(name, "must be a timezone-aware datetime")
+    return to_micros(ts)
+
+
+def select_sql(
+    rtype: str | None,
+    session_id: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    order: str,
+) -> tuple[str, list[Any]]:
+    """The SELECT of (id, type, ts, session_id, data) rows matching the filters, in time
+    order, and its parameters. Raises ConfigError for a naive datetime or a bad order.
+    """
+    if order not in ("asc", "desc"):
+        raise ConfigError("order", "must be 'asc' or 'desc'")
+    where: list[str] = []
+    params: list[Any] = []
+    for clause, value in (
+        ("type = ?", rtype),
+        ("session_id = ?", session_id),
+        ("ts >= ?", None if since is None else _micros_arg(since, "since")),
+        ("ts < ?", None if until is None else _micros_arg(until, "until")),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    sql = f"SELECT {COLUMNS} FROM records"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    direction = "DESC" if order == "desc" else "ASC"
+    return sql + f" ORDER BY ts {direction}, seq {direction}", params

@@ -25,10 +25,8 @@ Design decisions (the why is in ``docs/persistence.md``):
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import enum
-import io
 import logging
 import math
 import os
@@ -40,16 +38,28 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, Literal, Protocol, Self
+from typing import Any, ClassVar, Final, Literal, Protocol, Self
 
 import msgspec
 
 from innkt_analytics._atrest import (
+    COLUMNS,
+    INSERT_SQL,
+    SCHEMA,
+    SCHEMA_VERSION,
     AtRestCodec,
+    ExportFormat,
+    InvalidRecordError,
+    RecordCodec,
+    Row,
+    StoredRecord,
+    coerce_record,
+    from_micros,
     key_check_blob,
     key_id,
     parse_key,
-    train_dictionary,
+    select_sql,
+    to_micros,
     verify_key_check,
 )
 from innkt_analytics._backup import (
@@ -64,8 +74,6 @@ from innkt_analytics._backup import (
 from innkt_analytics._exceptions import (
     ConfigError,
     ConnectionStateError,
-    InnktError,
-    IntegrityError,
     StorageError,
 )
 
@@ -85,72 +93,9 @@ __all__ = [
 logger = logging.getLogger("innkt_analytics.persistence")
 
 ENCRYPTION_KEY_ENV: Final = "INNKT_ENCRYPTION_KEY"
-SCHEMA_VERSION: Final = 1
-ROW_OVERHEAD: Final = 40
 LOW_WATERMARK: Final = 0.9
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_US: Final = dt.timedelta(microseconds=1)
 _STORAGE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
-_DICT_MIN_SAMPLES: Final = 1000
-_DICT_MAX_ATTEMPTS: Final = 3
 _EXPORT_CHUNK: Final = 2000
-
-_SCHEMA: Final = f"""
-CREATE TABLE records (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    type TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    session_id TEXT,
-    size INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE INDEX records_ts ON records (ts);
-CREATE INDEX records_session ON records (session_id, ts) WHERE session_id IS NOT NULL;
-CREATE TABLE stats (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
-    records INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    evicted INTEGER NOT NULL,
-    expired INTEGER NOT NULL
-);
-INSERT INTO stats VALUES (1, 0, 0, 0, 0);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE zstd_dicts (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
-_INSERT: Final = "INSERT INTO records (id, type, ts, session_id, size, data) VALUES (?,?,?,?,?,?)"
-_COLUMNS: Final = "id, type, ts, session_id, data"
-
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-ExportFormat = Literal["json", "ndjson", "csv"]
-_Row = tuple[str, str, int, str | None, int, bytes]
-
-
-class InvalidRecordError(InnktError, ValueError):
-    """A record that cannot be stored: empty id or type, naive timestamp, data not a dict."""
-
-
-class StoredRecord(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
-    """One stored analytics record: ``{id, type, data, timestamp, sessionId}`` as in the seed.
-
-    ``timestamp`` must be timezone-aware; it is stored in UTC with microsecond precision.
-    """
-
-    id: Id
-    type: Id
-    data: dict[str, Any]
-    timestamp: dt.datetime
-    session_id: Id | None = None
-
-
-class _ExportRow(msgspec.Struct, rename="camel", kw_only=True):
-    # Same fields and order as StoredRecord, but the data JSON is spliced in as stored.
-    id: str
-    type: str
-    data: msgspec.Raw
-    timestamp: dt.datetime
-    session_id: str | None = None
 
 
 class StoreResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -197,11 +142,17 @@ class PersistenceState(enum.Enum):
     CLOSED = "closed"
 
 
-def _positive_interval(name: str, value: float | None) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf
-    ):
-        raise ConfigError(name, "must be a positive number of seconds, or None to disable")
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(name, message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value) and value > 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,38 +179,28 @@ class PersistenceConfig:
     compression_level: int = 3
 
     def __post_init__(self) -> None:
-        if not isinstance(self.storage_key, str) or not _STORAGE_KEY_RE.fullmatch(self.storage_key):
-            raise ConfigError("storage_key", "must be 1-128 characters of A-Z a-z 0-9 . _ -")
-        if isinstance(self.max_storage_size, bool) or not isinstance(self.max_storage_size, int):
-            raise ConfigError("max_storage_size", "must be an int number of bytes")
-        if self.max_storage_size < 1024:
-            raise ConfigError("max_storage_size", "must be at least 1024 bytes")
-        _positive_interval("backup_interval", self.backup_interval)
-        _positive_interval("cleanup_interval", self.cleanup_interval)
-        if (
-            isinstance(self.retention_days, bool)
-            or not isinstance(self.retention_days, int | float)
-            or not 0 < self.retention_days < math.inf
-        ):
-            raise ConfigError("retention_days", "must be a positive number of days")
+        key_ok = isinstance(self.storage_key, str) and _STORAGE_KEY_RE.fullmatch(self.storage_key)
+        _check(bool(key_ok), "storage_key", "must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        size = self.max_storage_size
+        _check(_is_int(size) and size >= 1024, "max_storage_size", "must be an int >= 1024 bytes")
+        for name in ("backup_interval", "cleanup_interval"):
+            value = getattr(self, name)
+            ok = value is None or (_is_positive(value) and value > 0)
+            _check(ok, name, "must be a positive number of seconds, or None to disable")
+        days = self.retention_days
+        _check(_is_positive(days) and days > 0, "retention_days", "must be a positive number")
         for name in ("enable_compression", "enable_encryption"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, "must be a bool")
-        if isinstance(self.max_backups, bool) or not isinstance(self.max_backups, int):
-            raise ConfigError("max_backups", "must be an int")
-        if self.max_backups < 1:
-            raise ConfigError("max_backups", "must be at least 1")
-        if self.encryption_key is not None and (
-            not isinstance(self.encryption_key, bytes) or len(self.encryption_key) != 32
-        ):
-            raise ConfigError("encryption_key", "must be exactly 32 bytes")
-        if isinstance(self.compression_level, bool) or self.compression_level not in range(1, 23):
-            raise ConfigError("compression_level", "must be an int between 1 and 22")
+            _check(isinstance(getattr(self, name), bool), name, "must be a bool")
+        _check(_is_int(self.max_backups) and self.max_backups >= 1, "max_backups", "must be >= 1")
+        key = self.encryption_key
+        ok = key is None or (isinstance(key, bytes) and len(key) == 32)
+        _check(ok, "encryption_key", "must be exactly 32 bytes")
+        level = self.compression_level
+        _check(_is_int(level) and 1 <= level <= 22, "compression_level", "must be an int 1..22")
         for name in ("db_path", "backup_dir"):
             value = getattr(self, name)
             if value is not None:
-                if not isinstance(value, str | os.PathLike):
-                    raise ConfigError(name, "must be a path")
+                _check(isinstance(value, str | os.PathLike), name, "must be a path")
                 object.__setattr__(self, name, Path(value))
 
     def resolved_db_path(self, environ: Mapping[str, str] | None = None) -> Path:
@@ -291,20 +232,6 @@ class _BinarySink(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
 
-def _to_micros(ts: dt.datetime) -> int:
-    return (ts - _EPOCH) // _US
-
-
-def _from_micros(us: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=us)
-
-
-def _utc(ts: dt.datetime, name: str) -> int:
-    if ts.utcoffset() is None:
-        raise ConfigError(name, "must be a timezone-aware datetime")
-    return _to_micros(ts)
-
-
 class AnalyticsDataPersistenceService:
     """Local, thread-safe analytics record store with backups (see the module docstring).
 
@@ -325,12 +252,8 @@ class AnalyticsDataPersistenceService:
         self._db_path = Path()
         self._backup_dir = Path()
         self._key: bytes | None = None
-        self._codec = AtRestCodec()
+        self._records = RecordCodec(AtRestCodec())
         self._meta_codec = AtRestCodec(compress=False)
-        self._json_encode = msgspec.json.Encoder().encode
-        self._json_decode = msgspec.json.Decoder(dict[str, Any]).decode
-        self._samples: list[bytes] = []
-        self._dict_attempts = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._maintenance_errors = 0
@@ -408,69 +331,64 @@ class AnalyticsDataPersistenceService:
 
     def _open_connection(self) -> None:
         """Open the database, create or check the schema, check the key, load dictionaries."""
+        cfg, path = self._config, self._db_path
+        with self._sql_errors(f"opening {path}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            self._db_path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise storage_error(exc, f"cannot open {self._db_path}") from exc
-        try:
-            self._setup(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _setup(self, conn: sqlite3.Connection) -> None:
-        cfg = self._config
-        with self._sql_errors("open"):
-            conn.execute("PRAGMA busy_timeout = 5000")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StorageError(f"{self._db_path}: cannot enable WAL (journal_mode={mode})")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA cache_size = -16384")
-            conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._sql_errors("open"):
+                conn.execute("PRAGMA busy_timeout = 5000")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StorageError(f"{path}: cannot enable WAL (journal_mode={mode})")
+                for pragma in (
+                    "synchronous = NORMAL",
+                    "cache_size = -16384",
+                    "temp_store = MEMORY",
+                ):
+                    conn.execute(f"PRAGMA {pragma}")
+            with self._transaction(conn, "open"):
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version == 0:
                     if conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-                        raise StorageError(f"{self._db_path} is not an innkt-analytics store")
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                        raise StorageError(f"{path} is not an innkt-analytics store")
+                    for statement in filter(str.strip, SCHEMA.split(";")):
+                        conn.execute(statement)
                 elif version > SCHEMA_VERSION:
                     raise StorageError(
-                        f"{self._db_path} has schema version {version}; "
-                        f"this SDK reads up to {SCHEMA_VERSION}"
+                        f"{path} has schema version {version}; we read {SCHEMA_VERSION}"
                     )
                 row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
                 if row is not None:
                     verify_key_check(self._key, bytes(row[0]))
                 elif cfg.enable_encryption and self._key is not None:
-                    conn.execute(
-                        "INSERT INTO meta VALUES ('key_check', ?)", (key_check_blob(self._key),)
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            encrypt = cfg.enable_encryption
-            self._codec = AtRestCodec(
+                    check = key_check_blob(self._key)
+                    conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (check,))
+            self._load_codecs(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _load_codecs(self, conn: sqlite3.Connection) -> None:
+        cfg = self._config
+        with self._sql_errors("open"):
+            key, encrypt = self._key, cfg.enable_encryption
+            blobs = AtRestCodec(
                 compress=cfg.enable_compression,
-                key=self._key,
+                key=key,
                 encrypt=encrypt,
                 level=cfg.compression_level,
             )
-            self._meta_codec = AtRestCodec(compress=False, key=self._key, encrypt=encrypt)
-            dicts = {
-                int(i): self._meta_codec.decode(bytes(blob), b"zstd-dict:%d" % i)
-                for i, blob in conn.execute("SELECT id, data FROM zstd_dicts")
-            }
-            self._codec.load_dictionaries(dicts)
-        self._samples = []
-        self._dict_attempts = 0
+            # Dictionaries hold fragments of real records: encrypted like them, never compressed.
+            self._meta_codec = AtRestCodec(compress=False, key=key, encrypt=encrypt)
+            blobs.load_dictionaries(
+                {
+                    int(i): self._meta_codec.decode(bytes(blob), b"zstd-dict:%d" % i)
+                    for i, blob in conn.execute("SELECT id, data FROM zstd_dicts")
+                }
+            )
+            self._records = RecordCodec(blobs)
 
     @contextmanager
     def _sql_errors(self, what: str) -> Iterator[None]:
@@ -487,20 +405,22 @@ class AnalyticsDataPersistenceService:
         return self._conn
 
     @contextmanager
+    def _transaction(self, conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back and converted to StorageError on error."""
+        with self._sql_errors(what):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock; rolled back and converted on error."""
-        with self._lock:
-            conn = self._require_open()
-            with self._sql_errors("write"):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    # SQLite may already have rolled back (e.g. after SQLITE_FULL).
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+        with self._lock, self._transaction(self._require_open(), "write") as conn:
+            yield conn
 
     # -- writes --------------------------------------------------------------------------
 
@@ -515,17 +435,18 @@ class AnalyticsDataPersistenceService:
 
     def store_batch(self, records: Iterable[StoredRecord | Mapping[str, Any]]) -> StoreResult:
         """Store many records in one transaction; same contract as ``store_data``."""
-        recs = [_coerce(r) for r in records]
+        recs = [coerce_record(r) for r in records]
         if not recs:
             return StoreResult(stored=0)
         with self._lock:
             self._require_open()
-            if self._codec.compresses and self._codec.active_dictionary is None:
-                self._sample_for_dictionary(recs)
-            rows = self._prepare(recs)
+            trained = self._records.observe(recs)
+            if trained is not None:
+                self._save_dictionary(trained)
+            rows = self._records.to_rows(recs)
             with self._write() as conn:
                 try:
-                    conn.executemany(_INSERT, rows)
+                    conn.executemany(INSERT_SQL, rows)
                     added, delta = len(rows), sum(r[4] for r in rows)
                 except sqlite3.IntegrityError:
                     # Some ids exist already: redo the batch row by row as upserts.
@@ -552,26 +473,14 @@ class AnalyticsDataPersistenceService:
             current = self.get_data(record_id)
             if current is None:
                 return None
-            changes: dict[str, Any] = {}
-            if type is not None:
-                changes["type"] = type
-            if data is not None:
-                changes["data"] = data
-            if timestamp is not None:
-                changes["timestamp"] = timestamp
+            given = {"type": type, "data": data, "timestamp": timestamp}
+            changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
             if session_id is not msgspec.UNSET:
                 changes["session_id"] = session_id
             updated = msgspec.structs.replace(current, **changes)
-            (row,) = self._prepare([updated])
+            rows = self._records.to_rows([updated])
             with self._write() as conn:
-                old = conn.execute("SELECT size FROM records WHERE id = ?", (record_id,)).fetchone()
-                if old is None:  # deleted by another connection since get_data
-                    return None
-                conn.execute(
-                    "UPDATE records SET type=?, ts=?, session_id=?, size=?, data=? WHERE id=?",
-                    (*row[1:], record_id),
-                )
-                self._account(conn, 0, row[4] - old[0])
+                self._account(conn, *_upsert(conn, rows))
             return updated
 
     def delete_data(self, record_id: str) -> bool:
@@ -582,26 +491,6 @@ class AnalyticsDataPersistenceService:
             if found is not None:
                 self._account(conn, -1, -found[0])
         return found is not None
-
-    def _prepare(self, recs: list[StoredRecord]) -> list[_Row]:
-        encode = self._codec.encode
-        json_encode = self._json_encode
-        rows: list[_Row] = []
-        append = rows.append
-        for r in recs:
-            rid, rtype, sid, ts = r.id, r.type, r.session_id, r.timestamp
-            if not (isinstance(rid, str) and rid and isinstance(rtype, str) and rtype):
-                raise InvalidRecordError(f"record id and type must be non-empty strings: {rid!r}")
-            if not isinstance(ts, dt.datetime) or ts.utcoffset() is None:
-                raise InvalidRecordError(f"record {rid!r}: timestamp must be timezone-aware")
-            if not isinstance(r.data, dict):
-                raise InvalidRecordError(f"record {rid!r}: data must be a dict")
-            blob = encode(json_encode(r.data), rid.encode())
-            size = len(blob) + len(rid) + len(rtype) + ROW_OVERHEAD
-            if sid is not None:
-                size += len(sid)
-            append((rid, rtype, (ts - _EPOCH) // _US, sid, size, blob))
-        return rows
 
     def _account(self, conn: sqlite3.Connection, added: int, delta: int) -> int:
         """Apply a write's record/byte change to the stats row; evict if over the limit."""
@@ -633,50 +522,29 @@ class AnalyticsDataPersistenceService:
         logger.info("storage limit reached: evicted %d oldest records", len(victims))
         return len(victims)
 
-    def _sample_for_dictionary(self, recs: list[StoredRecord]) -> None:
-        """Collect plaintexts until a zstd dictionary can be trained, then train and store it."""
-        if self._dict_attempts >= _DICT_MAX_ATTEMPTS:
-            return
-        need = _DICT_MIN_SAMPLES * 4**self._dict_attempts
-        encode = self._json_encode
-        self._samples.extend(encode(r.data) for r in recs[: need - len(self._samples)])
-        if len(self._samples) < need:
-            return
-        self._dict_attempts += 1
-        trained = train_dictionary(self._samples)
-        self._samples = []
-        if trained is None:
-            return
+    def _save_dictionary(self, trained: bytes) -> None:
         with self._write() as conn:
             (dict_id,) = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM zstd_dicts").fetchone()
             blob = self._meta_codec.encode(trained, b"zstd-dict:%d" % dict_id)
             conn.execute("INSERT INTO zstd_dicts (id, data) VALUES (?, ?)", (dict_id, blob))
         # Registered only after the commit, so no blob can name an uncommitted dictionary.
-        self._codec.add_dictionary(dict_id, trained)
+        self._records.blobs.add_dictionary(dict_id, trained)
 
     # -- reads ---------------------------------------------------------------------------
-
-    def _decode(self, rid: str, rtype: str, ts: int, sid: str | None, blob: bytes) -> StoredRecord:
-        try:
-            data = self._json_decode(self._codec.decode(blob, rid.encode()))
-        except msgspec.DecodeError as exc:
-            raise IntegrityError(f"record {rid!r} holds invalid JSON: {exc}") from None
-        return StoredRecord(
-            id=rid, type=rtype, data=data, timestamp=_from_micros(ts), session_id=sid
-        )
 
     def get_data(self, record_id: str) -> StoredRecord | None:
         """The record with this id, or None.
 
         Raises DecryptionError if it cannot be decrypted, StorageError on failure.
         """
+        found = self._fetch(f"SELECT {COLUMNS} FROM records WHERE id = ?", [record_id])
+        return found[0] if found else None
+
+    def _fetch(self, sql: str, params: list[Any]) -> list[StoredRecord]:
         with self._lock, self._sql_errors("read"):
-            row = (
-                self._require_open()
-                .execute(f"SELECT {_COLUMNS} FROM records WHERE id = ?", (record_id,))
-                .fetchone()
-            )
-        return None if row is None else self._decode(*row)
+            rows = self._require_open().execute(sql, params).fetchall()
+        from_row = self._records.from_row
+        return [from_row(*row) for row in rows]
 
     def query(
         self,
@@ -691,15 +559,13 @@ class AnalyticsDataPersistenceService:
         """Records matching all given filters, ordered by timestamp (``since`` inclusive,
         ``until`` exclusive). Raises ConfigError for a bad argument, StorageError on failure.
         """
-        sql, params = _select(type, session_id, since, until, order)
+        sql, params = select_sql(type, session_id, since, until, order)
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise ConfigError("limit", "must be a non-negative int")
             sql += " LIMIT ?"
             params.append(limit)
-        with self._lock, self._sql_errors("query"):
-            rows = self._require_open().execute(sql, params).fetchall()
-        return [self._decode(*row) for row in rows]
+        return self._fetch(sql, params)
 
     def export_data(
         self,
@@ -721,7 +587,7 @@ class AnalyticsDataPersistenceService:
         """
         if format not in ("json", "ndjson", "csv"):
             raise ConfigError("format", "must be 'json', 'ndjson' or 'csv'")
-        sql, params = _select(type, session_id, since, until, "asc")
+        sql, params = select_sql(type, session_id, since, until, "asc")
         with self._lock:
             self._require_open()
             db_path = self._db_path
@@ -746,10 +612,9 @@ class AnalyticsDataPersistenceService:
         return count
 
     def _export(
-        self, db_path: Path, sql: str, params: list[Any], fmt: str, out: _BinarySink
+        self, db_path: Path, sql: str, params: list[Any], fmt: ExportFormat, out: _BinarySink
     ) -> int:
-        decode = self._codec.decode
-        encode = msgspec.json.encode
+        records = self._records
         count = 0
         with self._sql_errors("export"):
             conn = sqlite3.connect(db_path, isolation_level=None)
@@ -757,38 +622,11 @@ class AnalyticsDataPersistenceService:
                 conn.execute("PRAGMA busy_timeout = 5000")
                 conn.execute("BEGIN")  # one snapshot for the whole export
                 cur = conn.execute(sql, params)
-                if fmt == "json":
-                    out.write(b"[")
-                elif fmt == "csv":
-                    out.write(b"id,type,timestamp,sessionId,data\r\n")
+                out.write(records.export_head(fmt))
                 while chunk := cur.fetchmany(_EXPORT_CHUNK):
-                    if fmt == "csv":
-                        text = io.StringIO()
-                        writer = csv.writer(text)
-                        for rid, rtype, ts, sid, blob in chunk:
-                            plain = decode(blob, rid.encode()).decode()
-                            writer.writerow((rid, rtype, _iso(ts), sid or "", plain))
-                        out.write(text.getvalue().encode())
-                    else:
-                        parts = [
-                            encode(
-                                _ExportRow(
-                                    id=rid,
-                                    type=rtype,
-                                    data=msgspec.Raw(decode(blob, rid.encode())),
-                                    timestamp=_from_micros(ts),
-                                    session_id=sid,
-                                )
-                            )
-                            for rid, rtype, ts, sid, blob in chunk
-                        ]
-                        if fmt == "json":
-                            out.write((b"," if count else b"") + b",".join(parts))
-                        else:
-                            out.write(b"\n".join(parts) + b"\n")
+                    out.write(records.export_chunk(fmt, chunk, first=count == 0))
                     count += len(chunk)
-                if fmt == "json":
-                    out.write(b"]")
+                out.write(records.export_tail(fmt))
                 conn.execute("COMMIT")
             finally:
                 conn.close()
@@ -818,15 +656,15 @@ class AnalyticsDataPersistenceService:
             max_bytes=limit,
             usage_percent=round(100.0 * nbytes / limit, 2),
             file_bytes=file_bytes,
-            oldest=None if oldest is None else _from_micros(oldest),
-            newest=None if newest is None else _from_micros(newest),
+            oldest=None if oldest is None else from_micros(oldest),
+            newest=None if newest is None else from_micros(newest),
             last_backup=backups[0].created_at if backups else None,
             last_backup_id=backups[0].backup_id if backups else None,
             backups=len(backups),
             evicted_total=evicted,
             expired_total=expired,
-            compressed=self._codec.compresses,
-            encrypted=self._codec.encrypts,
+            compressed=self._records.blobs.compresses,
+            encrypted=self._records.blobs.encrypts,
             maintenance_errors=self._maintenance_errors,
             last_error=self._last_error,
         )
@@ -837,7 +675,7 @@ class AnalyticsDataPersistenceService:
         """Delete records older than ``retention_days``, enforce the size limit and prune
         the backup history. Raises StorageError on failure.
         """
-        cutoff = _to_micros(dt.datetime.now(dt.UTC)) - int(
+        cutoff = to_micros(dt.datetime.now(dt.UTC)) - int(
             self._config.retention_days * 86_400_000_000
         )
         with self._write() as conn:
@@ -873,8 +711,8 @@ class AnalyticsDataPersistenceService:
                 db_path,
                 backup_dir,
                 count_table="records",
-                compressed=self._codec.compresses,
-                encrypted=self._codec.encrypts,
+                compressed=self._records.blobs.compresses,
+                encrypted=self._records.blobs.encrypts,
                 labels=labels,
                 max_backups=self._config.max_backups,
             )
@@ -922,7 +760,7 @@ class AnalyticsDataPersistenceService:
             finally:
                 conn.close()
         if version > SCHEMA_VERSION:
-            raise StorageError(f"backup has schema version {version}; this SDK reads up to 1")
+            raise StorageError(f"backup has schema version {version}; we read {SCHEMA_VERSION}")
         if row is not None:
             verify_key_check(self._key, bytes(row[0]))
 
@@ -931,24 +769,22 @@ class AnalyticsDataPersistenceService:
         if cfg.backup_interval is None and cfg.cleanup_interval is None:
             return
         self._stop = threading.Event()
-        first_backup = math.inf
-        if cfg.backup_interval is not None:
-            backups = list_backups(self._backup_dir)
-            last = backups[0].created_at.timestamp() if backups else time.time()
-            first_backup = max(0.0, last + cfg.backup_interval - time.time())
-        self._thread = threading.Thread(
-            target=self._maintain,
-            args=(self._stop, first_backup),
-            name="innkt-persistence-maintenance",
-            daemon=True,
-        )
+        name = "innkt-persistence-maintenance"
+        self._thread = threading.Thread(target=self._maintain, args=(self._stop,), name=name)
+        self._thread.daemon = True
         self._thread.start()
 
-    def _maintain(self, stop: threading.Event, first_backup: float) -> None:
+    def _maintain(self, stop: threading.Event) -> None:
         cfg = self._config
         now = time.monotonic()
         next_cleanup = now if cfg.cleanup_interval is not None else math.inf
-        next_backup = now + first_backup
+        next_backup = math.inf
+        if cfg.backup_interval is not None:
+            # The schedule survives restarts: the next backup is due one interval after
+            # the newest one on disk (or after start, when there is none).
+            backups = list_backups(self._backup_dir)
+            last = backups[0].created_at.timestamp() if backups else time.time()
+            next_backup = now + max(0.0, last + cfg.backup_interval - time.time())
         while True:
             wait = min(next_cleanup, next_backup) - time.monotonic()
             if stop.wait(min(max(wait, 0.0), 3600.0)):
@@ -974,22 +810,13 @@ class AnalyticsDataPersistenceService:
             logger.warning("persistence maintenance failed", exc_info=True)
 
 
-def _coerce(record: StoredRecord | Mapping[str, Any]) -> StoredRecord:
-    if isinstance(record, StoredRecord):
-        return record
-    try:
-        return msgspec.convert(dict(record), StoredRecord)
-    except msgspec.ValidationError as exc:
-        raise InvalidRecordError(f"invalid record: {exc}") from None
-
-
-def _upsert(conn: sqlite3.Connection, rows: list[_Row]) -> tuple[int, int]:
+def _upsert(conn: sqlite3.Connection, rows: list[Row]) -> tuple[int, int]:
     """Insert-or-replace row by row; return (new records, byte delta)."""
     added = delta = 0
     for row in rows:
         old = conn.execute("SELECT size FROM records WHERE id = ?", (row[0],)).fetchone()
         if old is None:
-            conn.execute(_INSERT, row)
+            conn.execute(INSERT_SQL, row)
             added += 1
             delta += row[4]
         else:
@@ -999,34 +826,3 @@ def _upsert(conn: sqlite3.Connection, rows: list[_Row]) -> tuple[int, int]:
             )
             delta += row[4] - old[0]
     return added, delta
-
-
-def _select(
-    rtype: str | None,
-    session_id: str | None,
-    since: dt.datetime | None,
-    until: dt.datetime | None,
-    order: str,
-) -> tuple[str, list[Any]]:
-    if order not in ("asc", "desc"):
-        raise ConfigError("order", "must be 'asc' or 'desc'")
-    where: list[str] = []
-    params: list[Any] = []
-    for clause, value in (
-        ("type = ?", rtype),
-        ("session_id = ?", session_id),
-        ("ts >= ?", None if since is None else _utc(since, "since")),
-        ("ts < ?", None if until is None else _utc(until, "until")),
-    ):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
-    sql = f"SELECT {_COLUMNS} FROM records"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    direction = "DESC" if order == "desc" else "ASC"
-    return sql + f" ORDER BY ts {direction}, seq {direction}", params
-
-
-def _iso(us: int) -> str:
-    return _from_micros(us).isoformat().replace("+00:00", "Z")
