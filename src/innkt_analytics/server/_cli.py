@@ -107,6 +107,9 @@ def serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
+        # Listen before printing the URL: connections made as soon as it is shown
+        # wait in the backlog until uvicorn accepts them, instead of being refused.
+        sock.listen(2048)
     except OSError as exc:
         typer.echo(f"error: cannot bind {settings.host}:{settings.port}: {exc}", err=True)
         raise typer.Exit(1) from None
