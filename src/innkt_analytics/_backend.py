@@ -183,6 +183,8 @@ class ServiceBase:
             if self._lifecycle is not ServiceState.NEW:
                 raise ConnectionStateError(f"initialize() on a {self._lifecycle.value} service")
             self._queue = self._open_queue(config)
+            # A flush must also cover what a previous run (or a crash) left queued.
+            self._watermark = self._queue.last_rowid()
             self._config = config
             self._core = DeliveryCore(config, time.monotonic())
             self._apply_hot(config)
@@ -533,7 +535,7 @@ class ServiceBase:
             self._pid = os.getpid()
             self._queue = self._open_queue(config)
             self._core = DeliveryCore(config, time.monotonic())
-            self._watermark = 0
+            self._watermark = self._queue.last_rowid()
             self._session_id = uuid7()
             self._start_committer()
             self._start_sender()

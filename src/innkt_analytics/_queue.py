@@ -313,6 +313,10 @@ class EventQueue(abc.ABC):
         return 0
 
     @abc.abstractmethod
+    def last_rowid(self) -> int:
+        """The highest row id queued now (0 if empty): what a restart must still send."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release this process's claims and close. Idempotent."""
 
@@ -382,6 +386,9 @@ class MemoryQueue(EventQueue):
                 row = self._rows.get(rowid)
                 if row is not None:
                     self._rows[rowid] = (row[0], row[1], row[2], False)
+
+    def last_rowid(self) -> int:
+        return self._next - 1
 
     def pending_through(self, watermark: int) -> bool:
         with self._lock:
@@ -662,6 +669,14 @@ class SQLiteQueue(EventQueue):
             except sqlite3.Error as exc:
                 raise _storage_error(exc, "read") from None
         return row is not None
+
+    def last_rowid(self) -> int:
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT coalesce(max(id), 0) FROM queue").fetchone()
+            except sqlite3.Error as exc:
+                raise _storage_error(exc, "read") from None
+        return int(row[0])
 
     def oldest_created(self) -> float | None:
         with self._lock:
