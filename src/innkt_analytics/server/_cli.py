@@ -227,16 +227,26 @@ def backup_create(
 
 @backup_app.command("list")
 def backup_list(db: DbOption = None) -> None:
-    """List backups, newest first."""
+    """List backups, newest first, flagging those that still hold deleted users' data."""
     settings = _settings(db=db)
+
+    async def deletions(storage: Storage) -> list[int]:
+        return [s.deleted_at for s in await storage.suppressed_users()]
+
     try:
         manifests = _backup.list_backups(backup_dir(settings))
+        deleted_at = asyncio.run(_with_storage(settings.db, deletions)) if manifests else []
     except InnktError as exc:
         _fail(exc)
     for m in manifests:
+        made = m.created_at.timestamp() * 1000
+        # A backup made before a user's deletion still holds that user's events
+        # until it ages out of the history.
+        stale = sum(1 for at in deleted_at if at > made)
+        note = f"  contains {stale} deleted user(s) until pruned" if stale else ""
         typer.echo(
             f"{m.backup_id}  {m.created_at.isoformat(timespec='seconds')}"
-            f"  events={m.record_count}  bytes={m.size_bytes}"
+            f"  events={m.record_count}  bytes={m.size_bytes}{note}"
         )
 
 

@@ -23,6 +23,7 @@ from innkt_analytics._protocol import (
     parse_event,
 )
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
+from innkt_analytics.server._suppress import suppressions_of
 from innkt_analytics.server.storage import EventRow
 
 __all__ = ["ingest_batch", "ingest_event", "read_json_body", "store_parsed", "to_row"]
@@ -84,6 +85,7 @@ async def store_parsed(
     state: ServerState, project: str, parsed: ParsedBatch, received: dt.datetime
 ) -> IngestResponse:
     """Store the valid events durably and build the answer. Raises ``ApiError`` 503."""
+    await suppressions_of(state).filter(project, parsed)
     received_ms = _ms(received)
     sent_ms = None if parsed.sent_at is None else _ms(parsed.sent_at)
     rows = [to_row(v, received_ms, sent_ms) for v in parsed.valid]

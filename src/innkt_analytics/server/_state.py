@@ -115,6 +115,8 @@ class ServerState:
     health_sections: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
     #: the last retention run: {"ranAt": epoch seconds, "deleted": n}
     retention_last: dict[str, Any] | None = None
+    #: per-subsystem objects (e.g. the privacy module's suppression cache)
+    extensions: dict[str, object] = field(default_factory=dict)
 
     def notify_events(self, project: str, events: list[ValidEvent]) -> None:
         for observer in self.observers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from innkt_analytics._exceptions import ConfigError
 from innkt_analytics.server.storage._base import (
+    AuditEntry,
     EventFilter,
     EventPage,
     EventRow,
@@ -12,10 +13,12 @@ from innkt_analytics.server.storage._base import (
     Storage,
     StorageHealth,
     StorageStatus,
+    Suppression,
 )
 from innkt_analytics.server.storage._sqlite import SQLiteStorage
 
 __all__ = [
+    "AuditEntry",
     "EventFilter",
     "EventPage",
     "EventRow",
@@ -25,6 +28,7 @@ __all__ = [
     "Storage",
     "StorageHealth",
     "StorageStatus",
+    "Suppression",
     "make_storage",
 ]
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from innkt_analytics._protocol import ClientConfig
 
 __all__ = [
+    "AuditEntry",
     "EventFilter",
     "EventPage",
     "EventRow",
@@ -22,6 +23,7 @@ __all__ = [
     "Storage",
     "StorageHealth",
     "StorageStatus",
+    "Suppression",
 ]
 
 
@@ -76,6 +78,28 @@ class KeyRecord:
     key_hash: str
     created_at: int
     revoked_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """A deleted user whose new events are refused."""
+
+    project: str
+    user_id: str
+    deleted_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One privacy action: who (key id) did what to which subject, when."""
+
+    project: str
+    at: int
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, object] = field(default_factory=dict)
+    seq: int = 0
 
 
 class StorageStatus(enum.Enum):
@@ -146,6 +170,23 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def delete_events_before(self, project: str | None, before: int) -> int:
         """Retention: delete events whose corrected time is before ``before``."""
+
+    @abc.abstractmethod
+    async def delete_user(self, project: str, user_id: str, at: int) -> int:
+        """Delete the user's events and suppress the id, in one transaction.
+
+        Returns the number of events deleted.
+        """
+
+    @abc.abstractmethod
+    async def suppressed_users(self, project: str | None = None) -> list[Suppression]: ...
+
+    @abc.abstractmethod
+    async def append_audit(self, entry: AuditEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def list_audit(self, project: str, limit: int, before: int | None) -> list[AuditEntry]:
+        """Newest first; ``before`` is an exclusive upper bound on ``seq``."""
 
     @abc.abstractmethod
     async def health(self) -> StorageHealth: ...

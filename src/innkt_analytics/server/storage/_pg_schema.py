@@ -12,6 +12,9 @@ Layout, and why:
   every retry). So ``event_ids`` — a small, unpartitioned table keyed by
   (project, event_id) — is inserted into first, in the same statement and
   transaction, and only the ids it newly accepted reach ``events``.
+* Identifiers are ``COLLATE "C"``: they are compared for equality, never
+  sorted for people, and byte comparison makes every index insert cheaper than
+  the database's locale collation would.
 * Months outside a window around "now" go to ``events_default`` so a client
   with a wild clock cannot create thousands of partitions. When a month's
   partition is created later, its rows are moved out of the default first.
@@ -35,7 +38,7 @@ __all__ = [
     "partitions_to_create",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 #: statements per schema version; each version runs in one transaction
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -44,12 +47,12 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         """
         CREATE TABLE events (
             seq bigint NOT NULL DEFAULT nextval('events_seq'),
-            project text NOT NULL,
-            event_id text NOT NULL,
-            event_type text NOT NULL,
-            session_id text,
-            user_id text,
-            anonymous_id text,
+            project text COLLATE "C" NOT NULL,
+            event_id text COLLATE "C" NOT NULL,
+            event_type text COLLATE "C" NOT NULL,
+            session_id text COLLATE "C",
+            user_id text COLLATE "C",
+            anonymous_id text COLLATE "C",
             ts bigint NOT NULL,
             sent_at bigint,
             received_at bigint NOT NULL,
@@ -70,8 +73,8 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX events_user_idx ON events (project, user_id) WHERE user_id IS NOT NULL",
         """
         CREATE TABLE event_ids (
-            project text NOT NULL,
-            event_id text NOT NULL,
+            project text COLLATE "C" NOT NULL,
+            event_id text COLLATE "C" NOT NULL,
             PRIMARY KEY (project, event_id)
         )
         """,
@@ -83,7 +86,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             project text NOT NULL,
             name text NOT NULL,
             scopes text NOT NULL,
-            key_hash text NOT NULL UNIQUE,
+            key_hash text COLLATE "C" NOT NULL UNIQUE,
             created_at bigint NOT NULL,
             revoked_at bigint
         )
@@ -94,6 +97,29 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             config bytea NOT NULL
         )
         """,
+    ),
+    # privacy: suppressed (deleted) users and the audit log
+    2: (
+        """
+        CREATE TABLE suppressed_users (
+            project text COLLATE "C" NOT NULL,
+            user_id text COLLATE "C" NOT NULL,
+            deleted_at bigint NOT NULL,
+            PRIMARY KEY (project, user_id)
+        )
+        """,
+        """
+        CREATE TABLE audit_log (
+            seq bigserial PRIMARY KEY,
+            project text COLLATE "C" NOT NULL,
+            at bigint NOT NULL,
+            actor text NOT NULL,
+            action text NOT NULL,
+            subject text NOT NULL,
+            detail jsonb NOT NULL
+        )
+        """,
+        "CREATE INDEX audit_project_idx ON audit_log (project, seq)",
     ),
 }
 

@@ -28,6 +28,7 @@ import msgspec
 from innkt_analytics._exceptions import ConfigError, StorageError, StorageFullError
 from innkt_analytics._protocol import ClientConfig
 from innkt_analytics.server.storage._base import (
+    AuditEntry,
     EventFilter,
     EventPage,
     EventRow,
@@ -36,6 +37,7 @@ from innkt_analytics.server.storage._base import (
     Storage,
     StorageHealth,
     StorageStatus,
+    Suppression,
 )
 from innkt_analytics.server.storage._pg_partitions import (
     create_partitions,
@@ -454,6 +456,79 @@ class PostgresStorage(Storage):
     async def count_keys(self) -> int:
         count = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM api_keys"))
         return int(count)
+
+    # -- privacy -------------------------------------------------------------------
+
+    async def delete_user(self, project: str, user_id: str, at: int) -> int:
+        async def run(conn: Any) -> int:
+            async with conn.transaction():
+                # the ids go too, as deleting a row frees its unique key in SQLite
+                status = await conn.execute(
+                    "WITH gone AS (DELETE FROM events WHERE project = $1 AND user_id = $2"
+                    " RETURNING event_id) DELETE FROM event_ids d USING gone"
+                    " WHERE d.project = $1 AND d.event_id = gone.event_id",
+                    project,
+                    user_id,
+                )
+                await conn.execute(
+                    "INSERT INTO suppressed_users (project, user_id, deleted_at)"
+                    " VALUES ($1, $2, $3) ON CONFLICT (project, user_id)"
+                    " DO UPDATE SET deleted_at = excluded.deleted_at",
+                    project,
+                    user_id,
+                    at,
+                )
+            return int(status.split()[-1])
+
+        return await self._run(run)
+
+    async def suppressed_users(self, project: str | None = None) -> list[Suppression]:
+        sql = "SELECT project, user_id, deleted_at FROM suppressed_users"
+
+        async def run(conn: Any) -> list[Any]:
+            if project is None:
+                return list(await conn.fetch(sql))
+            return list(await conn.fetch(sql + " WHERE project = $1", project))
+
+        rows = await self._run(run)
+        return [Suppression(project=r[0], user_id=r[1], deleted_at=r[2]) for r in rows]
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO audit_log (project, at, actor, action, subject, detail)"
+                " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+                entry.project,
+                entry.at,
+                entry.actor,
+                entry.action,
+                entry.subject,
+                msgspec.json.encode(entry.detail).decode(),
+            )
+        )
+
+    async def list_audit(self, project: str, limit: int, before: int | None) -> list[AuditEntry]:
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "SELECT seq, project, at, actor, action, subject, detail::text FROM audit_log"
+                " WHERE project = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                project,
+                before if before is not None else 2**62,
+                limit,
+            )
+        )
+        return [
+            AuditEntry(
+                seq=r[0],
+                project=r[1],
+                at=r[2],
+                actor=r[3],
+                action=r[4],
+                subject=r[5],
+                detail=msgspec.json.decode(r[6]),
+            )
+            for r in rows
+        ]
 
     # -- health --------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import msgspec
 from innkt_analytics._exceptions import StorageError, StorageFullError
 from innkt_analytics._protocol import ClientConfig
 from innkt_analytics.server.storage._base import (
+    AuditEntry,
     EventFilter,
     EventPage,
     EventRow,
@@ -32,13 +33,14 @@ from innkt_analytics.server.storage._base import (
     Storage,
     StorageHealth,
     StorageStatus,
+    Suppression,
 )
 
 __all__ = ["SQLiteStorage"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _MIGRATIONS: Final[dict[int, str]] = {
     1: """
@@ -76,6 +78,24 @@ _MIGRATIONS: Final[dict[int, str]] = {
         config BLOB NOT NULL
     );
     """,
+    2: """
+    CREATE TABLE suppressed_users (
+        project TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        deleted_at INTEGER NOT NULL,
+        PRIMARY KEY (project, user_id)
+    );
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail BLOB NOT NULL
+    );
+    CREATE INDEX audit_project ON audit_log (project, seq);
+""",
 }
 
 _COLUMNS: Final = (
@@ -427,6 +447,64 @@ class SQLiteStorage(Storage):
             lambda conn: int(conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
         )
 
+    # -- privacy -------------------------------------------------------------------
+
+    async def delete_user(self, project: str, user_id: str, at: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "DELETE FROM events WHERE project = ? AND user_id = ?", (project, user_id)
+            )
+            conn.execute(
+                "INSERT INTO suppressed_users (project, user_id, deleted_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (project, user_id) DO UPDATE SET deleted_at = excluded.deleted_at",
+                (project, user_id, at),
+            )
+            return cur.rowcount
+
+        deleted = await self._write(run)
+        self._event_count -= deleted
+        return deleted
+
+    async def suppressed_users(self, project: str | None = None) -> list[Suppression]:
+        def run(conn: sqlite3.Connection) -> list[Suppression]:
+            sql = "SELECT project, user_id, deleted_at FROM suppressed_users"
+            rows = (
+                conn.execute(sql).fetchall()
+                if project is None
+                else conn.execute(sql + " WHERE project = ?", (project,)).fetchall()
+            )
+            return [Suppression(project=p, user_id=u, deleted_at=d) for p, u, d in rows]
+
+        return await self._read(run)
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO audit_log (project, at, actor, action, subject, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    entry.project,
+                    entry.at,
+                    entry.actor,
+                    entry.action,
+                    entry.subject,
+                    msgspec.json.encode(entry.detail),
+                ),
+            )
+
+        await self._write(run)
+
+    async def list_audit(self, project: str, limit: int, before: int | None) -> list[AuditEntry]:
+        def run(conn: sqlite3.Connection) -> list[AuditEntry]:
+            rows = conn.execute(
+                "SELECT seq, project, at, actor, action, subject, detail FROM audit_log"
+                " WHERE project = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (project, before if before is not None else 2**62, limit),
+            ).fetchall()
+            return [_entry(r) for r in rows]
+
+        return await self._read(run)
+
     # -- health --------------------------------------------------------------------
 
     async def health(self) -> StorageHealth:
@@ -551,3 +629,15 @@ def _key(r: tuple[Any, ...]) -> KeyRecord:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _entry(r: tuple[Any, ...]) -> AuditEntry:
+    return AuditEntry(
+        seq=r[0],
+        project=r[1],
+        at=r[2],
+        actor=r[3],
+        action=r[4],
+        subject=r[5],
+        detail=msgspec.json.decode(r[6]),
+    )

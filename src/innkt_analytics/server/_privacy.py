@@ -1,0 +1,123 @@
+"""Data rights: delete and export a user's data, suppression, and the audit log.
+
+``DELETE /v1/users/{userId}`` removes the user's events (aggregates are computed
+from events, so they go with them) and suppresses the id: later events for it
+are rejected per event with the reason ``suppressed``. ``GET
+/v1/users/{userId}/export`` returns everything stored for the user. Both, and
+every other privacy action, are written to an append-only audit log that
+admins read with ``GET /v1/audit``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get
+from litestar.response import Stream
+
+from innkt_analytics.server._export import iter_rows, render_ndjson
+from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
+from innkt_analytics.server._suppress import suppressions_of
+from innkt_analytics.server.storage import AuditEntry, EventFilter
+
+__all__ = [
+    "delete_user",
+    "export_user",
+    "list_audit",
+]
+
+_encoder = msgspec.json.Encoder()
+
+
+async def _audit(
+    state: ServerState, project: str, actor: str, action: str, subject: str, **detail: Any
+) -> None:
+    await state.storage.append_audit(
+        AuditEntry(
+            project=project,
+            at=time.time_ns() // 1_000_000,
+            actor=actor,
+            action=action,
+            subject=subject,
+            detail=detail,
+        )
+    )
+
+
+def _user_id(value: str) -> str:
+    if not 1 <= len(value) <= 128:
+        raise ApiError(400, "invalid_parameter", "userId: 1 to 128 characters")
+    return value
+
+
+@delete(
+    "/v1/users/{user_id:str}",
+    status_code=200,
+    summary="Delete a user's data and suppress the id (admin)",
+    tags=["privacy"],
+)
+async def delete_user(request: Request[Any, Any, Any], user_id: str) -> Response[bytes]:
+    state = state_of(request)
+    admin = await authenticate(request, "admin")
+    user = _user_id(user_id)
+    deleted = await state.storage.delete_user(admin.project, user, time.time_ns() // 1_000_000)
+    suppressions_of(state).forget(admin.project)
+    await _audit(state, admin.project, admin.key_id, "user.delete", user, deletedEvents=deleted)
+    body = {"userId": user, "deletedEvents": deleted, "suppressed": True}
+    return Response(_encoder.encode(body), media_type=JSON)
+
+
+@get(
+    "/v1/users/{user_id:str}/export",
+    summary="Everything stored for a user, as NDJSON (admin)",
+    tags=["privacy"],
+)
+async def export_user(request: Request[Any, Any, Any], user_id: str) -> Stream:
+    state = state_of(request)
+    admin = await authenticate(request, "admin")
+    user = _user_id(user_id)
+    await _audit(state, admin.project, admin.key_id, "user.export", user)
+    storage = state.storage
+    flt = EventFilter(user_id=user)
+
+    async def body() -> Any:
+        async for rows in iter_rows(storage, admin.project, flt):
+            yield render_ndjson(rows)
+
+    return Stream(
+        body(),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="user-{len(user)}.ndjson"'},
+    )
+
+
+@get("/v1/audit", summary="The project's privacy audit log, newest first (admin)", tags=["privacy"])
+async def list_audit(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Query: limit (1..1000, default 100), before (a seq from a previous page)."""
+    state = state_of(request)
+    admin = await authenticate(request, "admin")
+    q = request.query_params
+    raw_limit, raw_before = q.get("limit", "100"), q.get("before")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise ApiError(400, "invalid_parameter", "limit: an integer in 1..1000")
+    if raw_before is not None and not raw_before.isdigit():
+        raise ApiError(400, "invalid_parameter", "before: a seq number")
+    entries = await state.storage.list_audit(
+        admin.project, int(raw_limit), None if raw_before is None else int(raw_before)
+    )
+    body = {
+        "entries": [
+            {
+                "seq": e.seq,
+                "at": e.at,
+                "actor": e.actor,
+                "action": e.action,
+                "subject": e.subject,
+                "detail": e.detail,
+            }
+            for e in entries
+        ]
+    }
+    return Response(_encoder.encode(body), media_type=JSON)
