@@ -1,0 +1,759 @@
+"""The real-time session, free of I/O.
+
+The server's ``/v1/realtime`` hub, the thread-backed ``RealTimeSyncService`` and
+the asyncio ``AsyncRealTimeSyncService`` all drive what is here:
+
+* the envelope codec: ``encode_envelope`` / ``decode_envelope`` and
+  ``Prepared``, an envelope encoded once whose per-connection ``seq`` is spliced
+  in as text (the hub sends one event to a thousand subscribers with one JSON
+  encode, not a thousand);
+* ``State`` and ``StateMachine``: every connection has an explicit state and an
+  illegal transition raises ``ConnectionStateError``;
+* ``reconnect_delays()``: a pure generator of backoff delays (nothing here sleeps);
+* ``RealTimeSession``: the client's session. The front-end tells it what happened
+  (``connect_started``, ``connection_opened``, ``receive``, ``connection_failed``,
+  ``tick``) with the current monotonic time, and does what it answers: send the
+  frames of ``data_to_send()``, wait ``reconnect`` delays, abort a half-open
+  connection, call ``tick`` again at ``next_deadline()``.
+
+Times are ``time.monotonic()`` seconds passed in by the caller, so tests drive
+the session with a fake clock and no sleeping.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import enum
+import itertools
+import random
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from innkt_analytics._exceptions import ConfigError, ConnectionStateError
+from innkt_analytics._ids import uuid7
+from innkt_analytics._protocol import ClientConfig, Envelope, ProtocolError
+
+__all__ = [
+    "BEARER_PREFIX",
+    "CLIENT_TRANSITIONS",
+    "FATAL_CLOSE_CODES",
+    "FATAL_STATUSES",
+    "MESSAGE_TYPES",
+    "SERVER_TRANSITIONS",
+    "STREAMS",
+    "SUBPROTOCOL",
+    "Action",
+    "ConnectionStats",
+    "Failure",
+    "Prepared",
+    "RealTimeConfig",
+    "RealTimeSession",
+    "State",
+    "StateMachine",
+    "config_of",
+    "decode_envelope",
+    "encode_envelope",
+    "make_envelope",
+    "now_iso",
+    "reconnect_delays",
+]
+
+#: the WebSocket subprotocol both ends speak; a browser offers it with ``bearer.<key>``
+SUBPROTOCOL: Final = "innkt.v1"
+#: browsers cannot set headers on a WebSocket: they offer the key as this subprotocol
+BEARER_PREFIX: Final = "bearer."
+
+#: every ``type`` the protocol defines (see docs/realtime.md)
+MESSAGE_TYPES: Final = frozenset(
+    {
+        "analytics_update",
+        "event",
+        "config_update",
+        "sync_request",
+        "sync_response",
+        "health_check",
+        "health_status",
+        "ping",
+        "pong",
+        "error",
+        "subscribe",
+        "unsubscribe",
+        "subscribed",
+        "dropped",
+    }
+)
+#: the push streams a client can subscribe to (``config_update`` is always on)
+STREAMS: Final = frozenset({"analytics_update", "event"})
+
+#: handshake answers that retrying cannot fix: a bad key or a forbidden Origin
+FATAL_STATUSES: Final = frozenset({401, 403})
+#: close codes that mean "do not come back with the same behaviour" (policy violation)
+FATAL_CLOSE_CODES: Final = frozenset({1008})
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with milliseconds (the envelope ``timestamp``)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+# -- envelope codec -------------------------------------------------------------------
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(Envelope)
+
+
+def make_envelope(
+    type: str, payload: Any = None, *, id: str | None = None, timestamp: str | None = None
+) -> Envelope:
+    """An envelope with a fresh time-ordered id and the current time unless given."""
+    return Envelope(
+        type=type,
+        id=uuid7() if id is None else id,
+        timestamp=now_iso() if timestamp is None else timestamp,
+        payload=payload,
+    )
+
+
+def encode_envelope(envelope: Envelope) -> str:
+    """The JSON text of one message (a WebSocket text frame)."""
+    return _encoder.encode(envelope).decode()
+
+
+def decode_envelope(data: str | bytes, max_bytes: int) -> Envelope:
+    """Parse one incoming frame.
+
+    Raises ``ProtocolError`` with status 413 (``message_too_large``: the server
+    closes with 1009) or 400 (``invalid_message``).
+    """
+    size = len(data.encode()) if isinstance(data, str) else len(data)
+    if size > max_bytes:
+        raise ProtocolError(413, "message_too_large", f"{size} bytes, over {max_bytes}")
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise ProtocolError(400, "invalid_message", f"not an envelope: {exc}") from None
+
+
+class Prepared:
+    """A message encoded once; ``with_seq`` adds a connection's sequence number.
+
+    Splicing ``,"seq":N}`` onto the encoded text keeps the per-subscriber cost
+    of a broadcast to one string concatenation.
+    """
+
+    __slots__ = ("prefix", "size", "type")
+
+    def __init__(self, type: str, prefix: str) -> None:
+        self.type = type
+        self.prefix = prefix
+        self.size = len(prefix) + 16
+
+    @classmethod
+    def of(cls, envelope: Envelope) -> Prepared:
+        """Prepare an envelope (its own ``seq``, if any, is ignored)."""
+        text = encode_envelope(_without_seq(envelope))
+        return cls(envelope.type, text[:-1])
+
+    @classmethod
+    def from_payload_json(cls, type: str, id: str, timestamp: str, payload: bytes) -> Prepared:
+        """Prepare a message whose payload is already JSON (bytes), without re-encoding it."""
+        head = _encoder.encode(Envelope(type=type, id=id, timestamp=timestamp)).decode()
+        return cls(type, f'{head[:-1]},"payload":{payload.decode()}')
+
+    def with_seq(self, seq: int) -> str:
+        return f'{self.prefix},"seq":{seq}}}'
+
+
+def _without_seq(envelope: Envelope) -> Envelope:
+    if envelope.seq is None:
+        return envelope
+    return msgspec.structs.replace(envelope, seq=None)
+
+
+# -- states -----------------------------------------------------------------------------
+
+
+class State(enum.Enum):
+    """The state of one real-time connection (client or server side)."""
+
+    #: configured, never connected
+    IDLE = "idle"
+    #: the TCP connection and WebSocket handshake are in progress
+    CONNECTING = "connecting"
+    #: messages flow
+    OPEN = "open"
+    #: lost; waiting out a backoff delay before the next attempt
+    RECONNECTING = "reconnecting"
+    #: a close was requested and is in progress
+    CLOSING = "closing"
+    #: closed on request; ``connect()`` may start again
+    CLOSED = "closed"
+    #: given up: attempts exhausted, or refused in a way retrying cannot fix
+    FAILED = "failed"
+
+
+CLIENT_TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
+    State.IDLE: frozenset({State.CONNECTING, State.CLOSED}),
+    State.CONNECTING: frozenset(
+        {State.OPEN, State.RECONNECTING, State.FAILED, State.CLOSING, State.CLOSED}
+    ),
+    State.OPEN: frozenset({State.RECONNECTING, State.FAILED, State.CLOSING, State.CLOSED}),
+    State.RECONNECTING: frozenset({State.CONNECTING, State.CLOSING, State.CLOSED}),
+    State.CLOSING: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset({State.CONNECTING}),
+    State.FAILED: frozenset({State.CONNECTING, State.CLOSED}),
+}
+
+SERVER_TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
+    State.CONNECTING: frozenset({State.OPEN, State.CLOSED}),
+    State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
+    State.CLOSING: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+
+class StateMachine:
+    """A state and the transitions allowed from it; anything else raises."""
+
+    __slots__ = ("_state", "_table")
+
+    def __init__(self, table: Mapping[State, frozenset[State]], initial: State) -> None:
+        self._table = table
+        self._state = initial
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def can(self, new: State) -> bool:
+        return new in self._table.get(self._state, frozenset())
+
+    def to(self, new: State) -> State:
+        """Move to ``new``; returns the previous state. Raises ``ConnectionStateError``."""
+        if not self.can(new):
+            raise ConnectionStateError(f"illegal transition {self._state.value} -> {new.value}")
+        old, self._state = self._state, new
+        return old
+
+
+# -- backoff ----------------------------------------------------------------------------
+
+
+def reconnect_delays(
+    base: float,
+    cap: float,
+    attempts: int,
+    *,
+    jitter: Callable[[], float] = random.random,
+) -> Iterator[float]:
+    """Yield ``attempts`` delays: ``d/2 + jitter()·d/2`` with ``d = min(cap, base·2ⁿ)``.
+
+    "Equal jitter": half of each delay is fixed so a reconnect never hammers the
+    server at once, half is random so a fleet that lost the server together does
+    not come back together. Raises ``ValueError`` for negative arguments.
+    """
+    if base < 0 or cap < 0 or attempts < 0:
+        raise ValueError("base, cap and attempts must be >= 0")
+    ceiling = base
+    for _ in range(attempts):
+        d = min(cap, ceiling)
+        yield d / 2 + jitter() * d / 2
+        if ceiling < cap:
+            ceiling *= 2
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+def _number(name: str, value: object, *, minimum: float, maximum: float, integer: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise ConfigError(name, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if value != value or not minimum <= value <= maximum:
+        raise ConfigError(name, f"must be in [{minimum}, {maximum}], got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RealTimeConfig:
+    """Options of the real-time services; durations are in seconds (the seed's ms / 1000).
+
+    Raises ``ConfigError`` naming the field on any invalid value.
+    """
+
+    #: ``ws://`` or ``wss://`` URL of the server's ``/v1/realtime``
+    websocket_url: str
+    #: a read key (analytics and events) or a write key (config updates only)
+    api_key: str
+    #: base of the reconnect backoff; the n-th retry waits about ``interval·2ⁿ``
+    reconnect_interval: float = 5.0
+    #: failed attempts in a row before giving up (state FAILED)
+    max_reconnect_attempts: int = 5
+    #: the longest single backoff delay
+    max_reconnect_delay: float = 60.0
+    #: a ``ping`` is sent this often; silence for ``heartbeat_interval +
+    #: connection_timeout`` declares the connection half-open and drops it
+    heartbeat_interval: float = 30.0
+    #: bound of the TCP connect plus the WebSocket handshake
+    connection_timeout: float = 10.0
+    #: negotiate permessage-deflate
+    enable_compression: bool = True
+    #: messages ``send_message`` holds while disconnected; beyond it they are dropped and counted
+    max_queued_messages: int = 1000
+    #: the largest incoming message accepted
+    max_message_bytes: int = 16 * 1024 * 1024
+    #: push streams to subscribe to on every (re)connect; ``on("event")`` adds ``event``
+    streams: frozenset[str] = frozenset({"analytics_update"})
+    #: only these event types on the ``event`` stream (None: all)
+    event_types: frozenset[str] | None = None
+    #: sent as the Origin header (browsers set it themselves)
+    origin: str | None = None
+
+    def __post_init__(self) -> None:
+        url = self.websocket_url
+        if not isinstance(url, str):
+            raise ConfigError("websocket_url", "must be a string")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ConfigError("websocket_url", f"must be a ws:// or wss:// URL, got {url!r}")
+        if parts.query and "key" in urllib.parse.parse_qs(parts.query):
+            raise ConfigError("websocket_url", "never put the API key in the URL; use api_key")
+        if not isinstance(self.api_key, str) or not self.api_key.strip():
+            raise ConfigError("api_key", "must be a non-empty string")
+        if any(c in self.api_key for c in "\r\n, "):
+            raise ConfigError("api_key", "must not contain spaces, commas or line breaks")
+        _number(
+            "reconnect_interval", self.reconnect_interval, minimum=0, maximum=3600, integer=False
+        )
+        _number(
+            "max_reconnect_attempts", self.max_reconnect_attempts, minimum=0, maximum=10**6,
+            integer=True,
+        )  # fmt: skip
+        _number(
+            "max_reconnect_delay", self.max_reconnect_delay, minimum=0, maximum=86400, integer=False
+        )
+        _number(
+            "heartbeat_interval", self.heartbeat_interval, minimum=0.001, maximum=3600,
+            integer=False,
+        )  # fmt: skip
+        _number(
+            "connection_timeout", self.connection_timeout, minimum=0.001, maximum=600,
+            integer=False,
+        )  # fmt: skip
+        if not isinstance(self.enable_compression, bool):
+            raise ConfigError("enable_compression", "must be a bool")
+        _number(
+            "max_queued_messages", self.max_queued_messages, minimum=0, maximum=10**7, integer=True
+        )
+        _number(
+            "max_message_bytes", self.max_message_bytes, minimum=1024, maximum=2**30, integer=True
+        )
+        # Annotated as sets, but a caller may pass a str or a list: check what came.
+        raw_streams: object = self.streams
+        if isinstance(raw_streams, str) or not isinstance(raw_streams, Iterable):
+            raise ConfigError("streams", f"must be a subset of {sorted(STREAMS)}")
+        streams = frozenset(raw_streams)
+        if not streams <= STREAMS:
+            raise ConfigError("streams", f"must be a subset of {sorted(STREAMS)}")
+        object.__setattr__(self, "streams", streams)
+        raw_types: object = self.event_types
+        if raw_types is not None:
+            if isinstance(raw_types, str) or not isinstance(raw_types, Iterable):
+                raise ConfigError("event_types", "must be a set of non-empty strings, or None")
+            types = frozenset(raw_types)
+            if not all(isinstance(t, str) and t for t in types):
+                raise ConfigError("event_types", "must be a set of non-empty strings, or None")
+            object.__setattr__(self, "event_types", types)
+
+    def replace(self, **changes: Any) -> RealTimeConfig:
+        """A copy with ``changes`` applied. Raises ``ConfigError``."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for name in changes:
+            if name not in names:
+                raise ConfigError(name, "is not a RealTimeConfig option")
+        return dataclasses.replace(self, **changes)
+
+
+# -- the client session -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a connection attempt failed or an open connection was lost."""
+
+    #: "refused" (handshake answered with an HTTP status), "timeout", "network",
+    #: "closed" (a close frame), "heartbeat" (half-open detected)
+    kind: str
+    status: int | None = None
+    code: int | None = None
+    reason: str = ""
+
+    @property
+    def fatal(self) -> bool:
+        return self.status in FATAL_STATUSES or self.code in FATAL_CLOSE_CODES
+
+    def __str__(self) -> str:
+        detail = self.status or self.code
+        text = self.kind if detail is None else f"{self.kind} {detail}"
+        return f"{text}: {self.reason}" if self.reason else text
+
+
+class Action(enum.Enum):
+    """What ``tick`` asks the front-end to do."""
+
+    NONE = "none"
+    #: the connection is half-open: abort it without a close handshake
+    ABORT = "abort"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStats:
+    """A snapshot of ``get_connection_stats()``; latencies in milliseconds."""
+
+    state: State
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    messages_in_per_second: float
+    messages_out_per_second: float
+    messages_in: int
+    messages_out: int
+    #: connections opened after the first one
+    reconnect_count: int
+    #: failed attempts since the last healthy connection
+    failed_attempts: int
+    #: messages waiting in ``send_message``'s queue, and those it had to drop
+    queued: int
+    dropped_outgoing: int
+    #: what the server reported dropping for this client (slow consumer notices)
+    dropped_by_server: int
+    half_open_detections: int
+    #: gaps in the server's per-connection ``seq``
+    seq_gaps: int
+    last_seq: int | None
+    last_error: str | None
+
+
+class _Rate:
+    """Counts per second over a sliding window of whole seconds."""
+
+    __slots__ = ("_buckets", "_window")
+
+    def __init__(self, window: int = 10) -> None:
+        self._window = window
+        self._buckets: collections.deque[list[int]] = collections.deque()
+
+    def add(self, now: float, n: int = 1) -> None:
+        second = int(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += n
+            return
+        self._buckets.append([second, n])
+        while self._buckets[0][0] <= second - self._window:
+            self._buckets.popleft()
+
+    def per_second(self, now: float) -> float:
+        second = int(now)
+        total = sum(n for s, n in self._buckets if s > second - self._window)
+        return total / self._window
+
+
+def _percentile(samples: Iterable[float], q: float) -> float | None:
+    ordered = sorted(samples)
+    if not ordered:
+        return None
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+_config_decoder: Final = msgspec.json.Decoder(ClientConfig)
+
+
+def config_of(payload: Any) -> ClientConfig | None:
+    """The ``ClientConfig`` inside a ``config_update`` / ``sync_response`` payload, if valid."""
+    if not isinstance(payload, dict):
+        return None
+    raw = payload.get("config", payload)
+    try:
+        return msgspec.convert(raw, ClientConfig)
+    except msgspec.ValidationError:
+        return None
+
+
+@dataclass
+class _Connection:
+    opened_at: float
+    last_rx: float
+    next_ping: float
+    healthy: bool = False
+    pings: dict[str, float] = field(default_factory=dict)
+
+
+class RealTimeSession:
+    """The client side of one logical real-time connection, across reconnects.
+
+    Not thread-safe: a front-end serialises calls (a lock, or one event loop).
+    """
+
+    def __init__(
+        self,
+        config: RealTimeConfig,
+        *,
+        jitter: Callable[[], float] = random.random,
+        rtt_samples: int = 200,
+    ) -> None:
+        self.config = config
+        self._machine = StateMachine(CLIENT_TRANSITIONS, State.IDLE)
+        self._jitter = jitter
+        self._delays: Iterator[float] | None = None
+        self._conn: _Connection | None = None
+        self._queue: collections.deque[str] = collections.deque()
+        self._out: list[str] = []
+        self._rtts: collections.deque[float] = collections.deque(maxlen=rtt_samples)
+        self._rate_in = _Rate()
+        self._rate_out = _Rate()
+        self._ping_ids = itertools.count(1)
+        self.extra_streams: frozenset[str] = frozenset()
+        self.messages_in = 0
+        self.messages_out = 0
+        self.opened = 0
+        self.failed_attempts = 0
+        self.dropped_outgoing = 0
+        self.dropped_by_server = 0
+        self.half_open_detections = 0
+        self.seq_gaps = 0
+        self.last_seq: int | None = None
+        self.last_error: str | None = None
+        self.config_version: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._machine.state
+
+    def connect_started(self, now: float) -> None:
+        """A connection attempt begins. Raises ``ConnectionStateError`` unless idle,
+        closed, failed or waiting to reconnect."""
+        previous = self._machine.to(State.CONNECTING)
+        if previous is not State.RECONNECTING:
+            # A fresh connect() after a close or a give-up starts a new streak.
+            self._delays = None
+            self.failed_attempts = 0
+
+    def connection_opened(self, now: float) -> None:
+        """The handshake succeeded: subscribe, ask for a sync, flush the queue.
+
+        Raises ``ConnectionStateError`` unless connecting.
+        """
+        self._machine.to(State.OPEN)
+        self.opened += 1
+        self.last_seq = None
+        self._conn = _Connection(
+            opened_at=now, last_rx=now, next_ping=now + self.config.heartbeat_interval
+        )
+        self._emit(self.subscription_message(), now)
+        payload: dict[str, Any] = {}
+        if self.config_version is not None:
+            payload["configVersion"] = self.config_version
+        self._emit(make_envelope("sync_request", payload), now)
+        while self._queue:
+            self._out.append(self._queue.popleft())
+            self._count_out(now)
+
+    def connection_failed(self, now: float, failure: Failure) -> float | None:
+        """An attempt failed or an open connection was lost.
+
+        Returns the delay to wait before ``connect_started`` again (state
+        RECONNECTING), or None when giving up (FAILED) or when the user closed.
+        Raises ``ConnectionStateError`` in a state where nothing can fail.
+        """
+        self._conn = None
+        self._out.clear()
+        self.last_error = str(failure)
+        if self.state in (State.CLOSING, State.CLOSED):
+            if self.state is State.CLOSING:
+                self._machine.to(State.CLOSED)
+            return None
+        if self.state not in (State.CONNECTING, State.OPEN):
+            raise ConnectionStateError(f"nothing to fail in state {self.state.value}")
+        if failure.kind == "heartbeat":
+            self.half_open_detections += 1
+        if failure.fatal:
+            self._machine.to(State.FAILED)
+            return None
+        if self._delays is None:
+            self._delays = reconnect_delays(
+                self.config.reconnect_interval,
+                self.config.max_reconnect_delay,
+                self.config.max_reconnect_attempts,
+                jitter=self._jitter,
+            )
+        delay = next(self._delays, None)
+        if delay is None:
+            self._machine.to(State.FAILED)
+            return None
+        self.failed_attempts += 1
+        self._machine.to(State.RECONNECTING)
+        return delay
+
+    def close_started(self) -> None:
+        """The user asked to disconnect. Raises ``ConnectionStateError`` when already closed."""
+        if self.state in (State.IDLE, State.FAILED, State.RECONNECTING):
+            self._machine.to(State.CLOSED)
+        else:
+            self._machine.to(State.CLOSING)
+
+    def closed(self) -> None:
+        """The connection is gone after ``close_started``."""
+        self._conn = None
+        self._out.clear()
+        if self.state is State.CLOSING:
+            self._machine.to(State.CLOSED)
+
+    # -- messages -------------------------------------------------------------------
+
+    def subscription_message(self) -> Envelope:
+        streams = sorted(self.config.streams | self.extra_streams)
+        types = self.config.event_types
+        return make_envelope(
+            "subscribe",
+            {"streams": streams, "eventTypes": None if types is None else sorted(types)},
+        )
+
+    def subscribe_streams(self, streams: Iterable[str], now: float) -> None:
+        """Add push streams (``on("event")`` does); sent at once when open."""
+        extra = self.extra_streams | (frozenset(streams) & STREAMS)
+        if extra != self.extra_streams:
+            self.extra_streams = extra
+            if self.state is State.OPEN:
+                self._emit(self.subscription_message(), now)
+
+    def send(self, envelope: Envelope, now: float) -> bool:
+        """Send now if open, else queue for the next connection.
+
+        Returns False when the queue is full (or the session is closed): the
+        message is dropped and counted in ``dropped_outgoing``.
+        """
+        if self.state is State.OPEN:
+            self._emit(envelope, now)
+            return True
+        if self.state in (State.CLOSING, State.CLOSED) or (
+            len(self._queue) >= self.config.max_queued_messages
+        ):
+            self.dropped_outgoing += 1
+            return False
+        self._queue.append(encode_envelope(envelope))
+        return True
+
+    def data_to_send(self) -> list[str]:
+        """Frames to write now, in order; the session forgets them."""
+        out, self._out = self._out, []
+        return out
+
+    def receive(self, data: str | bytes, now: float) -> list[Envelope]:
+        """Account for one incoming frame; returns the messages to dispatch.
+
+        A frame that is not an envelope is counted as an error and dropped.
+        """
+        conn = self._conn
+        if conn is None:
+            return []
+        conn.last_rx = now
+        self.messages_in += 1
+        self._rate_in.add(now)
+        try:
+            envelope = decode_envelope(data, self.config.max_message_bytes)
+        except ProtocolError as exc:
+            self.last_error = f"bad message from server: {exc.message}"
+            return []
+        if envelope.seq is not None:
+            if self.last_seq is not None and envelope.seq != self.last_seq + 1:
+                self.seq_gaps += 1
+            self.last_seq = envelope.seq
+        kind = envelope.type
+        if kind == "pong":
+            sent = conn.pings.pop(envelope.id, None)
+            if sent is not None:
+                self._rtts.append(now - sent)
+        elif kind == "dropped" and isinstance(envelope.payload, dict):
+            dropped = envelope.payload.get("dropped")
+            if isinstance(dropped, int) and dropped > 0:
+                self.dropped_by_server += dropped
+        elif kind in ("sync_response", "config_update"):
+            if kind == "sync_response" and not conn.healthy:
+                # A full round trip worked: this connection is good, start a new streak.
+                conn.healthy = True
+                self._delays = None
+                self.failed_attempts = 0
+            config = config_of(envelope.payload)
+            if config is not None:
+                self.config_version = config.version
+        return [envelope]
+
+    # -- heartbeat ------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` must next be called (None: no timer while not open)."""
+        conn = self._conn
+        if conn is None or self.state is not State.OPEN:
+            return None
+        dead_at = conn.last_rx + self.config.heartbeat_interval + self.config.connection_timeout
+        return min(conn.next_ping, dead_at)
+
+    def tick(self, now: float) -> Action:
+        """Send a due heartbeat; detect a half-open connection.
+
+        Silence (no frame of any kind) for ``heartbeat_interval +
+        connection_timeout`` while pings go out means the peer or the path is
+        gone even though TCP has not noticed: answer ABORT.
+        """
+        conn = self._conn
+        if conn is None or self.state is not State.OPEN:
+            return Action.NONE
+        silence = now - conn.last_rx
+        if silence >= self.config.heartbeat_interval + self.config.connection_timeout:
+            return Action.ABORT
+        if now >= conn.next_ping:
+            ping = make_envelope("ping", {}, id=f"hb-{next(self._ping_ids)}")
+            conn.pings[ping.id] = now
+            if len(conn.pings) > 64:  # unanswered pings of a dying link
+                conn.pings.pop(next(iter(conn.pings)))
+            self._emit(ping, now)
+            conn.next_ping = now + self.config.heartbeat_interval
+        return Action.NONE
+
+    # -- stats ----------------------------------------------------------------------
+
+    def stats(self, now: float) -> ConnectionStats:
+        p50 = _percentile(self._rtts, 0.5)
+        p95 = _percentile(self._rtts, 0.95)
+        return ConnectionStats(
+            state=self.state,
+            latency_p50_ms=None if p50 is None else round(p50 * 1000, 3),
+            latency_p95_ms=None if p95 is None else round(p95 * 1000, 3),
+            messages_in_per_second=self._rate_in.per_second(now),
+            messages_out_per_second=self._rate_out.per_second(now),
+            messages_in=self.messages_in,
+            messages_out=self.messages_out,
+            reconnect_count=max(0, self.opened - 1),
+            failed_attempts=self.failed_attempts,
+            queued=len(self._queue),
+            dropped_outgoing=self.dropped_outgoing,
+            dropped_by_server=self.dropped_by_server,
+            half_open_detections=self.half_open_detections,
+            seq_gaps=self.seq_gaps,
+            last_seq=self.last_seq,
+            last_error=self.last_error,
+        )
+
+    def _emit(self, envelope: Envelope, now: float) -> None:
+        self._out.append(encode_envelope(envelope))
+        self._count_out(now)
+
+    def _count_out(self, now: float) -> None:
+        self.messages_out += 1
+        self._rate_out.add(now)
