@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Litestar
 
 from innkt_analytics.server._app import create_app
+from innkt_analytics.server._realtime import install_realtime, realtime_endpoint
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server.storage import Storage
 
@@ -13,4 +14,6 @@ __all__ = ["ServerSettings", "build_app", "create_app"]
 
 def build_app(settings: ServerSettings, storage: Storage | None = None) -> Litestar:
     """The full server: the API plus every subsystem wired in (real-time hub, dashboard)."""
-    return create_app(settings, storage)
+    return create_app(
+        settings, storage, extra_handlers=[realtime_endpoint], on_state=[install_realtime]
+    )

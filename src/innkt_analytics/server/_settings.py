@@ -49,6 +49,20 @@ class ServerSettings:
     backup_interval: float = 0.0
     backup_dir: str = ""
     backup_keep: int = 7
+    #: real-time fan-out channel name (Redis channel, PostgreSQL NOTIFY channel); instances
+    #: that share it see each other's events and config changes
+    realtime_channel: str = "innkt_realtime"
+    #: real-time: largest message a client may send (bytes; larger closes with 1009)
+    realtime_max_message_bytes: int = 64 * 1024
+    #: real-time: messages per second a connection may send, and the burst allowed
+    realtime_message_rate: float = 20.0
+    realtime_message_burst: int = 40
+    #: real-time: messages (and bytes) waiting for one slow connection before the
+    #: oldest are dropped and the client is told how many
+    realtime_backlog: int = 256
+    realtime_backlog_bytes: int = 8 * 1024 * 1024
+    #: real-time: open connections per instance; more are refused with 503
+    realtime_max_connections: int = 10_000
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,6 +83,21 @@ class ServerSettings:
             raise ConfigError("rate_limit_burst", "must be >= 1")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", "must be 0..65535")
+        for name in (
+            "realtime_max_message_bytes",
+            "realtime_message_burst",
+            "realtime_backlog",
+            "realtime_backlog_bytes",
+            "realtime_max_connections",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, "must be positive")
+        if self.realtime_message_rate <= 0:
+            raise ConfigError("realtime_message_rate", "must be positive")
+        channel = self.realtime_channel
+        # It becomes a PostgreSQL identifier and a Redis key: keep it to a safe alphabet.
+        if not (channel.isascii() and channel.replace("_", "").isalnum() and len(channel) <= 63):
+            raise ConfigError("realtime_channel", "ASCII letters, digits and _ only, 1-63 long")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
