@@ -20,11 +20,13 @@ from hypothesis import strategies as st
 from innkt_analytics._exceptions import StorageError
 from innkt_analytics._protocol import ClientConfig
 from innkt_analytics.server.storage import (
+    AuditEntry,
     EventFilter,
     EventRow,
     KeyRecord,
     Storage,
     StorageStatus,
+    Suppression,
     make_storage,
 )
 
@@ -329,6 +331,48 @@ def test_keys_create_find_list_revoke(storage_url: str) -> None:
         assert found.revoked_at == 500
         with pytest.raises(StorageError):
             await s.create_key(_key("k1"))  # the same id twice
+
+    with_storage(storage_url, body)
+
+
+# -- privacy ---------------------------------------------------------------------------
+
+
+def test_delete_user_removes_their_events_and_suppresses_them(storage_url: str) -> None:
+    async def body(s: Storage) -> None:
+        await s.insert_events(
+            "p", [row("u1-a", user_id="u1"), row("u2-a", user_id="u2"), row("u1-b", user_id="u1")]
+        )
+        await s.insert_events("q", [row("q-u1", user_id="u1")])
+        assert await s.delete_user("p", "u1", 1000) == 2
+        assert await all_ids(s, "p") == ["u2-a"]
+        assert await all_ids(s, "q") == ["q-u1"]  # another project's user of the same id
+        assert await s.delete_user("p", "u1", 2000) == 0
+        assert await s.delete_user("q", "u1", 3000) == 1
+        assert await s.suppressed_users("p") == [Suppression("p", "u1", 2000)]
+        everyone = sorted(await s.suppressed_users(), key=lambda x: x.project)
+        assert everyone == [Suppression("p", "u1", 2000), Suppression("q", "u1", 3000)]
+        # refusing a suppressed user's new events is the ingest layer's job; the
+        # deleted rows' ids are free again, as after any delete
+        assert await s.insert_events("p", [row("u1-a", user_id="u1")]) == {"u1-a"}
+
+    with_storage(storage_url, body)
+
+
+def test_audit_log_pages_newest_first_per_project(storage_url: str) -> None:
+    async def body(s: Storage) -> None:
+        for i in range(5):
+            detail: dict[str, object] = {"n": i, "ids": ["a", "b"], "note": "é"}
+            await s.append_audit(AuditEntry("p", 100 + i, "key_1", "delete_user", f"u{i}", detail))
+        await s.append_audit(AuditEntry("q", 1, "key_2", "export_user", "x"))
+        first = await s.list_audit("p", 2, None)
+        assert [e.subject for e in first] == ["u4", "u3"]
+        assert first[0].detail == {"n": 4, "ids": ["a", "b"], "note": "é"}
+        assert (first[0].project, first[0].at, first[0].actor) == ("p", 104, "key_1")
+        rest = await s.list_audit("p", 10, first[-1].seq)
+        assert [e.subject for e in rest] == ["u2", "u1", "u0"]
+        assert [e.subject for e in await s.list_audit("q", 10, None)] == ["x"]
+        assert await s.list_audit("nobody", 10, None) == []
 
     with_storage(storage_url, body)
 
