@@ -110,6 +110,7 @@ def test_pending_through_watermark(make_queue: QueueFactory) -> None:
     queue = make_queue()
     mark = put(queue, items(10), chunk=5)
     later = put(queue, items(10, start=10), chunk=5)
+    assert queue.last_rowid() == later
     assert queue.pending_through(mark)
     chunks = queue.claim(10, 1 << 20, time.time())
     assert queue.pending_through(mark)  # claimed by us: still pending

@@ -32,6 +32,7 @@ from innkt_analytics._transport import (
     HealthStatus,
     NetworkState,
     Send,
+    TransportCore,
     Verdict,
 )
 
@@ -60,8 +61,6 @@ class AsyncAnalyticsBackendService(ServiceBase):
         self._wake: asyncio.Event | None = None
         self._progress: asyncio.Event | None = None
         self._interrupt_flag: asyncio.Event | None = None
-        self._flush_requested = 0
-        self._flush_done = 0
         self._transport_dirty = False
 
     async def initialize(self, config: BackendConfig) -> None:
@@ -85,7 +84,7 @@ class AsyncAnalyticsBackendService(ServiceBase):
         self._interrupt_flag = asyncio.Event()
         if self._transport is None:
             self._transport = self._custom_transport or AsyncHttpTransport(
-                self._make_transport_core(), self.config.timeout
+                TransportCore.from_config(self.config), self.config.timeout
             )
         self._task = loop.create_task(self._sender_main(), name="innkt-analytics-sender")
 
@@ -150,20 +149,14 @@ class AsyncAnalyticsBackendService(ServiceBase):
             self._transport_dirty = False
             old, self._transport = (
                 self._transport,
-                AsyncHttpTransport(self._make_transport_core(), self.config.timeout),
+                AsyncHttpTransport(TransportCore.from_config(self.config), self.config.timeout),
             )
             if old is not None:
                 await old.aclose()
         transport = self._transport
         if transport is None:
             return
-        with self._lock:
-            flush_seq = self._flush_requested
-            flush = flush_seq > self._flush_done
-            now = time.monotonic()
-            config_due = core.config_due(now)
-            maintenance = core.maintenance_due(now)
-            probe = core.probe_due(now, flush)
+        flush_seq, flush, config_due, maintenance, probe = self._plan(core)
         if config_due:
             self._apply_fetched(await transport.fetch_config())
         if maintenance:

@@ -1,27 +1,14 @@
-"""``AnalyticsBackendService``: the SDK's front door, with a background worker.
+"""``AnalyticsBackendService``: the SDK's front door, with background workers.
 
-How an event travels::
+``track()`` appends a small record to an in-memory ring (no lock, no I/O); a
+committer thread encodes and commits groups to the bounded queue; a sender
+claims chunks, drives ``delivery_flow`` over the transport and deletes what the
+server acknowledged. ``flush()`` commits in the caller's thread, then waits for
+delivery. Nothing here raises into the host app for transport problems; the
+guarantees are spelled out in docs/sdk.md.
 
-    track()/send_event()      caller's thread: build a small record, append it to
-         │                     an in-memory ring (no I/O, no lock, no network)
-         ▼
-    committer thread          every ``commit_interval`` (or sooner when the ring
-         │                     fills): encode, then commit a group to the queue
-         ▼
-    SQLite queue (WAL)        bounded; overflow counted; survives kill -9
-         │
-         ▼
-    sender (thread or task)   claims chunks, drives ``delivery_flow`` over the
-                               transport, deletes what the server acknowledged
-
-Guarantees (see docs/sdk.md): an event is *committed* once the committer's
-transaction holding it returned; ``flush()`` commits everything handed over
-before it in the caller's thread, then waits for delivery. Nothing on this
-path raises into the host application for transport problems.
-
-The parts shared with ``AsyncAnalyticsBackendService`` (intake, committer,
-counters, configuration) are in ``ServiceBase``; the two front-ends differ
-only in how the sender waits and does I/O.
+``ServiceBase`` holds what the asyncio service shares (intake, committer,
+counters, configuration); the front-ends differ only in how the sender waits.
 """
 
 from __future__ import annotations
@@ -40,18 +27,18 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, ClassVar, Final, Self, TypeAlias
 
-from innkt_analytics._config import BackendConfig, QueueMode
+from innkt_analytics._config import BackendConfig
 from innkt_analytics._exceptions import ConfigError, ConnectionStateError, StorageError
 from innkt_analytics._ids import uuid7
 from innkt_analytics._protocol import ClientConfig, Event
 from innkt_analytics._queue import (
     Dropped,
     EventQueue,
-    MemoryQueue,
     QueuedChunk,
     SQLiteQueue,
     Tracked,
     encode_records,
+    open_queue,
 )
 from innkt_analytics._transport import (
     DeliveryCore,
@@ -145,6 +132,9 @@ class ServiceBase:
         self._config_version: int | None = None
         self._atexit_cb: Callable[[], None] | None = None
         self._committer: threading.Thread | None = None
+        #: flush tickets: requested by callers, done once the sender can do no more
+        self._flush_requested = 0
+        self._flush_done = 0
 
     def _init_locks(self) -> None:
         #: guards the core, counters and lifecycle
@@ -182,7 +172,7 @@ class ServiceBase:
         with self._lock:
             if self._lifecycle is not ServiceState.NEW:
                 raise ConnectionStateError(f"initialize() on a {self._lifecycle.value} service")
-            self._queue = self._open_queue(config)
+            self._queue = open_queue(config)
             # A flush must also cover what a previous run (or a crash) left queued.
             self._watermark = self._queue.last_rowid()
             self._config = config
@@ -195,20 +185,6 @@ class ServiceBase:
             cb = self._atexit_cb = _make_atexit(self)
             atexit.register(cb)
             self._open = True
-
-    @staticmethod
-    def _open_queue(config: BackendConfig) -> EventQueue:
-        if config.queue_mode is QueueMode.MEMORY:
-            return MemoryQueue(
-                config.max_queue_events, config.max_queue_bytes, config.overflow_policy
-            )
-        return SQLiteQueue(
-            config.resolved_queue_path,
-            config.max_queue_events,
-            config.max_queue_bytes,
-            config.overflow_policy,
-            fsync=config.queue_fsync,
-        )
 
     def _apply_hot(self, config: BackendConfig) -> None:
         self._buffer_size = config.buffer_size
@@ -267,15 +243,6 @@ class ServiceBase:
     def _transport_changed(self) -> None:
         """The front-end rebuilds its transport before the next request."""
 
-    def _make_transport_core(self) -> TransportCore:
-        config = self.config
-        return TransportCore(
-            config.base_url,
-            config.api_key,
-            compression=config.compression,
-            compression_level=config.compression_level,
-        )
-
     # -- intake: the caller's side -------------------------------------------------
 
     def track(
@@ -297,37 +264,35 @@ class ServiceBase:
         if not self._open and not self._reopen():
             return False
         if event_type in self._disabled:
-            self._count_drop("disabled_type")
-            return False
+            return self._count_drop("disabled_type")
         if self._sampling < 1.0 and random.random() >= self._sampling:
-            self._count_drop("sampled")
-            return False
+            return self._count_drop("sampled")
         ring = self._ring
         if len(ring) >= self._wake_at:
             if len(ring) >= self._buffer_size:
-                self._count_drop("buffer_full")
-                return False
+                return self._count_drop("buffer_full")
             self._commit_wake.set()
         ring.append((time.time(), event_type, properties, session_id, user_id))
         return True
 
     def send_event(self, event: Event) -> bool:
         """Queue a complete ``Event`` (the seed's ``sendEvent``); same contract as ``track``."""
+        return self._hand_over(event.event_type, event)
+
+    def _hand_over(self, event_type: str, record: Tracked | Event) -> bool:
+        # ``track`` inlines this same sequence: it is the hot path.
         if not self._open and not self._reopen():
             return False
-        if event.event_type in self._disabled:
-            self._count_drop("disabled_type")
-            return False
+        if event_type in self._disabled:
+            return self._count_drop("disabled_type")
         if self._sampling < 1.0 and random.random() >= self._sampling:
-            self._count_drop("sampled")
-            return False
+            return self._count_drop("sampled")
         ring = self._ring
         if len(ring) >= self._wake_at:
             if len(ring) >= self._buffer_size:
-                self._count_drop("buffer_full")
-                return False
+                return self._count_drop("buffer_full")
             self._commit_wake.set()
-        ring.append(event)
+        ring.append(record)
         return True
 
     def send_events(self, events: Iterable[Event]) -> int:
@@ -442,6 +407,21 @@ class ServiceBase:
             raise ConnectionStateError("the service is not initialized")
         return delivery_flow(chunks_payloads, count, core.policy, lambda: dt.datetime.now(_UTC))
 
+    def _plan(self, core: DeliveryCore) -> tuple[int, bool, bool, bool, bool]:
+        """What the sender's next round does: (flush ticket, flush?, fetch config?,
+        maintenance?, probe?)."""
+        with self._lock:
+            flush_seq = self._flush_requested
+            flush = flush_seq > self._flush_done
+            now = time.monotonic()
+            return (
+                flush_seq,
+                flush,
+                core.config_due(now),
+                core.maintenance_due(now),
+                core.probe_due(now, flush),
+            )
+
     def _record(self, result: SendResult) -> None:
         with self._lock:
             if self._core is not None:
@@ -533,7 +513,7 @@ class ServiceBase:
             config = self._config
             self._forked = False
             self._pid = os.getpid()
-            self._queue = self._open_queue(config)
+            self._queue = open_queue(config)
             self._core = DeliveryCore(config, time.monotonic())
             self._watermark = self._queue.last_rowid()
             self._session_id = uuid7()
@@ -581,8 +561,6 @@ class AnalyticsBackendService(ServiceBase):
         self._sender_cond = threading.Condition(self._lock)
         self._sender_wake = False
         self._interrupt = threading.Event()
-        self._flush_requested = 0
-        self._flush_done = 0
         self._transport_dirty = False
         if config is not None:
             self.initialize(config)
@@ -604,7 +582,7 @@ class AnalyticsBackendService(ServiceBase):
     def _start_sender(self) -> None:
         if self._transport is None:
             self._transport = self._custom_transport or HttpTransport(
-                self._make_transport_core(), self.config.timeout
+                TransportCore.from_config(self.config), self.config.timeout
             )
         self._sender = threading.Thread(
             target=self._sender_main, name="innkt-analytics-sender", daemon=True
@@ -643,20 +621,14 @@ class AnalyticsBackendService(ServiceBase):
             self._transport_dirty = False
             old, self._transport = (
                 self._transport,
-                HttpTransport(self._make_transport_core(), self.config.timeout),
+                HttpTransport(TransportCore.from_config(self.config), self.config.timeout),
             )
             if old is not None:
                 old.close()
         transport = self._transport
         if transport is None:
             return
-        with self._lock:
-            flush_seq = self._flush_requested
-            flush = flush_seq > self._flush_done
-            now = time.monotonic()
-            config_due = core.config_due(now)
-            maintenance = core.maintenance_due(now)
-            probe = core.probe_due(now, flush)
+        flush_seq, flush, config_due, maintenance, probe = self._plan(core)
         if config_due:
             self._apply_fetched(transport.fetch_config())
         if maintenance:

@@ -34,7 +34,7 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from innkt_analytics._config import OverflowPolicy
+from innkt_analytics._config import BackendConfig, OverflowPolicy, QueueMode
 from innkt_analytics._exceptions import StorageError, StorageFullError
 from innkt_analytics._ids import uuid7
 from innkt_analytics._protocol import Event
@@ -49,6 +49,7 @@ __all__ = [
     "Tracked",
     "encode_records",
     "event_ids_of",
+    "open_queue",
     "split_chunk",
 ]
 
@@ -730,3 +731,16 @@ class SQLiteQueue(EventQueue):
         # No lock: another thread of the parent may have held it at fork time.
         self._closed = True
         _abandoned.append(self._db)
+
+
+def open_queue(config: BackendConfig) -> EventQueue:
+    """The queue a configuration asks for. Raises ``StorageError`` (see ``SQLiteQueue``)."""
+    if config.queue_mode is QueueMode.MEMORY:
+        return MemoryQueue(config.max_queue_events, config.max_queue_bytes, config.overflow_policy)
+    return SQLiteQueue(
+        config.resolved_queue_path,
+        config.max_queue_events,
+        config.max_queue_bytes,
+        config.overflow_policy,
+        fsync=config.queue_fsync,
+    )

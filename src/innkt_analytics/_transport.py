@@ -149,6 +149,15 @@ class TransportCore:
             "User-Agent": f"innkt-analytics-python/{__version__}",
         }
 
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> TransportCore:
+        return cls(
+            config.base_url,
+            config.api_key,
+            compression=config.compression,
+            compression_level=config.compression_level,
+        )
+
     def batch_request(self, body: bytes) -> tuple[str, dict[str, str], bytes]:
         """(url, headers, content) of a batch request; gzips the body when configured."""
         headers = {**self.auth_headers, "Content-Type": "application/json"}
