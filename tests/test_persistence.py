@@ -314,6 +314,8 @@ def test_export_round_trips(make: Make, tmp_path: Path, fmt: str) -> None:
     svc = make()
     records = [rec(i, session=None if i % 4 == 0 else f"s{i}") for i in range(2500)]
     records.append(rec(9999, data={"quote": 'a "b",\nc', "unicode": "é€😀", "nested": {"k": None}}))
+    odd = rec(9998, session='s,"q"\r\nx')
+    records.append(msgspec.structs.replace(odd, id='id,"with" quotes', type="t\ny"))
     svc.store_batch(records)
     path = tmp_path / f"out.{fmt}"
     assert svc.export_data(fmt, path=path) == len(records)  # type: ignore[arg-type]
@@ -466,9 +468,9 @@ def test_periodic_cleanup_and_scheduled_backups(make: Make) -> None:
     wait_for(lambda: svc.get_storage_info().backups == 2, "two scheduled backups")
     first = svc.list_backups()[-1].backup_id
     wait_for(lambda: first not in {b.backup_id for b in svc.list_backups()}, "history pruning")
-    svc.close()
-    count = len(list((svc.config.backup_dir or Path()).iterdir()))
-    assert count <= 2 * 3  # manifests and files of at most the kept backups plus one in flight
+    svc.close()  # joins the thread: a backup in flight finishes and prunes first
+    files = sorted(p.suffix for p in (svc.config.backup_dir or Path()).iterdir())
+    assert files == [".json", ".json", ".sqlite3", ".sqlite3"]
     assert svc.list_backups()[0].record_count == 3
 
 

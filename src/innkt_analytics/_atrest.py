@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
 import datetime as dt
 import hashlib
 import hmac
-import io
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -228,28 +226,45 @@ class AtRestCodec:
 
     def encode(self, plaintext: bytes, aad: bytes = b"") -> bytes:
         """Return the at-rest form of ``plaintext``; ``aad`` binds it to its owner (record id)."""
-        flags = 0
-        header = b""
-        payload = plaintext
-        if self._compress:
-            dict_id = self._active_dict
-            if dict_id is not None:
-                packed = self._compressor(dict_id).compress(plaintext)
-                if len(packed) + 2 < len(plaintext):
-                    flags = FLAG_ZSTD | FLAG_DICT
-                    header = dict_id.to_bytes(2, "big")
-                    payload = packed
-            elif len(plaintext) >= self._min_plain_size:
-                packed = self._compressor(-1).compress(plaintext)
-                if len(packed) < len(plaintext):
-                    flags = FLAG_ZSTD
-                    payload = packed
-        if self._encrypt and self._aead is not None:
-            flags |= FLAG_AESGCM
-            head = bytes((flags,)) + header
-            nonce = os.urandom(_NONCE_SIZE)
-            return head + nonce + self._aead.encrypt(nonce, payload, head + aad)
-        return bytes((flags,)) + header + payload
+        return self.encode_many([plaintext], [aad])[0]
+
+    def encode_many(self, plaintexts: list[bytes], aads: list[bytes] | None = None) -> list[bytes]:
+        """``encode`` of many plaintexts at once; ``aads`` (one each) only matter when
+        encrypting. Batching hoists per-call costs out of the store path's hot loop.
+        """
+        plain_head = b"\x00"
+        pairs: list[tuple[bytes, bytes]]  # (header, payload)
+        dict_id = self._active_dict
+        if self._compress and dict_id is not None:
+            compress = self._compressor(dict_id).compress
+            head = bytes((FLAG_ZSTD | FLAG_DICT,)) + dict_id.to_bytes(2, "big")
+            pairs = []
+            append = pairs.append
+            for p in plaintexts:
+                packed = compress(p)
+                append((head, packed) if len(packed) + 2 < len(p) else (plain_head, p))
+        elif self._compress:
+            compress = self._compressor(-1).compress
+            head = bytes((FLAG_ZSTD,))
+            pairs = []
+            for p in plaintexts:
+                packed = compress(p) if len(p) >= self._min_plain_size else p
+                pairs.append((head, packed) if len(packed) < len(p) else (plain_head, p))
+        else:
+            pairs = [(plain_head, p) for p in plaintexts]
+        if not (self._encrypt and self._aead is not None):
+            return [head + payload for head, payload in pairs]
+        if aads is None or len(aads) != len(pairs):
+            raise ValueError("encrypting needs one aad per plaintext")
+        encrypt = self._aead.encrypt
+        # One getrandom call per batch instead of one per record.
+        nonces = os.urandom(_NONCE_SIZE * len(pairs))
+        out = []
+        for n, ((head, payload), aad) in enumerate(zip(pairs, aads, strict=True)):
+            head = bytes((head[0] | FLAG_AESGCM,)) + head[1:]
+            nonce = nonces[n * _NONCE_SIZE : (n + 1) * _NONCE_SIZE]
+            out.append(head + nonce + encrypt(nonce, payload, head + aad))
+        return out
 
     def decode(self, blob: bytes, aad: bytes = b"") -> bytes:
         """Return the plaintext of an at-rest blob.
@@ -390,6 +405,13 @@ def coerce_record(record: StoredRecord | Mapping[str, Any]) -> StoredRecord:
         raise InvalidRecordError(f"invalid record: {exc}") from None
 
 
+def _csv_cell(value: str) -> bytes:
+    raw = value.encode()
+    if b'"' in raw or b"," in raw or b"\n" in raw or b"\r" in raw:
+        return b'"' + raw.replace(b'"', b'""') + b'"'
+    return raw
+
+
 class RecordCodec:
     """Records to rows and back, rows to export bytes, and when to train a dictionary.
 
@@ -407,24 +429,31 @@ class RecordCodec:
 
     def to_rows(self, records: list[StoredRecord]) -> list[Row]:
         """Rows ready for INSERT. Raises InvalidRecordError for a record that cannot be stored."""
-        encode = self.blobs.encode
         encode_json = self._encode_json
-        rows: list[Row] = []
-        append = rows.append
+        plaintexts: list[bytes] = []
+        append = plaintexts.append
         for r in records:  # the hot loop of store_batch: kept flat on purpose
-            rid, rtype, sid, ts = r.id, r.type, r.session_id, r.timestamp
+            rid, rtype, ts = r.id, r.type, r.timestamp
             if not (isinstance(rid, str) and rid and isinstance(rtype, str) and rtype):
                 raise InvalidRecordError(f"record id and type must be non-empty strings: {rid!r}")
             if not isinstance(ts, dt.datetime) or ts.utcoffset() is None:
                 raise InvalidRecordError(f"record {rid!r}: timestamp must be timezone-aware")
             if not isinstance(r.data, dict):
                 raise InvalidRecordError(f"record {rid!r}: data must be a dict")
-            blob = encode(encode_json(r.data), rid.encode())
-            size = len(blob) + len(rid) + len(rtype) + ROW_OVERHEAD
-            if sid is not None:
-                size += len(sid)
-            append((rid, rtype, (ts - EPOCH) // _US, sid, size, blob))
-        return rows
+            append(encode_json(r.data))
+        aads = [r.id.encode() for r in records] if self.blobs.encrypts else None
+        blobs = self.blobs.encode_many(plaintexts, aads)
+        return [
+            (
+                r.id,
+                r.type,
+                (r.timestamp - EPOCH) // _US,
+                r.session_id,
+                len(blob) + len(r.id) + len(r.type) + len(r.session_id or "") + ROW_OVERHEAD,
+                blob,
+            )
+            for r, blob in zip(records, blobs, strict=True)
+        ]
 
     def from_row(self, rid: str, rtype: str, ts: int, sid: str | None, blob: bytes) -> StoredRecord:
         """The record of a row. Raises DecryptionError or IntegrityError for a bad blob."""
@@ -477,12 +506,15 @@ class RecordCodec:
         """
         decode = self.blobs.decode
         if fmt == "csv":
-            text = io.StringIO()
-            writer = csv.writer(text)
+            # RFC 4180 by hand, on bytes: the data JSON goes out without a decode/encode
+            # round trip, which made the csv module the bottleneck of CSV exports.
+            lines = []
             for rid, rtype, ts, sid, blob in rows:
+                data = decode(blob, rid.encode()).replace(b'"', b'""')
                 iso = from_micros(ts).isoformat().replace("+00:00", "Z")
-                writer.writerow((rid, rtype, iso, sid or "", decode(blob, rid.encode()).decode()))
-            return text.getvalue().encode()
+                cells = (_csv_cell(rid), _csv_cell(rtype), iso.encode(), _csv_cell(sid or ""))
+                lines.append(b",".join(cells) + b',"' + data + b'"\r\n')
+            return b"".join(lines)
         encode = msgspec.json.encode
         parts = [
             encode(

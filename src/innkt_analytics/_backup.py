@@ -319,6 +319,10 @@ def _check_database(path: Path, manifest: BackupManifest) -> None:
     try:
         conn = sqlite3.connect(_readonly_uri(path), uri=True, isolation_level=None)
         try:
+            # integrity_check looks up every index entry in its table: a cache of up to
+            # 128 MiB (allocated as used) saves ~20 % on a million records. Not mmap: a
+            # file truncated under a mapping kills the process with SIGBUS.
+            conn.execute("PRAGMA cache_size = -131072")
             rows = conn.execute("PRAGMA integrity_check").fetchall()
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             count = None
