@@ -1,0 +1,264 @@
+"""A tiny durable key-value store for small server-side documents.
+
+Dashboards and alert rules are a handful of small JSON documents per project;
+they do not belong in the event ``Storage`` interface. They live in one table,
+``innkt_kv``, in the same database as the events: a SQLite file (through a
+separate connection, so the event writer's group commit is untouched) or
+PostgreSQL (a small asyncpg pool). Backups of the SQLite file therefore include
+them.
+
+Keys are grouped by a namespace (``"dashboards"``, ``"alerts"``); callers put
+the project into the key (``"<project>/<name>"``) and list by prefix.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Final
+
+from litestar import Litestar
+
+from innkt_analytics._exceptions import ConfigError, StorageError
+
+__all__ = ["KVStore", "PostgresKV", "SQLiteKV", "kv_of", "make_kv"]
+
+_TABLE: Final = "innkt_kv"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _escape_like(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class KVStore(abc.ABC):
+    """Async key-value store; every method raises ``StorageError`` when the database fails."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the table if needed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        """The value, or None when the key is absent."""
+
+    @abc.abstractmethod
+    async def put(self, namespace: str, key: str, value: bytes) -> None:
+        """Insert or replace the value; durable when this returns."""
+
+    @abc.abstractmethod
+    async def delete(self, namespace: str, key: str) -> bool:
+        """Remove the key; True when it existed."""
+
+    @abc.abstractmethod
+    async def items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        """All (key, value) pairs of the namespace whose key starts with ``prefix``, by key."""
+
+
+class SQLiteKV(KVStore):
+    """The table in a SQLite file, through one connection of its own."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._conn: sqlite3.Connection | None = None
+        # One connection shared by worker threads: sqlite3 objects are not
+        # safe for concurrent use, so calls take turns.
+        self._lock = threading.Lock()
+
+    def _open_sync(self) -> None:
+        parent = os.path.dirname(self.path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
+                " ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
+                " updated_at INTEGER NOT NULL, PRIMARY KEY (ns, key))"
+            )
+        except sqlite3.Error:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def _run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[Any], int]:
+        """Run one statement (autocommit); returns its rows and rowcount."""
+
+        def run() -> tuple[list[Any], int]:
+            with self._lock:
+                if self._conn is None:
+                    raise StorageError("key-value store is not open")
+                try:
+                    cur = self._conn.execute(sql, params)
+                    return cur.fetchall(), cur.rowcount
+                except sqlite3.Error as exc:
+                    raise StorageError(f"key-value store: {exc}") from exc
+
+        return await asyncio.to_thread(run)
+
+    async def open(self) -> None:
+        try:
+            await asyncio.to_thread(self._open_sync)
+        except sqlite3.Error as exc:
+            raise StorageError(f"key-value store: {exc}") from exc
+
+    async def close(self) -> None:
+        def run() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(run)
+
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        rows, _ = await self._run(
+            f"SELECT value FROM {_TABLE} WHERE ns = ? AND key = ?", (namespace, key)
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    async def put(self, namespace: str, key: str, value: bytes) -> None:
+        await self._run(
+            f"INSERT INTO {_TABLE} (ns, key, value, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value,"
+            " updated_at = excluded.updated_at",
+            (namespace, key, value, _now_ms()),
+        )
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        _, count = await self._run(
+            f"DELETE FROM {_TABLE} WHERE ns = ? AND key = ?", (namespace, key)
+        )
+        return count > 0
+
+    async def items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        rows, _ = await self._run(
+            f"SELECT key, value FROM {_TABLE} WHERE ns = ? AND key LIKE ? ESCAPE '\\' ORDER BY key",
+            (namespace, _escape_like(prefix) + "%"),
+        )
+        # LIKE is case-insensitive for ASCII in SQLite; the prefix test is not.
+        return [(k, bytes(v)) for k, v in rows if k.startswith(prefix)]
+
+
+def _asyncpg() -> Any:
+    """The asyncpg module, imported on first use (it is an optional dependency)."""
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ConfigError("db", f"PostgreSQL support needs asyncpg: {exc}") from exc
+    return asyncpg
+
+
+class PostgresKV(KVStore):
+    """The table in PostgreSQL, through a small asyncpg pool of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        asyncpg = _asyncpg()
+        try:
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2)
+            async with self._pool.acquire() as conn, conn.transaction():
+                # Several servers may start at once; CREATE TABLE IF NOT EXISTS
+                # alone can still race on the catalog, so serialise it.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('innkt_kv'))")
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
+                    " ns text NOT NULL, key text NOT NULL, value bytea NOT NULL,"
+                    " updated_at bigint NOT NULL, PRIMARY KEY (ns, key))"
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StorageError(f"key-value store: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _call(self, method: str, sql: str, *args: Any) -> Any:
+        asyncpg = _asyncpg()
+        if self._pool is None:
+            raise StorageError("key-value store is not open")
+        try:
+            return await getattr(self._pool, method)(sql, *args)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StorageError(f"key-value store: {exc}") from exc
+
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        value = await self._call(
+            "fetchval", f"SELECT value FROM {_TABLE} WHERE ns = $1 AND key = $2", namespace, key
+        )
+        return None if value is None else bytes(value)
+
+    async def put(self, namespace: str, key: str, value: bytes) -> None:
+        await self._call(
+            "execute",
+            f"INSERT INTO {_TABLE} (ns, key, value, updated_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value,"
+            " updated_at = excluded.updated_at",
+            namespace,
+            key,
+            value,
+            _now_ms(),
+        )
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        status: str = await self._call(
+            "execute", f"DELETE FROM {_TABLE} WHERE ns = $1 AND key = $2", namespace, key
+        )
+        return status != "DELETE 0"
+
+    async def items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        rows = await self._call(
+            "fetch",
+            f"SELECT key, value FROM {_TABLE} WHERE ns = $1 AND starts_with(key, $2)"
+            ' ORDER BY key COLLATE "C"',
+            namespace,
+            prefix,
+        )
+        return [(r["key"], bytes(r["value"])) for r in rows]
+
+
+def make_kv(url: str) -> KVStore:
+    """The store for a database URL as ``INNKT_DB`` takes it (path, sqlite:///, postgresql://).
+
+    Raises ``ConfigError`` for an unknown scheme.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresKV(url)
+    if url.startswith("sqlite:///"):
+        return SQLiteKV(url[len("sqlite:///") :])
+    if "://" in url:
+        raise ConfigError("db", f"unsupported database URL {url!r}")
+    return SQLiteKV(url)
+
+
+def kv_of(app: Litestar, url: str) -> KVStore:
+    """The app's one store for ``url``, created on first use.
+
+    It opens in the app's startup hooks (after the event storage, so a new
+    SQLite file already exists) and closes at shutdown. Subsystems that keep
+    documents (dashboards, alert rules) share it.
+    """
+    store: KVStore | None = getattr(app.state, "innkt_kv", None)
+    if store is None:
+        store = make_kv(url)
+        app.state.innkt_kv = store
+        app.on_startup.insert(0, store.open)
+        app.on_shutdown.append(store.close)
+    return store
