@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from litestar import Litestar
 
+from innkt_analytics.server._alerts import ALERT_HANDLERS, install_alerts
 from innkt_analytics.server._app import create_app
+from innkt_analytics.server._dashboard import DASHBOARD_HANDLERS, install_dashboard
 from innkt_analytics.server._realtime import install_realtime, realtime_endpoint
+from innkt_analytics.server._segment import SEGMENT_HANDLERS
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server.storage import Storage
 
@@ -15,5 +18,8 @@ __all__ = ["ServerSettings", "build_app", "create_app"]
 def build_app(settings: ServerSettings, storage: Storage | None = None) -> Litestar:
     """The full server: the API plus every subsystem wired in (real-time hub, dashboard)."""
     return create_app(
-        settings, storage, extra_handlers=[realtime_endpoint], on_state=[install_realtime]
+        settings,
+        storage,
+        extra_handlers=[*SEGMENT_HANDLERS, *DASHBOARD_HANDLERS, *ALERT_HANDLERS, realtime_endpoint],
+        on_state=[install_realtime, install_dashboard, install_alerts],
     )
