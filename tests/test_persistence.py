@@ -273,6 +273,7 @@ def test_mappings_in_the_seeds_shape_are_accepted(make: Make) -> None:
         StoredRecord(id="a", type="t", data={}, timestamp=dt.datetime(2026, 1, 1)),
         StoredRecord(id="", type="t", data={}, timestamp=NOW),
         StoredRecord(id="a", type="t", data=[1], timestamp=NOW),  # type: ignore[arg-type]
+        StoredRecord(id="a", type="t", data={"x": object()}, timestamp=NOW),
     ],
 )
 def test_invalid_records_are_refused_and_nothing_is_stored(make: Make, bad: Any) -> None:

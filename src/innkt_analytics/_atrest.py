@@ -440,7 +440,10 @@ class RecordCodec:
                 raise InvalidRecordError(f"record {rid!r}: timestamp must be timezone-aware")
             if not isinstance(r.data, dict):
                 raise InvalidRecordError(f"record {rid!r}: data must be a dict")
-            append(encode_json(r.data))
+            try:
+                append(encode_json(r.data))
+            except (TypeError, ValueError) as exc:  # msgspec.EncodeError is a ValueError
+                raise InvalidRecordError(f"record {rid!r}: data is not JSON: {exc}") from None
         aads = [r.id.encode() for r in records] if self.blobs.encrypts else None
         blobs = self.blobs.encode_many(plaintexts, aads)
         return [

@@ -440,10 +440,10 @@ class AnalyticsDataPersistenceService:
             return StoreResult(stored=0)
         with self._lock:
             self._require_open()
+            rows = self._records.to_rows(recs)  # validates: nothing is sampled from a bad batch
             trained = self._records.observe(recs)
-            if trained is not None:
+            if trained is not None:  # used from the next batch on
                 self._save_dictionary(trained)
-            rows = self._records.to_rows(recs)
             with self._write() as conn:
                 try:
                     conn.executemany(INSERT_SQL, rows)
