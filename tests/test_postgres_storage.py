@@ -130,6 +130,16 @@ def test_rows_outside_the_window_move_into_their_month_when_it_gets_a_partition(
     assert sql(pg_database, f"SELECT event_id FROM {name} ORDER BY seq") == [("a",), ("b",)]
 
 
+def test_new_batches_go_by_copy_and_resends_row_by_row(pg_database: str) -> None:
+    async def body(s: PostgresStorage) -> tuple[int, int, list[str]]:
+        assert await s.insert_events("p", [row("a"), row("b")]) == {"a", "b"}
+        fast = s.slow_inserts
+        assert await s.insert_events("p", [row("b"), row("c"), row("c")]) == {"c"}
+        return fast, s.slow_inserts, await all_ids(s, "p")
+
+    assert run(PostgresStorage(pg_database), body) == (0, 1, ["a", "b", "c"])
+
+
 # -- retention -------------------------------------------------------------------------
 
 

@@ -187,6 +187,19 @@ def test_times_far_from_now_are_stored(storage_url: str) -> None:
     with_storage(storage_url, body)
 
 
+def test_nul_characters_in_ids_are_stored_deduplicated_and_found(storage_url: str) -> None:
+    # SQLite keeps U+0000; PostgreSQL text cannot, and stores U+FFFD instead.
+    async def body(s: Storage) -> None:
+        rows = [row("id\x00", session_id="s\x00", user_id="u\x00")]
+        assert await s.insert_events("p", rows) == {"id\x00"}
+        assert await s.insert_events("p", rows) == set()
+        found = await s.query_events("p", EventFilter(session_id="s\x00"), None, 10)
+        assert len(found.rows) == 1
+        assert await s.delete_user("p", "u\x00", 1) == 1
+
+    with_storage(storage_url, body)
+
+
 # -- queries ---------------------------------------------------------------------------
 
 

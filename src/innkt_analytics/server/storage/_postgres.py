@@ -1,10 +1,10 @@
 """PostgreSQL storage: for several stateless server instances sharing one database.
 
-Ingest is one statement per batch — ``unnest`` of column arrays, the dedup
-insert into ``event_ids`` and the insert into ``events`` chained in CTEs — run
-in autocommit, so the caller is answered only after PostgreSQL has committed
-(``synchronous_commit`` is left on). Concurrent requests on the pool's
-connections share WAL flushes, which is PostgreSQL's own group commit.
+Ingest goes through ``GroupInserter`` (``_pg_ingest``): concurrent batches are
+merged, at most ``insert_concurrency`` transactions run at once, and each is a
+COPY of the ids into ``event_ids`` and of the rows into ``events`` — falling
+back to ``INSERT … ON CONFLICT DO NOTHING`` when an id was already stored.
+Callers are answered only after COMMIT (``synchronous_commit`` stays on).
 
 See ``_pg_schema`` for the table layout and why deduplication lives in its own
 table. Every driver error is converted to ``StorageError`` here (the app
@@ -39,6 +39,15 @@ from innkt_analytics.server.storage._base import (
     StorageStatus,
     Suppression,
 )
+from innkt_analytics.server.storage._pg_ingest import (
+    EVENT_COLUMNS,
+    INSERT,
+    GroupInserter,
+    Key,
+    clean_text,
+    copy_records,
+    insert_args,
+)
 from innkt_analytics.server.storage._pg_partitions import (
     create_partitions,
     delete_rows_before,
@@ -66,29 +75,6 @@ _MIGRATION_LOCK: Final = 0x494E4B54_0001
 _CONFIG_LOCK_SPACE: Final = 0x494E4B54  # two-int form: (space, hashtext(project))
 #: above this many (estimated) events, health reports the planner's estimate
 _EXACT_COUNT_LIMIT: Final = 200_000
-
-_INSERT: Final = """
-WITH input AS (
-    SELECT * FROM unnest(
-        $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::bytea[]
-    ) WITH ORDINALITY AS u(event_id, event_type, session_id, user_id, anonymous_id,
-                           ts, sent_at, received_at, corrected, future, payload, ord)
-), fresh AS (
-    -- sorted, so concurrent batches sharing ids lock them in one order (no deadlock)
-    INSERT INTO event_ids (project, event_id)
-    SELECT $1, event_id FROM input ORDER BY event_id
-    ON CONFLICT (project, event_id) DO NOTHING
-    RETURNING event_id
-)
-INSERT INTO events (project, event_id, event_type, session_id, user_id, anonymous_id,
-                    ts, sent_at, received_at, corrected, future, payload)
-SELECT $1, i.event_id, i.event_type, i.session_id, i.user_id, i.anonymous_id,
-       i.ts, i.sent_at, i.received_at, i.corrected, i.future, i.payload
-FROM input i JOIN fresh f ON f.event_id = i.event_id
-ORDER BY i.ord
-RETURNING event_id
-"""
 
 _SELECT: Final = (
     "SELECT seq, event_id, event_type, session_id, user_id, anonymous_id,"
@@ -146,9 +132,12 @@ class PostgresStorage(Storage):
         command_timeout: float = 30.0,
         window: PartitionWindow | None = None,
         maintenance_interval: float = 3600.0,
+        insert_concurrency: int = 4,
     ) -> None:
         if pool_size < 1:
             raise ConfigError("pool_size", "must be >= 1")
+        if insert_concurrency < 1:
+            raise ConfigError("insert_concurrency", "must be >= 1")
         self.url = url
         self.pool_size = pool_size
         self._connect_timeout = connect_timeout
@@ -160,6 +149,11 @@ class PostgresStorage(Storage):
         self._known: set[int] = set()  # month starts that have a partition
         self._last_error: StorageError | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self.slow_inserts = 0  # groups that held an already stored id (see _pg_ingest)
+        # Ingest statements in flight at once; more concurrent batches are merged.
+        self._inserter = GroupInserter(
+            self._insert_rows, max_inflight=min(insert_concurrency, pool_size)
+        )
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -193,6 +187,8 @@ class PostgresStorage(Storage):
     async def close(self) -> None:
         if self._state is StorageState.CLOSED:
             return
+        if self._state is StorageState.OPEN:
+            await self._inserter.close()  # answer what is in flight first
         self._state = StorageState.CLOSED
         if self._maintenance is not None:
             self._maintenance.cancel()
@@ -275,32 +271,31 @@ class PostgresStorage(Storage):
     async def insert_events(self, project: str, rows: Sequence[EventRow]) -> set[str]:
         if not rows:
             return set()
-        unique: dict[str, EventRow] = {}
-        for row in rows:  # the first of repeated ids in one batch wins, as in SQLite
-            unique.setdefault(row.event_id, row)
-        batch = list(unique.values())
-        needed = partitions_to_create(
-            (r.corrected for r in batch), self._known, time.time_ns() // 1_000_000, self._window
-        )
-        args = (
-            project,
-            [r.event_id for r in batch],
-            [r.event_type for r in batch],
-            [r.session_id for r in batch],
-            [r.user_id for r in batch],
-            [r.anonymous_id for r in batch],
-            [r.timestamp for r in batch],
-            [r.sent_at for r in batch],
-            [r.received_at for r in batch],
-            [r.corrected for r in batch],
-            [r.future for r in batch],
-            [r.payload for r in batch],
-        )
+        if self._state is not StorageState.OPEN:
+            raise StorageError(f"storage is {self._state.value}")
+        return await self._inserter.insert(project, rows)
 
-        async def run(conn: Any) -> set[str]:
+    async def _insert_rows(self, rows: list[tuple[str, EventRow]]) -> set[Key]:
+        """One transaction for a merged group: COPY, or row by row on a duplicate."""
+        needed = partitions_to_create(
+            (r.corrected for _, r in rows), self._known, time.time_ns() // 1_000_000, self._window
+        )
+        keys, records = copy_records(rows)
+
+        async def run(conn: Any) -> set[Key]:
             if needed:
                 await self._create_partitions(conn, needed)
-            return {r[0] for r in await conn.fetch(_INSERT, *args)}
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table("event_ids", records=keys)
+                    await conn.copy_records_to_table(
+                        "events", records=records, columns=EVENT_COLUMNS
+                    )
+                return set(keys)
+            except asyncpg.UniqueViolationError:
+                self.slow_inserts += 1  # some were stored already: row by row
+            stored = await conn.fetch(INSERT, *insert_args(rows))
+            return {(r[0], r[1]) for r in stored}
 
         return await self._run(run)
 
@@ -460,6 +455,8 @@ class PostgresStorage(Storage):
     # -- privacy -------------------------------------------------------------------
 
     async def delete_user(self, project: str, user_id: str, at: int) -> int:
+        project, user_id = clean_text(project), clean_text(user_id)  # as stored
+
         async def run(conn: Any) -> int:
             async with conn.transaction():
                 # the ids go too, as deleting a row frees its unique key in SQLite
@@ -556,6 +553,7 @@ class PostgresStorage(Storage):
                     "schemaVersion": version,
                     "partitions": len(self._known),
                     "eventsExact": exact,
+                    "slowInserts": self.slow_inserts,
                     "pool": {"size": self._pool.get_size(), "max": self.pool_size},
                 },
             )
@@ -581,7 +579,7 @@ class PostgresStorage(Storage):
 
 def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:
     clauses = ["project = $1"]
-    params: list[object] = [project]
+    params: list[object] = [clean_text(project)]
     for column, op, value in (
         ("event_type", "=", flt.event_type),
         ("session_id", "=", flt.session_id),
@@ -590,7 +588,7 @@ def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:
         ("corrected", "<", flt.until),
     ):
         if value is not None:
-            params.append(value)
+            params.append(clean_text(value) if isinstance(value, str) else value)
             clauses.append(f"{column} {op} ${len(params)}")
     return " AND ".join(clauses), params
 

@@ -1,0 +1,333 @@
+"""Ingest throughput on PostgreSQL: 1 and 2 server instances against PostgreSQL's COPY.
+
+    python bench/ingest_pg.py [--events 100000] [--senders 16] [--pg-url URL]
+
+Each run gets a fresh database. The baseline, measured in the same run, is
+PostgreSQL's own COPY of the very rows the server stores (the same ``events``
+table with its indexes, and the same ids into ``event_ids``) in one
+transaction. Then real server processes (tests/_server.py ServerProcess, rate
+limits off) take the same events as JSON batches of 100 from concurrent
+senders over loopback, and the events/s are compared with the COPY ceiling.
+The senders are a minimal keep-alive HTTP/1.1 client with pre-encoded
+requests, so the load generator takes as little of the machine's CPU as it can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import msgspec
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests._server import ServerProcess
+
+from innkt_analytics.server.storage._postgres import PostgresStorage
+
+BATCH = 100
+COLUMNS = [
+    "project",
+    "event_id",
+    "event_type",
+    "session_id",
+    "user_id",
+    "anonymous_id",
+    "ts",
+    "sent_at",
+    "received_at",
+    "corrected",
+    "future",
+    "payload",
+]
+
+
+def make_events(n: int, tag: str) -> list[dict[str, object]]:
+    now = dt.datetime.now(dt.UTC)
+    types = ["page_view", "click", "purchase", "signup", "search"]
+    return [
+        {
+            "eventId": f"{tag}-{uuid.uuid4().hex}",
+            "eventType": types[i % len(types)],
+            "sessionId": f"s{i // 50}",
+            "userId": f"u{i % 997}",
+            "timestamp": (now - dt.timedelta(milliseconds=i)).isoformat(),
+            "properties": {"path": f"/products/{i % 321}", "referrer": "search", "n": i},
+            "context": {"app": {"version": "1.4.2"}, "locale": "en-GB"},
+        }
+        for i in range(n)
+    ]
+
+
+def bodies(events: list[dict[str, object]]) -> list[bytes]:
+    """One JSON batch body per BATCH events."""
+    return [
+        msgspec.json.encode({"events": events[start : start + BATCH]})
+        for start in range(0, len(events), BATCH)
+    ]
+
+
+def request(body: bytes, port: int, key: str) -> bytes:
+    """A complete HTTP request, ready to write to a socket."""
+    head = (
+        f"POST /v1/events/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def sender(port: int, queue: asyncio.Queue[bytes], done: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while True:
+            try:
+                req = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            writer.write(req)
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            if b" 200 " not in status_line:
+                raise RuntimeError(f"server answered {status_line!r}")
+            done[0] += 1
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def blast(targets: list[tuple[int, list[bytes]]], senders: int) -> float:
+    """Send every request; returns the seconds it took."""
+    queues: list[asyncio.Queue[bytes]] = []
+    for _, reqs in targets:
+        q: asyncio.Queue[bytes] = asyncio.Queue()
+        for r in reqs:
+            q.put_nowait(r)
+        queues.append(q)
+    done = [0]
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(
+            sender(targets[i % len(targets)][0], queues[i % len(targets)], done)
+            for i in range(senders)
+        )
+    )
+    return time.perf_counter() - start
+
+
+def database(pg_url: str) -> str:
+    name = f"innkt_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(pg_url)._replace(path="/" + name))
+
+
+def drop(pg_url: str, url: str) -> None:
+    name = urllib.parse.urlsplit(url).path.lstrip("/")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def copy_ceiling(url: str, events: list[dict[str, object]]) -> tuple[float, float, float]:
+    """By COPY: (events/s into events + event_ids, events/s into events alone,
+    PostgreSQL CPU microseconds per event for the first)."""
+    storage = PostgresStorage(url)
+    await storage.open()  # the real schema, partitions included
+    await storage.close()
+    now = time.time_ns() // 1_000_000
+    records = []
+    for e in events:
+        ts = int(dt.datetime.fromisoformat(str(e["timestamp"])).timestamp() * 1000)
+        records.append(
+            (
+                "default",
+                e["eventId"],
+                e["eventType"],
+                e["sessionId"],
+                e["userId"],
+                None,
+                ts,
+                now,
+                now,
+                ts,
+                False,
+                msgspec.json.encode(e),
+            )
+        )
+    conn = await asyncpg.connect(url)
+    try:
+        rates = []
+        cpu = 0.0
+        for with_ids in (True, False):
+            await conn.execute("TRUNCATE events, event_ids")
+            await conn.execute("CHECKPOINT")
+            pids = postgres_pids(url) | {conn.get_server_pid()}
+            before = cpu_seconds(pids)
+            start = time.perf_counter()
+            async with conn.transaction():
+                if with_ids:
+                    await conn.copy_records_to_table(
+                        "event_ids", records=[(r[0], r[1]) for r in records]
+                    )
+                await conn.copy_records_to_table("events", records=records, columns=COLUMNS)
+            rates.append(len(records) / (time.perf_counter() - start))
+            if with_ids:
+                after = cpu_seconds(pids)
+                used = sum(after[p] - before.get(p, 0.0) for p in after)
+                cpu = used / len(records) * 1e6
+        return rates[0], rates[1], cpu
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Run:
+    rate: float  # events/s
+    bytes_per_event: float  # tables and indexes
+    server_us: float  # server CPU per event (all instances)
+    postgres_us: float  # PostgreSQL CPU per event (its backends and WAL/background work)
+    sender_us: float  # this load generator's CPU per event
+
+
+def cpu_seconds(pids: set[int]) -> dict[int, float]:
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def postgres_pids(url: str) -> set[int]:
+    """This database's backends and the shared background processes (WAL writer...)."""
+    name = urllib.parse.urlsplit(url).path.lstrip("/")
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND (datname = %s OR backend_type <> 'client backend')",
+            (name,),
+        ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def serve_and_send(
+    pg_url: str, instances: int, events: list[dict[str, object]], senders: int, logs: Path
+) -> Run:
+    """Send ``events`` through ``instances`` real servers on a fresh database."""
+    url = database(pg_url)
+    servers: list[ServerProcess] = []
+    try:
+        env = {"INNKT_RATE_LIMIT_PER_SECOND": "0"}
+        for i in range(instances):
+            servers.append(ServerProcess(url, log_dir=logs / f"{instances}-{i}", env=env).start())
+        key = servers[0].write_key
+        batches = bodies(events)
+        warm, timed = batches[: senders * 4], batches[senders * 4 :]
+        targets = []
+        for i, server in enumerate(servers):
+            mine = [request(b, server.port, key) for b in timed[i :: len(servers)]]
+            warmup = [request(b, server.port, key) for b in warm[i :: len(servers)]]
+            targets.append((server.port, mine, warmup))
+        asyncio.run(blast([(p, w) for p, _, w in targets], senders))  # pools grow here
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+        server_pids = {s.proc.pid for s in servers if s.proc is not None}
+        pg_pids = postgres_pids(url)
+        before = cpu_seconds(server_pids | pg_pids)
+        mine_before = sum(os.times()[:2])
+        seconds = asyncio.run(blast([(p, m) for p, m, _ in targets], senders))
+        sender_cpu = sum(os.times()[:2]) - mine_before
+        pg_pids |= postgres_pids(url)
+        after = cpu_seconds(server_pids | pg_pids)
+        used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+        n = len(timed) * BATCH
+        stored = servers[0].count_events()
+        if stored != len(events):
+            raise RuntimeError(f"stored {stored} of {len(events)} events")
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pg_total_relation_size('event_ids') + coalesce(sum("
+                "pg_total_relation_size(inhrelid)), 0) FROM pg_inherits"
+                " WHERE inhparent = 'events'::regclass"
+            ).fetchone()
+        size = int(row[0]) if row else 0
+        return Run(
+            rate=n / seconds,
+            bytes_per_event=size / stored,
+            server_us=sum(used.get(p, 0.0) for p in server_pids) / n * 1e6,
+            postgres_us=sum(v for p, v in used.items() if p in pg_pids) / n * 1e6,
+            sender_us=sender_cpu / n * 1e6,
+        )
+    finally:
+        for server in servers:
+            server.stop()
+        drop(pg_url, url)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--senders", type=int, default=16)
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("INNKT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    args = parser.parse_args()
+    n = args.events // BATCH * BATCH
+    print(f"{n} events in batches of {BATCH}, {args.senders} senders, {os.cpu_count()} CPUs")
+
+    url = database(args.pg_url)
+    try:
+        ceiling, ceiling_events_only, copy_cpu = asyncio.run(
+            copy_ceiling(url, make_events(n, "copy"))
+        )
+    finally:
+        drop(args.pg_url, url)
+    print(f"COPY ceiling (events + event_ids, one transaction): {ceiling:10,.0f} events/s")
+    print(
+        f"COPY into events alone (reference):                 {ceiling_events_only:10,.0f} events/s"
+    )
+    print(f"    CPU per event: PostgreSQL {copy_cpu:5.1f} us under COPY")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for instances in (1, 2):
+            run = serve_and_send(
+                args.pg_url, instances, make_events(n, f"run{instances}"), args.senders, Path(tmp)
+            )
+            label = f"{instances} instance{'s' if instances > 1 else ''} over HTTP:"
+            print(
+                f"{label:<53}{run.rate:10,.0f} events/s"
+                f"  = {run.rate / ceiling:5.1%} of the COPY ceiling"
+                f" ({run.rate / ceiling_events_only:5.1%} of events-only COPY)"
+            )
+            print(
+                f"    CPU per event: server {run.server_us:5.1f} us,"
+                f" PostgreSQL {run.postgres_us:5.1f} us, senders {run.sender_us:5.1f} us;"
+                f" on disk {run.bytes_per_event:,.0f} bytes per event"
+            )
+
+
+if __name__ == "__main__":
+    main()

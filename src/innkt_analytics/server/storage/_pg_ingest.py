@@ -1,0 +1,253 @@
+"""Ingest into PostgreSQL: one transaction per group of concurrent batches.
+
+The fast path is PostgreSQL's bulk path: in one transaction, COPY the ids into
+``event_ids`` and the rows into ``events``. A duplicate makes the first COPY
+fail on the primary key; the transaction is then rolled back and the slow path,
+``INSERT``, stores the rows that are new (``ON CONFLICT DO NOTHING``). Batches
+are nearly always new, so nearly every event goes the fast way; resends after
+a lost answer cost one failed COPY more.
+
+``GroupInserter`` is the application's group commit. Requests that arrive
+while ``max_inflight`` statements are already running wait in a queue; the
+next free slot sends everything queued (up to ``max_rows``) as one statement
+and one commit, then tells each caller which of *its* events were new. Under
+light load a batch goes alone and at once; under heavy load statements grow
+instead of multiplying, which costs PostgreSQL less CPU per event and fewer
+WAL flushes, and keeps its lock and WAL contention down.
+
+``merge`` and ``split`` are the pure part: merging keeps the first of repeated
+(project, eventId) pairs, in arrival order, and ``split`` gives each stored
+pair to the one caller whose row was stored — so exactly one caller ever
+reports an event as newly stored, as with separate statements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from innkt_analytics._exceptions import StorageError
+from innkt_analytics.server.storage._base import EventRow
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "INSERT",
+    "GroupInserter",
+    "Key",
+    "clean_text",
+    "copy_records",
+    "insert_args",
+    "merge",
+    "split",
+]
+
+Key = tuple[str, str]  # (project, event_id)
+
+EVENT_COLUMNS: Final = (
+    "project",
+    "event_id",
+    "event_type",
+    "session_id",
+    "user_id",
+    "anonymous_id",
+    "ts",
+    "sent_at",
+    "received_at",
+    "corrected",
+    "future",
+    "payload",
+)
+
+#: the slow path: the dedup insert and the event insert chained in one statement
+INSERT: Final = """
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::bytea[]
+    ) WITH ORDINALITY AS u(project, event_id, event_type, session_id, user_id, anonymous_id,
+                           ts, sent_at, received_at, corrected, future, payload, ord)
+), fresh AS (
+    -- sorted as copy_records sorts (code points = UTF-8 bytes = "C"), so concurrent
+    -- transactions sharing ids wait on them in one order and cannot deadlock
+    INSERT INTO event_ids (project, event_id)
+    SELECT project, event_id FROM input ORDER BY project COLLATE "C", event_id COLLATE "C"
+    ON CONFLICT (project, event_id) DO NOTHING
+    RETURNING project, event_id
+)
+INSERT INTO events (project, event_id, event_type, session_id, user_id, anonymous_id,
+                    ts, sent_at, received_at, corrected, future, payload)
+SELECT i.project, i.event_id, i.event_type, i.session_id, i.user_id, i.anonymous_id,
+       i.ts, i.sent_at, i.received_at, i.corrected, i.future, i.payload
+FROM input i JOIN fresh f ON f.project = i.project AND f.event_id = i.event_id
+ORDER BY i.ord
+RETURNING project, event_id
+"""
+
+
+def clean_text(value: str) -> str:
+    """PostgreSQL text cannot hold U+0000 (SQLite can): store U+FFFD in its place,
+    the same way every time, so deduplication and filters still match."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _opt(value: str | None) -> str | None:
+    return None if value is None else clean_text(value)
+
+
+def insert_args(rows: Sequence[tuple[str, EventRow]]) -> tuple[list[object], ...]:
+    """The column arrays ``INSERT`` takes, in its parameter order."""
+    return (
+        [clean_text(p) for p, _ in rows],
+        [clean_text(r.event_id) for _, r in rows],
+        [clean_text(r.event_type) for _, r in rows],
+        [_opt(r.session_id) for _, r in rows],
+        [_opt(r.user_id) for _, r in rows],
+        [_opt(r.anonymous_id) for _, r in rows],
+        [r.timestamp for _, r in rows],
+        [r.sent_at for _, r in rows],
+        [r.received_at for _, r in rows],
+        [r.corrected for _, r in rows],
+        [r.future for _, r in rows],
+        [r.payload for _, r in rows],
+    )
+
+
+def copy_records(
+    rows: Sequence[tuple[str, EventRow]],
+) -> tuple[list[tuple[str, str]], list[tuple[object, ...]]]:
+    """The fast path's COPY input: the keys for ``event_ids`` (sorted, so
+    concurrent copies wait on shared ids in one order) and the ``events`` rows
+    in ``EVENT_COLUMNS`` order."""
+    keys: list[tuple[str, str]] = []
+    events: list[tuple[object, ...]] = []
+    for project, r in rows:
+        project, event_id = clean_text(project), clean_text(r.event_id)
+        keys.append((project, event_id))
+        events.append(
+            (
+                project,
+                event_id,
+                clean_text(r.event_type),
+                _opt(r.session_id),
+                _opt(r.user_id),
+                _opt(r.anonymous_id),
+                r.timestamp,
+                r.sent_at,
+                r.received_at,
+                r.corrected,
+                r.future,
+                r.payload,
+            )
+        )
+    keys.sort()
+    return keys, events
+
+
+@dataclass(eq=False)
+class _Waiter:
+    project: str
+    rows: Sequence[EventRow]
+    future: asyncio.Future[set[str]]
+    stored: set[str] = field(default_factory=set)
+
+
+def merge(
+    batches: Sequence[tuple[str, Sequence[EventRow]]],
+) -> tuple[list[tuple[str, EventRow]], dict[Key, tuple[int, str]]]:
+    """All rows as (project, row), the first of each key kept; and for each key
+    (as stored, see ``clean_text``) the batch that owns it and its id as sent."""
+    owners: dict[Key, tuple[int, str]] = {}
+    rows: list[tuple[str, EventRow]] = []
+    for index, (project, batch) in enumerate(batches):
+        for row in batch:
+            key = (clean_text(project), clean_text(row.event_id))
+            if key not in owners:
+                owners[key] = (index, row.event_id)
+                rows.append((project, row))
+    return rows, owners
+
+
+def split(stored: set[Key], owners: dict[Key, tuple[int, str]], count: int) -> list[set[str]]:
+    """The newly stored event ids (as sent) of each of ``count`` merged batches."""
+    out: list[set[str]] = [set() for _ in range(count)]
+    for key in stored:
+        index, event_id = owners[key]
+        out[index].add(event_id)
+    return out
+
+
+class GroupInserter:
+    """Runs ``execute`` on merged batches, at most ``max_inflight`` at a time.
+
+    ``execute`` stores (project, row) pairs and returns the keys it stored; it
+    may raise ``StorageError``, which every caller of that group receives.
+    """
+
+    def __init__(
+        self,
+        execute: Callable[[list[tuple[str, EventRow]]], Awaitable[set[Key]]],
+        *,
+        max_inflight: int,
+        max_rows: int = 2000,
+    ) -> None:
+        self._execute = execute
+        self._max_inflight = max_inflight
+        self._max_rows = max_rows
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def insert(self, project: str, rows: Sequence[EventRow]) -> set[str]:
+        """The ids among ``rows`` that were newly stored. Raises ``StorageError``."""
+        waiter = _Waiter(project, rows, asyncio.get_running_loop().create_future())
+        self._queue.append(waiter)
+        if self._inflight < self._max_inflight:
+            self._inflight += 1
+            task = asyncio.create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await waiter.future
+
+    def _take(self) -> list[_Waiter]:
+        group: list[_Waiter] = []
+        size = 0
+        while self._queue and (not group or size + len(self._queue[0].rows) <= self._max_rows):
+            waiter = self._queue.popleft()
+            if waiter.future.done():
+                continue  # its caller went away before anything was stored
+            group.append(waiter)
+            size += len(waiter.rows)
+        return group
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                group = self._take()
+                if not group:
+                    continue
+                rows, owners = merge([(w.project, w.rows) for w in group])
+                try:
+                    stored = await self._execute(rows)
+                except StorageError as exc:
+                    for w in group:
+                        if not w.future.done():
+                            w.future.set_exception(exc)
+                    continue
+                except BaseException:
+                    for w in group:
+                        if not w.future.done():
+                            w.future.set_exception(StorageError("insert interrupted"))
+                    raise
+                for w, ids in zip(group, split(stored, owners, len(group)), strict=True):
+                    if not w.future.done():
+                        w.future.set_result(ids)
+        finally:
+            self._inflight -= 1
+
+    async def close(self) -> None:
+        """Wait for the statements in flight."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
