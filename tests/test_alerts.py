@@ -360,6 +360,12 @@ def test_rules_api_scopes_validation_delete_and_restart(server: ServerProcess) -
     assert "eventType" in bad.json()["message"]
     unknown = httpx.post(url, json={**body, "kind": "vibes"}, headers=server.headers("admin"))
     assert unknown.status_code == 400
+    not_utf8 = httpx.post(
+        url,
+        content=b'{"name":"\xff","kind":"no_events"}',
+        headers={**server.headers("admin"), "Content-Type": "application/json"},
+    )
+    assert not_utf8.status_code == 400
     keep = _create(server, body)
     gone = _create(server, {**body, "name": "gone"})
     assert httpx.delete(f"{url}/{gone['id']}", headers=server.headers("admin")).status_code == 204

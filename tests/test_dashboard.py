@@ -150,6 +150,12 @@ def test_dashboards_api_versions_scopes_and_projects(server: ServerProcess) -> N
     for bad_body, path in invalid:
         r = httpx.put(url + path, json=bad_body, headers=read)
         assert r.status_code == 400, (path, bad_body)
+    not_utf8 = httpx.put(
+        url + "/ok",
+        content=b'{"title":"\xff","panels":[]}',
+        headers={**read, "Content-Type": "application/json"},
+    )
+    assert not_utf8.status_code == 400
     names = [d["name"] for d in httpx.get(url, headers=read).json()["dashboards"]]
     assert names == ["admin-made", "ops"]
     other = server.create_key("read", project="other")

@@ -295,6 +295,18 @@ def test_errors_speak_both_dialects(shared_server: ServerProcess) -> None:
         headers={**_basic(shared_server.write_key), "Content-Type": "application/json"},
     )
     assert (bad.status_code, bad.json()["code"]) == (400, "invalid_batch")
+    for path in ("/v1/track", "/v1/batch"):
+        body = (
+            b'{"event":"e","userId":"\xff"}'
+            if path == "/v1/track"
+            else (b'{"batch":[{"type":"track","event":"e","userId":"\xff"}]}')
+        )
+        not_utf8 = httpx.post(
+            url + path,
+            content=body,
+            headers={**_basic(shared_server.write_key), "Content-Type": "application/json"},
+        )
+        assert not_utf8.status_code == 400, (path, not_utf8.text)
     invalid = httpx.post(
         url + "/v1/batch",
         headers=_basic(shared_server.write_key),

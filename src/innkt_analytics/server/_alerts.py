@@ -519,7 +519,7 @@ async def create_rule(request: Request[Any, Any, Any]) -> Response[bytes]:
     body = await read_json_body(request, state)
     try:
         rule = validate_rule(_rule_decoder.decode(body))
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_rule", str(exc)) from None
     except ConfigError as exc:
         raise ApiError(400, "invalid_rule", str(exc)) from None

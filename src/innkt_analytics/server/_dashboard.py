@@ -144,7 +144,7 @@ async def put_dashboard(request: Request[Any, Any, Any], name: str) -> Response[
     body = await read_json_body(request, state)
     try:
         dashboard = _decoder.decode(body)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_dashboard", str(exc)) from None
     kv = kv_of(request.app, state.settings.db)
     old = await _load(request, key.project, name)

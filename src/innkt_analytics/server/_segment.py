@@ -249,7 +249,7 @@ def _decode_message(raw: bytes) -> SegmentMessage:
         return _message_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed message: {exc}") from None
 
 
@@ -309,7 +309,7 @@ def parse_segment(
 def _raw_message_id(raw: bytes) -> str | None:
     try:
         value = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return None
     if isinstance(value, dict):
         mid = value.get("messageId")
@@ -418,7 +418,7 @@ async def _ingest(
     if kind is None:
         try:
             batch = _batch_decoder.decode(body)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise ApiError(400, "invalid_batch", f"not a Segment batch: {exc}") from None
         if len(batch.batch) > limits.max_batch_events:
             raise ApiError(
@@ -435,7 +435,7 @@ async def _ingest(
     else:
         try:
             write_key = _key_decoder.decode(body).write_key
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise ApiError(400, "invalid_message", f"not a Segment message: {exc}") from None
         messages, batch_sent_at, batch_context = [(body, kind)], None, None
     key = await _authenticate(request, state, write_key)
