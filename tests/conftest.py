@@ -129,3 +129,12 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "storage.db")
     url: str = request.getfixturevalue("pg_database")
     return url
+
+
+@pytest.fixture
+def backend_server(storage_url: str, server_factory: ServerFactory) -> ServerProcess:
+    """A fresh server on each storage backend in turn: SQLite, then PostgreSQL.
+
+    Use it instead of ``server`` in API tests that must pass on both backends.
+    """
+    return server_factory(db=storage_url)

@@ -36,7 +36,7 @@ def get(server: ServerProcess, path: str, **params: Any) -> Any:
 
 
 def test_ingest_on_one_instance_query_on_the_other(
-    server_factory: ServerFactory, pg_database: str, redis_url: str
+    pg_database: str, redis_url: str, server_factory: ServerFactory
 ) -> None:
     a, b = pair(server_factory, pg_database, {"INNKT_RATE_LIMIT_STORE": redis_url})
     assert post(a, events("x0", "x1")).json()["accepted"] == 2
@@ -48,7 +48,7 @@ def test_ingest_on_one_instance_query_on_the_other(
 
 
 def test_an_event_sent_to_both_instances_is_stored_once(
-    server_factory: ServerFactory, pg_database: str, redis_url: str
+    pg_database: str, redis_url: str, server_factory: ServerFactory
 ) -> None:
     a, b = pair(
         server_factory,
@@ -71,7 +71,7 @@ def test_an_event_sent_to_both_instances_is_stored_once(
 
 
 def test_the_rate_limit_is_one_budget_across_instances(
-    server_factory: ServerFactory, pg_database: str, redis_url: str
+    pg_database: str, redis_url: str, server_factory: ServerFactory
 ) -> None:
     a, b = pair(
         server_factory,
@@ -99,7 +99,7 @@ def test_the_rate_limit_is_one_budget_across_instances(
 
 
 def test_keys_and_config_are_shared(
-    server_factory: ServerFactory, pg_database: str, redis_url: str
+    pg_database: str, redis_url: str, server_factory: ServerFactory
 ) -> None:
     a, b = pair(server_factory, pg_database, {"INNKT_RATE_LIMIT_STORE": redis_url})
     key = a.create_key("write", project="shop")  # the CLI, against the shared database
@@ -119,7 +119,7 @@ def test_keys_and_config_are_shared(
 
 
 def test_one_instance_dies_and_the_other_carries_on(
-    server_factory: ServerFactory, pg_database: str, redis_url: str
+    pg_database: str, redis_url: str, server_factory: ServerFactory
 ) -> None:
     a, b = pair(server_factory, pg_database, {"INNKT_RATE_LIMIT_STORE": redis_url})
     assert post(a, events("before")).status_code == 200

@@ -100,6 +100,24 @@ def test_open_migrates_once_and_creates_the_coming_months(pg_database: str) -> N
     assert "events_default" in attached(pg_database)
 
 
+def test_partitions_ahead_are_recreated_by_the_background_maintenance(
+    pg_database: str,
+) -> None:
+    ahead = partition_name(months_ahead(NOW, 1)[1])
+
+    async def body(s: PostgresStorage) -> bool:
+        sql(pg_database, f"ALTER TABLE events DETACH PARTITION {ahead}")
+        sql(pg_database, f"DROP TABLE {ahead}")
+        s._known.clear()  # as if this instance had not made them itself
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if ahead in attached(pg_database):
+                return True
+        return False
+
+    assert run(PostgresStorage(pg_database, maintenance_interval=0.1), body)
+
+
 def test_a_newer_schema_is_refused(pg_database: str) -> None:
     run(PostgresStorage(pg_database), lambda s: s.count_keys())
     sql(pg_database, "UPDATE innkt_schema SET version = %s", (SCHEMA_VERSION + 1,))
