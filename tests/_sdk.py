@@ -17,7 +17,7 @@ FAST: dict[str, Any] = {
     "max_retry_delay": 0.1,
     "sync_interval": 0.05,
     "commit_interval": 0.01,
-    "timeout": 2.0,
+    "timeout": 10.0,  # generous: only the tests about timeouts set a short one
     "config_refresh_interval": 0,
     "shutdown_timeout": 20.0,
     "atexit_timeout": 5.0,

@@ -162,12 +162,15 @@ def test_overflow_is_counted_drop_oldest(
     assert not service.flush(5)  # paused: kept on disk
     status = service.get_status()
     assert status.state == "paused"
-    assert status.dropped == {"queue_evicted": 50}
-    assert status.queue_events == 100
-    assert queued(tmp_path / "q.sqlite3") == 100
+    # Whole chunks are evicted, so a commit boundary inside the loop may cost a few
+    # more than 50; every one of them is counted.
+    evicted = status.dropped["queue_evicted"]
+    assert evicted >= 50
+    assert status.queue_events == 150 - evicted
+    assert queued(tmp_path / "q.sqlite3") == 150 - evicted
     service.set_online(True)
     assert service.flush(30)
-    assert stored(shared_server.db_path, sid) == list(range(50, 150))
+    assert stored(shared_server.db_path, sid) == list(range(evicted, 150))
 
 
 def test_overflow_is_counted_drop_newest(
