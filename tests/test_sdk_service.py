@@ -322,3 +322,40 @@ def test_lifecycle(tmp_path: Path, shared_server: ServerProcess) -> None:
     assert service.get_status().dropped == {"closed": 1}
     assert service.get_status().state == "online"
     assert service._lifecycle is ServiceState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("trigger", "options", "n", "size", "sent"),
+    [
+        ("batch_size", {"batch_size": 10, "sync_interval": 3600}, 10, 10, 10),
+        ("sync_interval", {"batch_size": 2500, "sync_interval": 0.2}, 1, 10, 1),
+        # ~1.2 KB events: 40 KiB of them fill one request (~33); the rest waits.
+        (
+            "max_request_bytes",
+            {"batch_size": 2500, "sync_interval": 3600, "max_request_bytes": 40 * 1024},
+            40,
+            1100,
+            30,
+        ),
+    ],
+)
+def test_batches_go_out_without_flush(
+    shared_server: ServerProcess,
+    tmp_path: Path,
+    services: list[AnalyticsBackendService],
+    trigger: str,
+    options: dict[str, Any],
+    n: int,
+    size: int,
+    sent: int,
+) -> None:
+    service = start(services, shared_server, tmp_path, **options)
+    sid = session()
+    for i in range(n):
+        service.track("x", {"i": i, "pad": "p" * size}, session_id=sid)
+    # No flush: the trigger under test alone must send (at least) a full batch.
+    assert wait_for(lambda: len(stored(shared_server.db_path, sid)) >= sent, 20), trigger
+    got = stored(shared_server.db_path, sid)
+    assert got == list(range(len(got)))  # oldest first
+    if trigger == "max_request_bytes":
+        assert len(got) < n  # one full request went; the remainder waits for its turn
