@@ -370,3 +370,19 @@ def test_sign_in_refuses_keys_that_cannot_read(tab: Tab, server: ServerProcess) 
     assert page.evaluate("sessionStorage.getItem('innkt.readKey')") is None
     # 401/403 answers are logged by the browser as failed loads; they are expected here.
     tab.errors = [e for e in tab.errors if "status of 40" not in e]
+
+
+def test_page_reconnects_after_the_server_restarts(tab: Tab, server: ServerProcess) -> None:
+    page = tab.sign_in(server)
+    tab.wait_live()
+    page.evaluate("window.__sameDocument = true")
+    server.kill()
+    expect(page.locator("#conn")).not_to_have_attribute("data-state", "live")
+    server.start()  # same database, same port
+    tab.wait_live()
+    event = _event("after_restart")
+    _post_events(server, [event])
+    expect(page.locator(f'tr[data-event-id="{event["eventId"]}"]')).to_be_visible()
+    assert page.evaluate("window.__sameDocument") is True
+    # The browser logs the refused connection attempts while the server was down.
+    tab.errors = [e for e in tab.errors if "ERR_CONNECTION_REFUSED" not in e]

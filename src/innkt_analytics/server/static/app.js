@@ -249,7 +249,7 @@ function scheduleReconnect(reason) {
   attempt += 1;
   live.conn.reconnects += 1;
   // Exponential backoff with full jitter, 0.5 s doubling up to 30 s.
-  const delay = Math.random() * Math.min(30e3, 500 * 2 ** Math.min(attempt, 8));
+  const delay = Math.random() * Math.min(30e3, 500 * 2 ** Math.min(attempt - 1, 8));
   setConn(attempt > 5 ? "offline" : "reconnecting", attempt > 5 ? "Offline — retrying" : "Reconnecting…", reason);
   reconnectTimer = setTimeout(connect, delay);
 }
