@@ -271,7 +271,8 @@ class ServiceBase:
         if len(ring) >= self._wake_at:
             if len(ring) >= self._buffer_size:
                 return self._count_drop("buffer_full")
-            self._commit_wake.set()
+            if not self._commit_wake.is_set():  # set() takes a lock: only once
+                self._commit_wake.set()
         ring.append((time.time(), event_type, properties, session_id, user_id))
         return True
 
@@ -291,7 +292,8 @@ class ServiceBase:
         if len(ring) >= self._wake_at:
             if len(ring) >= self._buffer_size:
                 return self._count_drop("buffer_full")
-            self._commit_wake.set()
+            if not self._commit_wake.is_set():  # set() takes a lock: only once
+                self._commit_wake.set()
         ring.append(record)
         return True
 
@@ -371,9 +373,9 @@ class ServiceBase:
                 )
                 if result.last_rowid:
                     self._watermark = result.last_rowid
-            if dropped:
-                self._report(dropped)
             events, nbytes = queue.depth()
+        if dropped:  # outside the commit lock: the app's callback may call flush()
+            self._report(dropped)
         if events >= config.batch_size or nbytes >= config.max_request_bytes:
             self._wake_sender()
         return self._watermark
