@@ -350,7 +350,8 @@ def test_webhook_is_retried_on_server_errors(
     assert listed.json()["rules"][0]["id"] == rule["id"]
 
 
-def test_rules_api_scopes_validation_delete_and_restart(server: ServerProcess) -> None:
+def test_rules_api_scopes_validation_delete_and_restart(backend_server: ServerProcess) -> None:
+    server = backend_server
     url = server.url + "/v1/alerts/rules"
     body = {"name": "r", "kind": "event_rate", "eventType": "e", "threshold": 5}
     assert httpx.post(url, json=body, headers=server.headers("read")).status_code == 403

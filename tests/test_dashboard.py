@@ -110,7 +110,8 @@ def test_page_and_assets_are_self_contained_and_locked_down(server: ServerProces
 # -- the dashboards API ------------------------------------------------------------------
 
 
-def test_dashboards_api_versions_scopes_and_projects(server: ServerProcess) -> None:
+def test_dashboards_api_versions_scopes_and_projects(backend_server: ServerProcess) -> None:
+    server = backend_server
     url = server.url + "/v1/dashboards"
     read = server.headers("read")
     assert httpx.get(url, headers=read).json() == {"dashboards": []}

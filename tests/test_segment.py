@@ -118,9 +118,11 @@ def test_sdk_calls_of_every_type_arrive_mapped(
 
 
 def test_rate_limited_sdk_delivers_every_message_exactly_once(
-    server_factory: Any, caplog: pytest.LogCaptureFixture
+    server_factory: Any, storage_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = server_factory(env={"INNKT_RATE_LIMIT_PER_SECOND": "3", "INNKT_RATE_LIMIT_BURST": "1"})
+    server = server_factory(
+        env={"INNKT_RATE_LIMIT_PER_SECOND": "3", "INNKT_RATE_LIMIT_BURST": "1"}, db=storage_url
+    )
     errors = _Errors()
     client = _client(server, errors, upload_size=3)
     ids = [f"rl-{i:03d}" for i in range(12)]
@@ -408,6 +410,26 @@ def test_segment_events_reach_realtime_subscribers(shared_server: ServerProcess)
                 break
     (event,) = envelope["payload"]["events"]
     assert (event["eventId"], event["eventType"], event["userId"]) == (event_type, event_type, "rt")
+
+
+@pytest.mark.redis
+def test_rate_limit_shared_in_redis_applies_to_segment_routes(
+    server_factory: Any, redis_url: str
+) -> None:
+    """Two instances, one bucket: the second request is refused by the *other* server."""
+    env = {
+        "INNKT_RATE_LIMIT_STORE": redis_url,
+        "INNKT_RATE_LIMIT_PER_SECOND": "0.01",
+        "INNKT_RATE_LIMIT_BURST": "1",
+    }
+    a = server_factory(env=env)
+    b = server_factory(env=env, db=a.db_path)
+    body = {"event": "E", "userId": "u"}
+    key = _basic(a.write_key)
+    first = httpx.post(a.url + "/v1/track", json=body, headers=key)
+    second = httpx.post(b.url + "/v1/track", json=body, headers=key)
+    assert (first.status_code, second.status_code) == (200, 429)
+    assert second.json()["code"] == "rate_limited"
 
 
 # -- the pure translation -------------------------------------------------------------
