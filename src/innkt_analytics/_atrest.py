@@ -39,7 +39,12 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from innkt_analytics._exceptions import ConfigError, DecryptionError, InnktError, IntegrityError
+from innkt_analytics._exceptions import (
+    ConfigError,
+    DecryptionError,
+    IntegrityError,
+    InvalidRecordError,
+)
 
 __all__ = [
     "COLUMNS",
@@ -354,10 +359,6 @@ _US: Final = dt.timedelta(microseconds=1)
 _DICT_MIN_SAMPLES: Final = 1000
 _DICT_MAX_ATTEMPTS: Final = 3
 _CSV_HEADER: Final = b"id,type,timestamp,sessionId,data\r\n"
-
-
-class InvalidRecordError(InnktError, ValueError):
-    """A record that cannot be stored: empty id or type, naive timestamp, data not a dict."""
 
 
 class StoredRecord(msgspec.Struct, rename="camel", kw_only=True, frozen=True):

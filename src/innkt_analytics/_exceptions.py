@@ -2,6 +2,7 @@
 
     InnktError
     ├── ConfigError                 an invalid configuration value (names the field)
+    ├── InvalidRecordError (ValueError)  a local record that cannot be stored
     ├── ProtocolError (ValueError)  a body that is not valid protocol (see _protocol)
     ├── TransportError              the backend could not be reached or answered badly
     │   ├── ServerError             the server answered with an error status
@@ -24,6 +25,7 @@ __all__ = [
     "DecryptionError",
     "InnktError",
     "IntegrityError",
+    "InvalidRecordError",
     "NetworkError",
     "ServerError",
     "StorageError",
@@ -42,6 +44,10 @@ class ConfigError(InnktError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class InvalidRecordError(InnktError, ValueError):
+    """A record that cannot be stored: empty id or type, naive timestamp, data not a dict."""
 
 
 class TransportError(InnktError):
