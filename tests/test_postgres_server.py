@@ -6,7 +6,9 @@ backups with pg_dump, and rate limits kept in Redis (or not, when Redis is gone)
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -171,6 +173,59 @@ def test_rate_limit_falls_back_per_instance_when_redis_is_unreachable(
     assert section["rateLimit"]["state"] == "local"
     assert section["rateLimit"]["reason"]
     assert section["rateLimit"]["fallbacks"] >= 3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_rate_limits_are_shared_again_when_redis_comes_back(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    server = server_factory(
+        env={
+            "INNKT_RATE_LIMIT_STORE": f"redis://127.0.0.1:{port}/0",
+            "INNKT_RATE_LIMIT_PER_SECOND": "0.01",
+            "INNKT_RATE_LIMIT_BURST": "100",
+        }
+    )
+    read = server.headers("read")
+    assert post(server, events("e1")).status_code == 200
+    assert (
+        httpx.get(server.url + "/v1/health", headers=read).json()["rateLimit"]["state"] == "local"
+    )
+    redis = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        state = "local"
+        for _ in range(100):  # Redis is tried again a second after the failure
+            assert post(server, events("e2")).status_code == 200
+            state = httpx.get(server.url + "/v1/health", headers=read).json()["rateLimit"]["state"]
+            if state == "shared":
+                break
+            time.sleep(0.1)
+        assert state == "shared"
+    finally:
+        redis.terminate()
+        redis.wait(10)
 
 
 def test_a_rate_limit_store_that_is_not_redis_is_refused(
