@@ -8,6 +8,7 @@ table with its indexes, and the same ids into ``event_ids``) in one
 transaction. Then real server processes (tests/_server.py ServerProcess, rate
 limits off) take the same events as JSON batches of 100 from concurrent
 senders over loopback, and the events/s are compared with the COPY ceiling.
+Rounds are interleaved and medians reported, because this machine is shared.
 The senders are a minimal keep-alive HTTP/1.1 client with pre-encoded
 requests, so the load generator takes as little of the machine's CPU as it can.
 """
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -241,10 +243,12 @@ def serve_and_send(
     try:
         env = {"INNKT_RATE_LIMIT_PER_SECOND": "0"}
         for i in range(instances):
-            servers.append(ServerProcess(url, log_dir=logs / f"{instances}-{i}", env=env).start())
+            log_dir = tempfile.mkdtemp(prefix=f"{instances}-{i}-", dir=logs)
+            servers.append(ServerProcess(url, log_dir=log_dir, env=env).start())
         key = servers[0].write_key
         batches = bodies(events)
-        warm, timed = batches[: senders * 4], batches[senders * 4 :]
+        warmup_count = min(senders * 4, len(batches) // 5)
+        warm, timed = batches[:warmup_count], batches[warmup_count:]
         targets = []
         for i, server in enumerate(servers):
             mine = [request(b, server.port, key) for b in timed[i :: len(servers)]]
@@ -291,42 +295,57 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of (COPY, 1, 2 instances); medians reported"
+    )
+    parser.add_argument(
         "--pg-url",
         default=os.environ.get("INNKT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
     n = args.events // BATCH * BATCH
-    print(f"{n} events in batches of {BATCH}, {args.senders} senders, {os.cpu_count()} CPUs")
-
-    url = database(args.pg_url)
-    try:
-        ceiling, ceiling_events_only, copy_cpu = asyncio.run(
-            copy_ceiling(url, make_events(n, "copy"))
-        )
-    finally:
-        drop(args.pg_url, url)
-    print(f"COPY ceiling (events + event_ids, one transaction): {ceiling:10,.0f} events/s")
     print(
-        f"COPY into events alone (reference):                 {ceiling_events_only:10,.0f} events/s"
+        f"{n} events in batches of {BATCH}, {args.senders} senders, {os.cpu_count()} CPUs,"
+        f" {args.rounds} rounds (each line: median, then every round)"
     )
-    print(f"    CPU per event: PostgreSQL {copy_cpu:5.1f} us under COPY")
-
+    copies: list[tuple[float, float, float]] = []
+    runs: dict[int, list[Run]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
-        for instances in (1, 2):
-            run = serve_and_send(
-                args.pg_url, instances, make_events(n, f"run{instances}"), args.senders, Path(tmp)
-            )
-            label = f"{instances} instance{'s' if instances > 1 else ''} over HTTP:"
-            print(
-                f"{label:<53}{run.rate:10,.0f} events/s"
-                f"  = {run.rate / ceiling:5.1%} of the COPY ceiling"
-                f" ({run.rate / ceiling_events_only:5.1%} of events-only COPY)"
-            )
-            print(
-                f"    CPU per event: server {run.server_us:5.1f} us,"
-                f" PostgreSQL {run.postgres_us:5.1f} us, senders {run.sender_us:5.1f} us;"
-                f" on disk {run.bytes_per_event:,.0f} bytes per event"
-            )
+        # Interleaved, so a slow minute on a shared machine hits every measurement alike.
+        for round_ in range(args.rounds):
+            url = database(args.pg_url)
+            try:
+                copies.append(asyncio.run(copy_ceiling(url, make_events(n, f"copy{round_}"))))
+            finally:
+                drop(args.pg_url, url)
+            for instances in (1, 2):
+                events = make_events(n, f"run{round_}-{instances}")
+                runs[instances].append(
+                    serve_and_send(args.pg_url, instances, events, args.senders, Path(tmp))
+                )
+
+    def line(label: str, values: list[float], unit: str = "events/s") -> float:
+        mid = statistics.median(values)
+        each = ", ".join(f"{v:,.0f}" for v in values)
+        print(f"{label:<52}{mid:10,.0f} {unit}  ({each})")
+        return mid
+
+    ceiling = line("COPY ceiling (events + event_ids, one transaction):", [c[0] for c in copies])
+    events_only = line("COPY into events alone (reference):", [c[1] for c in copies])
+    copy_cpu = statistics.median(c[2] for c in copies)
+    print(f"    CPU per event: PostgreSQL {copy_cpu:5.1f} us under COPY")
+    for instances, results in runs.items():
+        label = f"{instances} instance{'s' if instances > 1 else ''} over HTTP:"
+        rate = line(label, [r.rate for r in results])
+        print(
+            f"    = {rate / ceiling:5.1%} of the COPY ceiling"
+            f" ({rate / events_only:5.1%} of events-only COPY)"
+        )
+        print(
+            f"    CPU per event: server {statistics.median(r.server_us for r in results):5.1f} us,"
+            f" PostgreSQL {statistics.median(r.postgres_us for r in results):5.1f} us,"
+            f" senders {statistics.median(r.sender_us for r in results):5.1f} us;"
+            f" on disk {statistics.median(r.bytes_per_event for r in results):,.0f} bytes/event"
+        )
 
 
 if __name__ == "__main__":
