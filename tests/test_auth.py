@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -132,9 +133,10 @@ def test_scopes(shared_server: ServerProcess) -> None:
 def test_projects_are_isolated(shared_server: ServerProcess) -> None:
     s = shared_server
     project = "proj-" + uid()[:8]
-    write_b = s.create_key("write", project)
-    read_b = s.create_key("read", project)
-    admin_b = s.create_key("admin", project)
+    with ThreadPoolExecutor(3) as pool:  # each is a CLI process: start them together
+        write_b, read_b, admin_b = pool.map(
+            lambda scope: s.create_key(scope, project), ("write", "read", "admin")
+        )
     shared_id = uid()  # the same eventId in both projects is two different events
     only_b = uid()
     r = httpx.post(

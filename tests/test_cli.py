@@ -174,10 +174,6 @@ def test_keys_create_list_revoke(shared_server: ServerProcess) -> None:
     assert "active" in row
     assert "both ways" in row
     assert secret not in listed.stdout
-    everything = run("keys", "list", "--db", shared_server.db).stdout
-    assert key_id_text in everything
-    assert "default" in everything  # the bootstrap keys
-
     revoked = run("keys", "revoke", key_id_text, "--db", shared_server.db)
     assert revoked.returncode == 0
     assert f"revoked {key_id_text}" in revoked.stdout
@@ -186,8 +182,6 @@ def test_keys_create_list_revoke(shared_server: ServerProcess) -> None:
     again = run("keys", "revoke", key_id_text, "--db", shared_server.db)
     assert again.returncode == 1
     assert key_id_text in again.stderr
-    unknown = run("keys", "revoke", "key_doesnotexist", "--db", shared_server.db)
-    assert unknown.returncode == 1
 
 
 def test_keys_use_innkt_db_from_the_environment(tmp_path: Path) -> None:

@@ -302,11 +302,3 @@ def test_rate_limit_per_key(server_factory: ServerFactory) -> None:
     # The limited key is still limited, and health is never rate limited.
     assert post(server, "/v1/events/batch", data).status_code == 429
     assert httpx.get(server.url + "/v1/health", headers=server.headers("write")).status_code == 200
-
-
-def test_rate_limit_zero_disables_it(server_factory: ServerFactory) -> None:
-    server = server_factory(env={"INNKT_RATE_LIMIT_PER_SECOND": "0", "INNKT_RATE_LIMIT_BURST": "1"})
-    data = json.dumps({"events": [event("r")]}).encode()
-    with httpx.Client(base_url=server.url, headers={**server.headers(), **JSON_CT}) as client:
-        statuses = {client.post("/v1/events/batch", content=data).status_code for _ in range(20)}
-    assert statuses == {200}

@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests._server import ServerProcess
 from tests.conftest import ServerFactory
 
 
-def test_openapi_document_describes_the_api(server_factory: ServerFactory) -> None:
-    server = server_factory()
-    r = httpx.get(server.url + "/openapi.json")
+def test_openapi_document_describes_the_api(shared_server: ServerProcess) -> None:
+    r = httpx.get(shared_server.url + "/openapi.json")
     assert r.status_code == 200
     doc = r.json()
     assert doc["openapi"].startswith("3.")
@@ -45,7 +45,7 @@ def test_schemathesis_finds_no_server_errors(server_factory: ServerFactory, tmp_
         [
             *(sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json"),
             *("--checks", "not_a_server_error"),
-            *("--max-examples", "25"),
+            *("--max-examples", "15"),
             *("--workers", "2"),
             *("--header", f"Authorization: Bearer {server.admin_key}"),
             "--no-color",

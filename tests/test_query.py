@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +44,8 @@ class Project:
 def project(shared_server: ServerProcess) -> Project:
     """A fresh project on the shared server holding exactly DATA."""
     name = "query-" + uuid.uuid4().hex[:8]
-    write = shared_server.create_key("write", name)
-    read = shared_server.create_key("read", name)
+    with ThreadPoolExecutor(2) as pool:  # each is a CLI process: start them together
+        write, read = pool.map(lambda s: shared_server.create_key(s, name), ("write", "read"))
     events = []
     for eid, etype, session, user, ts in DATA:
         ev: dict[str, Any] = {"eventId": eid, "eventType": etype, "timestamp": ts}

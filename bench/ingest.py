@@ -1,0 +1,292 @@
+"""End-to-end ingest over loopback against the raw ceiling of the SQLite storage.
+
+    python bench/ingest.py [--events 300000] [--processes 2] [--connections 8] [--quick]
+
+Measured in the same run:
+
+1. The ceiling: the very rows the server would store, inserted straight through
+   ``SQLiteStorage.insert_events`` (WAL, synchronous=FULL, group commit) in
+   batches of 100 from as many concurrent asyncio tasks as there are HTTP
+   connections below. No HTTP, no JSON parsing.
+2. The server: a real ``innkt-analytics serve`` process (tests/_server.py, rate
+   limits off) on a fresh database, fed the same kind of events as pre-encoded
+   JSON batches of 100 by sender *processes* (so the load generator does not
+   share a GIL with itself), each with keep-alive connections written with raw
+   asyncio streams. An event counts once the server answered 200 for its batch,
+   which it does only after the commit.
+
+Prints accepted events/s, p50/p99 request latency, the ceiling and the ratio,
+and the CPU time per event of the server and of the senders (robust to other
+load on a shared machine, unlike wall time). Targets on a 2-core machine:
+>= 50,000 events/s and >= 40 % of the ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests._server import ServerProcess
+
+from innkt_analytics._ids import uuid7
+from innkt_analytics._protocol import Limits, parse_batch
+from innkt_analytics.server._ingest import to_row
+from innkt_analytics.server.storage import EventRow, SQLiteStorage
+
+BATCH = 100
+
+
+def make_events(n: int, random_ids: bool = False) -> list[dict[str, Any]]:
+    """SDK-shaped events: a UUIDv7 id as the SDK makes them (time-ordered), a
+    session and user, a few properties and context. ``random_ids``: UUIDv4 ids,
+    which scatter the dedup index inserts (a client that is not our SDK)."""
+    now = dt.datetime.now(dt.UTC)
+    types = ["page_view", "click", "purchase", "signup", "search"]
+    return [
+        {
+            "eventId": str(uuid.uuid4()) if random_ids else uuid7(),
+            "eventType": types[i % len(types)],
+            "sessionId": f"s{i // 50}",
+            "userId": f"u{i % 997}",
+            "timestamp": (now - dt.timedelta(milliseconds=i)).isoformat(),
+            "properties": {"path": f"/products/{i % 321}", "referrer": "search", "n": i},
+            "context": {"app": {"version": "1.4.2"}, "locale": "en-GB"},
+        }
+        for i in range(n)
+    ]
+
+
+def batch_bodies(events: list[dict[str, Any]]) -> list[bytes]:
+    sent = dt.datetime.now(dt.UTC).isoformat()
+    return [
+        msgspec.json.encode({"events": events[i : i + BATCH], "sentAt": sent})
+        for i in range(0, len(events), BATCH)
+    ]
+
+
+def http_request(body: bytes, port: int, key: str) -> bytes:
+    head = (
+        f"POST /v1/events/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- 1. the storage ceiling ----------------------------------------------------------
+
+
+def rows_for(bodies: list[bytes]) -> list[list[EventRow]]:
+    """The rows the server stores for these bodies, built the way the server builds them."""
+    received = dt.datetime.now(dt.UTC)
+    out = []
+    for body in bodies:
+        parsed = parse_batch(body, Limits(), received)
+        assert parsed.sent_at is not None
+        sent_ms = int(parsed.sent_at.timestamp() * 1000)
+        received_ms = int(received.timestamp() * 1000)
+        out.append([to_row(v, received_ms, sent_ms) for v in parsed.valid])
+    return out
+
+
+async def insert_all(path: str, batches: list[list[EventRow]], tasks: int) -> float:
+    storage = SQLiteStorage(path)
+    await storage.open()
+    pending = iter(batches)
+
+    async def worker() -> None:
+        for rows in pending:  # the iterator is shared: each batch is taken once
+            await storage.insert_events("default", rows)
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(tasks)))
+        seconds = time.perf_counter() - start
+    finally:
+        await storage.close()
+    return seconds
+
+
+def storage_ceiling(n: int, tasks: int, tmp: Path, random_ids: bool) -> tuple[float, float]:
+    """(events/s, CPU microseconds per event of this process: writer thread and loop)."""
+    batches = rows_for(batch_bodies(make_events(n, random_ids)))
+    asyncio.run(insert_all(str(tmp / "warm.db"), batches[: tasks * 2], tasks))
+    cpu = time.process_time()
+    seconds = asyncio.run(insert_all(str(tmp / "raw.db"), batches, tasks))
+    return n / seconds, (time.process_time() - cpu) / n * 1e6
+
+
+# -- 2. the server over HTTP -----------------------------------------------------------
+
+
+async def _send(
+    port: int, requests: list[bytes], connections: int
+) -> tuple[list[float], int, float, float]:
+    pending = iter(requests)
+    latencies: list[float] = []
+    accepted = 0
+
+    async def connection() -> None:
+        nonlocal accepted
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for req in pending:
+                start = time.perf_counter()
+                writer.write(req)
+                status = await reader.readline()
+                length = 0
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - start)
+                if b" 200 " not in status:
+                    raise RuntimeError(f"server answered {status!r}: {body[:200]!r}")
+                accepted += msgspec.json.decode(body)["accepted"]
+        finally:
+            writer.close()
+
+    began = time.monotonic()
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    return latencies, accepted, began, time.monotonic()
+
+
+def sender_process(
+    port: int, requests: list[bytes], connections: int, barrier: Any, results: Any
+) -> None:
+    """One load-generating process: waits for the start signal, then sends."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    barrier.wait()
+    cpu = time.process_time()
+    latencies, accepted, began, ended = asyncio.run(_send(port, requests, connections))
+    results.put((latencies, accepted, began, ended, time.process_time() - cpu))
+
+
+def blast(
+    port: int, requests: list[bytes], processes: int, connections: int
+) -> tuple[list[float], int, float, float]:
+    """(latencies, events accepted, wall seconds, sender CPU seconds)."""
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(processes + 1)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=sender_process,
+            args=(port, requests[i::processes], connections, barrier, results),
+        )
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    got = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    latencies = [x for r in got for x in r[0]]
+    wall = max(r[3] for r in got) - min(r[2] for r in got)
+    return latencies, sum(r[1] for r in got), wall, sum(r[4] for r in got)
+
+
+def serve_and_send(
+    n: int, processes: int, connections: int, tmp: Path, random_ids: bool
+) -> tuple[float, float, float, float, float]:
+    """(events/s, p50 s, p99 s, server CPU us/event, sender CPU us/event)."""
+    server = ServerProcess(
+        tmp / "server.db", log_dir=tmp / "logs", env={"INNKT_RATE_LIMIT_PER_SECOND": "0"}
+    ).start()
+    try:
+        assert server.proc is not None
+        key = server.write_key
+        warm = [
+            http_request(b, server.port, key) for b in batch_bodies(make_events(20_000, random_ids))
+        ]
+        blast(server.port, warm, processes, connections)
+        timed = [
+            http_request(b, server.port, key) for b in batch_bodies(make_events(n, random_ids))
+        ]
+        cpu_before = cpu_seconds(server.proc.pid)
+        latencies, accepted, wall, sender_cpu = blast(server.port, timed, processes, connections)
+        server_cpu = cpu_seconds(server.proc.pid) - cpu_before
+        if accepted != n:
+            raise RuntimeError(f"{accepted} of {n} events accepted")
+        stored = server.count_events()
+        if stored != n + 20_000:
+            raise RuntimeError(f"{stored} events stored, expected {n + 20_000}")
+    finally:
+        server.stop()
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return (
+        n / wall,
+        statistics.median(latencies),
+        p99,
+        server_cpu / n * 1e6,
+        sender_cpu / n * 1e6,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--processes", type=int, default=2, help="sender processes")
+    parser.add_argument("--connections", type=int, default=8, help="connections per process")
+    parser.add_argument("--quick", action="store_true", help="a smoke run with 20,000 events")
+    parser.add_argument(
+        "--random-ids", action="store_true", help="UUIDv4 event ids instead of the SDK's UUIDv7"
+    )
+    args = parser.parse_args()
+    n = (20_000 if args.quick else args.events) // BATCH * BATCH
+    conns = args.processes * args.connections
+    print(
+        f"{n:,} events in batches of {BATCH}; {args.processes} sender processes x"
+        f" {args.connections} connections; {os.cpu_count()} CPUs;"
+        f" {'UUIDv4' if args.random_ids else 'UUIDv7'} event ids"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        ceiling, ceiling_us = storage_ceiling(n, conns, Path(tmp), args.random_ids)
+        print(
+            f"storage ceiling (SQLiteStorage.insert_events, {conns} tasks):"
+            f" {ceiling:10,.0f} events/s"
+        )
+        print(f"    CPU per event: {ceiling_us:.1f} us")
+        rate, p50, p99, server_us, sender_us = serve_and_send(
+            n, args.processes, args.connections, Path(tmp), args.random_ids
+        )
+    print(f"server over HTTP, durably acknowledged:        {rate:10,.0f} events/s")
+    print(f"    = {rate / ceiling:.1%} of the storage ceiling (target >= 40 %)")
+    print(f"    request latency (batch of {BATCH}): p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms")
+    print(f"    CPU per event: server {server_us:.1f} us, senders {sender_us:.1f} us")
+    verdict = "meets" if rate >= 50_000 and rate >= 0.4 * ceiling else "misses"
+    print(f"    {verdict} the targets (>= 50,000 events/s and >= 40 % of the ceiling)")
+
+
+if __name__ == "__main__":
+    main()
