@@ -9,8 +9,7 @@ from pathlib import Path
 from innkt_analytics._abackend import AsyncAnalyticsBackendService
 from innkt_analytics._queue import Dropped
 from innkt_analytics.testing import AsyncCapturingTransport
-from tests._proxy import FaultProxy
-from tests._sdk import fast_config, queued, stored
+from tests._proxy import FaultProxy, fast_config, queued, stored
 from tests._server import ServerProcess
 
 

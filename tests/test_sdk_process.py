@@ -12,7 +12,7 @@ from pathlib import Path
 
 from innkt_analytics._backend import AnalyticsBackendService
 from innkt_analytics._queue import SQLiteQueue, event_ids_of
-from tests._sdk import fast_config, stored
+from tests._proxy import fast_config, stored
 from tests._server import ServerProcess
 
 _TRACKER = textwrap.dedent(

@@ -16,7 +16,7 @@ from innkt_analytics._config import OverflowPolicy
 from innkt_analytics._exceptions import ConfigError, ConnectionStateError
 from innkt_analytics._protocol import Event
 from innkt_analytics._queue import Dropped
-from tests._sdk import fast_config, queued, stored, wait_for
+from tests._proxy import fast_config, queued, stored, wait_for
 from tests._server import ServerProcess
 
 
