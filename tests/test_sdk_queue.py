@@ -8,10 +8,13 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from innkt_analytics._config import OverflowPolicy
 from innkt_analytics._exceptions import StorageError
@@ -284,3 +287,60 @@ def test_a_forked_child_opens_its_own_queue(tmp_path: Path) -> None:
     queue.refresh()  # type: ignore[attr-defined]
     assert queue.depth()[0] == 10
     queue.close()
+
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(1, 30)),
+        st.tuples(st.just("claim"), st.integers(1, 40)),
+        st.tuples(st.just("ack"), st.integers(0, 5)),
+        st.tuples(st.just("release"), st.integers(0, 5)),
+    ),
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=_ops, policy=st.sampled_from(list(OverflowPolicy)))
+def test_queue_against_a_model(
+    tmp_path: Path, ops: list[tuple[str, int]], policy: OverflowPolicy
+) -> None:
+    """Random put/claim/ack/release sequences: every event is either still queued,
+    acknowledged, or reported as given up - exactly one of them, in FIFO order."""
+    path = tmp_path / f"model-{uuid.uuid4().hex}.sqlite3"
+    for queue in (SQLiteQueue(path, 50, 1 << 20, policy), MemoryQueue(50, 1 << 20, policy)):
+        try:
+            next_id = 0
+            acked: list[str] = []
+            given_up: list[str] = []
+            claims: list[list[tuple[int, list[str]]]] = []
+            for op, arg in ops:
+                if op == "put":
+                    batch = items(arg, start=next_id)
+                    next_id += arg
+                    result = queue.put(batch, time.time(), chunk_events=7, chunk_bytes=1 << 20)
+                    given_up += result.refused + result.evicted
+                    assert result.stored + len(result.refused) + len(result.evicted) >= arg
+                elif op == "claim":
+                    chunks = queue.claim(arg, 1 << 20, time.time())
+                    if chunks:
+                        claims.append([(c.rowid, event_ids_of(c.payload)) for c in chunks])
+                elif claims:
+                    claim = claims.pop(arg % len(claims))
+                    if op == "ack":
+                        queue.remove([rowid for rowid, _ in claim])
+                        acked += [eid for _, ids in claim for eid in ids]
+                    else:
+                        queue.release([rowid for rowid, _ in claim])
+                assert queue.depth()[0] <= 50
+            for claim in claims:
+                queue.release([rowid for rowid, _ in claim])
+            rest = drain_ids(queue, 10**6)
+            everything = acked + given_up + rest
+            assert sorted(everything) == sorted(f"e{i}" for i in range(next_id))
+            assert rest == sorted(rest, key=lambda e: int(e[1:]))
+            assert queue.depth() == (0, 0)
+        finally:
+            queue.close()
