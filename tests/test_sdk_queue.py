@@ -263,6 +263,8 @@ def test_encode_records_fills_ids_and_reports_invalid_events() -> None:
     assert b'"userId":"u1"' in data
     assert [d.reason for d in dropped] == ["invalid", "invalid", "too_large"]
     assert all(d.event_id for d in dropped)
+    odd = [(now, "x", None, "", None), (now, "x", None, None, 5), (now, "x", [1], None, None)]
+    assert [d.reason for d in encode_records(odd, "sess", 4096)[1]] == ["invalid"] * 3
     wrong = Event(event_id="e", event_type="t", timestamp=None)  # type: ignore[arg-type]
     assert encode_records([wrong], "s", 4096)[1][0].reason == "invalid"
 
