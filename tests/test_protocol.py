@@ -89,7 +89,7 @@ def test_encoding_is_camel_case_and_omits_defaults() -> None:
     }
 
 
-ids = st.text(min_size=1, max_size=20)
+ids = st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=20)
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10)
 times = st.datetimes(
     min_value=dt.datetime(1971, 1, 1),
@@ -387,3 +387,22 @@ def test_rejection_and_response_wire_names() -> None:
         "eventId": "x",
         "error": "bad",
     }
+
+
+def test_nul_in_any_id_is_rejected_per_event() -> None:
+    import datetime as _dt
+
+    from innkt_analytics._protocol import Limits, parse_batch
+
+    good = b'{"eventId":"ok","eventType":"t","timestamp":"2026-01-01T00:00:00Z"}'
+    bad = b'{"eventId":"a\\u0000b","eventType":"t","timestamp":"2026-01-01T00:00:00Z"}'
+    bad_user = (
+        b'{"eventId":"c","eventType":"t","userId":"u\\u0000","timestamp":"2026-01-01T00:00:00Z"}'
+    )
+    body = b'{"events":[' + good + b"," + bad + b"," + bad_user + b"]}"
+    parsed = parse_batch(body, Limits(), _dt.datetime.now(_dt.UTC))
+    assert [v.event.event_id for v in parsed.valid] == ["ok"]
+    assert [(r.index, r.error) for r in parsed.rejected] == [
+        (1, "ids must not contain U+0000"),
+        (2, "ids must not contain U+0000"),
+    ]

@@ -236,6 +236,10 @@ def _validate(
         return Rejection(index=index, event_id=_event_id_of(raw), error=str(exc))
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         return Rejection(index=index, event_id=None, error=f"malformed event: {exc}")
+    if "\x00" in event.event_id or "\x00" in event.event_type or _nul_in_ids(event):
+        # No id may hold U+0000: PostgreSQL text cannot store it, and ids must
+        # mean the same on every backend.
+        return Rejection(index=index, event_id=None, error="ids must not contain U+0000")
     try:
         # Normalised to UTC here so every stored time can be served back as a UTC
         # datetime: "0001-01-01T00:00+23:59" is valid RFC 3339 but not a UTC datetime.
@@ -249,6 +253,12 @@ def _validate(
         raw=bytes(raw),
         corrected=corrected,
         future=timestamp - received > FUTURE_TOLERANCE,
+    )
+
+
+def _nul_in_ids(event: Event) -> bool:
+    return any(
+        v is not None and "\x00" in v for v in (event.session_id, event.user_id, event.anonymous_id)
     )
 
 

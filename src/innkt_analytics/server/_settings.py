@@ -83,6 +83,10 @@ class ServerSettings:
             raise ConfigError("rate_limit_burst", "must be >= 1")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", "must be 0..65535")
+        if self.rate_limit_store and not self.rate_limit_store.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError("rate_limit_store", "expected a redis:// URL or empty")
         for name in (
             "realtime_max_message_bytes",
             "realtime_message_burst",
