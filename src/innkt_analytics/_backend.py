@@ -17,7 +17,6 @@ import atexit
 import collections
 import contextlib
 import datetime as dt
-import enum
 import logging
 import os
 import random
@@ -47,6 +46,7 @@ from innkt_analytics._transport import (
     NetworkState,
     Send,
     SendResult,
+    ServiceState,
     ServiceStatus,
     Step,
     Transport,
@@ -72,15 +72,8 @@ _TRANSPORT_OPTIONS: Final = frozenset(
     {"base_url", "api_key", "timeout", "compression", "compression_level"}
 )
 _QUEUE_OPTIONS: Final = frozenset({"queue_mode", "queue_path", "queue_fsync"})
-
-
-class ServiceState(enum.Enum):
-    """Lifecycle of a service: NEW -> RUNNING -> CLOSED; ``initialize`` on anything
-    but NEW raises ``ConnectionStateError``."""
-
-    NEW = "new"
-    RUNNING = "running"
-    CLOSED = "closed"
+#: most records encoded and committed in one transaction
+_COMMIT_GROUP: Final = 5000
 
 
 _live: weakref.WeakSet[ServiceBase] = weakref.WeakSet()
@@ -92,12 +85,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _atexit_shutdown(ref: weakref.ReferenceType[ServiceBase]) -> None:
-    service = ref()
-    if service is not None:
-        service._atexit()
 
 
 class ServiceBase:
@@ -122,7 +109,6 @@ class ServiceBase:
         self._disabled: frozenset[str] = frozenset()
         self._wake_at = 1
         self._session_id = ""
-        self._pid = os.getpid()
         self._forked = False
         self._init_locks()
         self._config: BackendConfig | None = None
@@ -343,9 +329,21 @@ class ServiceBase:
         """Commit every event handed over so far to the queue; returns the flush
         watermark (the highest queue row id written). Safe from any thread.
         """
+        # Groups bound each transaction and the memory of one encoded group. Only what
+        # was handed over before the call counts (other threads may keep tracking), and
+        # the lock is taken at least once: a group the committer already popped must be
+        # committed before the watermark is read.
+        remaining = len(self._ring)
+        while True:
+            watermark = self._commit_group(_COMMIT_GROUP)
+            remaining -= _COMMIT_GROUP
+            if remaining <= 0:
+                return watermark
+
+    def _commit_group(self, limit: int) -> int:
         with self._commit_lock:
             ring = self._ring
-            n = len(ring)
+            n = min(len(ring), limit)
             if not n:
                 return self._watermark
             pending = [ring.popleft() for _ in range(n)]
@@ -398,8 +396,7 @@ class ServiceBase:
 
     # -- sender helpers shared by both front-ends -------------------------------------
 
-    def _wake_sender(self) -> None:
-        """Tell the sender that something changed (front-end specific)."""
+    def _wake_sender(self) -> None: ...  # front-end specific: something changed
 
     def _flow(
         self, chunks_payloads: list[bytes], count: int
@@ -514,7 +511,6 @@ class ServiceBase:
                 return
             config = self._config
             self._forked = False
-            self._pid = os.getpid()
             self._queue = open_queue(config)
             self._core = DeliveryCore(config, time.monotonic())
             self._watermark = self._queue.last_rowid()
@@ -524,10 +520,9 @@ class ServiceBase:
             self._open = True
 
     def _start_sender(self) -> None:
-        """Front-end specific."""
+        """Front-end specific, like ``_atexit`` (a bounded shutdown at interpreter exit)."""
 
-    def _atexit(self) -> None:
-        """Front-end specific: a bounded shutdown at interpreter exit."""
+    def _atexit(self) -> None: ...
 
     def _unregister(self) -> None:
         if self._atexit_cb is not None:
@@ -537,8 +532,14 @@ class ServiceBase:
 
 
 def _make_atexit(service: ServiceBase) -> Callable[[], None]:
-    ref = weakref.ref(service)
-    return lambda: _atexit_shutdown(ref)
+    ref = weakref.ref(service)  # the hook must not keep the service alive
+
+    def hook() -> None:
+        live = ref()
+        if live is not None:
+            live._atexit()
+
+    return hook
 
 
 class AnalyticsBackendService(ServiceBase):

@@ -57,6 +57,7 @@ __all__ = [
     "RetryPolicy",
     "Send",
     "SendResult",
+    "ServiceState",
     "ServiceStatus",
     "Sleep",
     "Transport",
@@ -411,6 +412,15 @@ def _attempts(
             return result
         attempt += 1
         yield Sleep(with_floor(next(delays), result.retry_after, policy.max_retry_after))
+
+
+class ServiceState(enum.Enum):
+    """Lifecycle of a service: NEW -> RUNNING -> CLOSED; ``initialize`` on anything
+    but NEW raises ``ConnectionStateError``."""
+
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
 
 
 class NetworkState(enum.Enum):
