@@ -146,9 +146,11 @@ def test_local_validation_drops_are_counted(
     assert service.track("", {"i": 0})  # handed over; found invalid by the worker
     assert service.track("x", {"blob": "y" * 4096})
     assert service.track("x", {"o": object()})
+    assert service.track(["not", "a", "name"])  # type: ignore[arg-type]
+    assert not service.send_event({"eventType": "x"})  # type: ignore[arg-type]
     assert service.flush(10)
-    assert service.get_status().dropped == {"invalid": 2, "too_large": 1}
-    assert len(reported) == 3
+    assert service.get_status().dropped == {"invalid": 4, "too_large": 1}
+    assert len(reported) == 4  # the non-Event never had an id to report
 
 
 def test_overflow_is_counted_drop_oldest(

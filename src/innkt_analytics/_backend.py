@@ -249,8 +249,11 @@ class ServiceBase:
         """
         if not self._open and not self._reopen():
             return False
-        if event_type in self._disabled:
-            return self._count_drop("disabled_type")
+        try:
+            if event_type in self._disabled:
+                return self._count_drop("disabled_type")
+        except TypeError:
+            pass  # unhashable, so not a type name: the worker reports it as invalid
         if self._sampling < 1.0 and random.random() >= self._sampling:
             return self._count_drop("sampled")
         ring = self._ring
@@ -264,14 +267,18 @@ class ServiceBase:
 
     def send_event(self, event: Event) -> bool:
         """Queue a complete ``Event`` (the seed's ``sendEvent``); same contract as ``track``."""
-        return self._hand_over(event.event_type, event)
+        candidate: object = event  # typed, but callers pass anything
+        if not isinstance(candidate, Event):
+            return self._count_drop("invalid")
+        return self._hand_over(candidate.event_type, candidate)
 
     def _hand_over(self, event_type: str, record: Tracked | Event) -> bool:
         # ``track`` inlines this same sequence: it is the hot path.
         if not self._open and not self._reopen():
             return False
-        if event_type in self._disabled:
-            return self._count_drop("disabled_type")
+        with contextlib.suppress(TypeError):  # unhashable: reported as invalid later
+            if event_type in self._disabled:
+                return self._count_drop("disabled_type")
         if self._sampling < 1.0 and random.random() >= self._sampling:
             return self._count_drop("sampled")
         ring = self._ring
@@ -285,7 +292,7 @@ class ServiceBase:
 
     def send_events(self, events: Iterable[Event]) -> int:
         """Queue several events; returns how many were handed over (see ``send_event``)."""
-        return sum(1 for event in events if self.send_event(event))
+        return sum(map(self.send_event, events))
 
     def _reopen(self) -> bool:
         """The slow path of ``track``: restart in a forked child, or count the drop."""
