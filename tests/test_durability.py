@@ -1,14 +1,22 @@
-"""Crash safety: SIGKILL the server while clients post; every acknowledged batch survives."""
+"""Crash safety: SIGKILL the server while clients post; every acknowledged batch survives.
+Also the storage writer's group commit: a failing write fails alone."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
+import pytest
 
+from innkt_analytics import StorageError
+from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
 from tests._server import ServerProcess
 from tests.conftest import ServerFactory
 
@@ -110,3 +118,77 @@ def test_acknowledged_batches_survive_sigkill(server_factory: ServerFactory) -> 
     assert set(final.values()) == {1}
     health = httpx.get(server.url + "/v1/health", headers=server.headers("read")).json()
     assert health["storage"]["events"] == len(all_ids)
+
+
+def test_a_failing_write_never_undoes_its_neighbours_in_a_group(tmp_path: Path) -> None:
+    """Group commit puts concurrent writes in one transaction; one failing job must
+    fail alone, and what it wrote before failing must not stay."""
+    storage = SQLiteStorage(str(tmp_path / "group.db"))
+    storage.open_sync()
+    gate = threading.Event()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            # Hold the writer in a first group, so everything below queues into the next.
+            blocker = pool.submit(storage.write_sync, lambda conn: gate.wait(10))
+            time.sleep(0.05)
+
+            def insert(name: str) -> set[str]:
+                rows = [row(f"{name}-{i}") for i in range(3)]
+                return asyncio.run(storage.insert_events("p", rows))
+
+            def half_done_then_fails(conn: sqlite3.Connection) -> None:
+                conn.execute("INSERT INTO project_config (project, config) VALUES ('x', x'')")
+                raise ValueError("a bug in a job")
+
+            def bad_sql(conn: sqlite3.Connection) -> None:
+                conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+            before = [pool.submit(insert, f"a{i}") for i in range(3)]
+            failing = pool.submit(storage.write_sync, half_done_then_fails)
+            broken = pool.submit(storage.write_sync, bad_sql)
+            after = [pool.submit(insert, f"b{i}") for i in range(3)]
+            time.sleep(0.05)
+            gate.set()
+            blocker.result()
+            for f in before + after:
+                assert len(f.result()) == 3
+            with pytest.raises(ValueError, match="a bug in a job"):
+                failing.result()
+            with pytest.raises(StorageError):
+                broken.result()
+        page = asyncio.run(storage.query_events("p", EventFilter(), None, 100))
+        assert len(page.rows) == 18
+        assert asyncio.run(storage.get_config("x")) is None  # the failed job left nothing
+    finally:
+        storage.close_sync()
+
+
+def test_a_batch_mixing_new_and_stored_ids_reports_only_the_new(tmp_path: Path) -> None:
+    storage = SQLiteStorage(str(tmp_path / "mixed.db"))
+    storage.open_sync()
+    try:
+        assert asyncio.run(storage.insert_events("p", [row("a"), row("c")])) == {"a", "c"}
+        mixed = [row("a"), row("b"), row("c"), row("d"), row("b")]
+        assert asyncio.run(storage.insert_events("p", mixed)) == {"b", "d"}
+        # The same ids in another project are new there.
+        assert asyncio.run(storage.insert_events("q", mixed)) == {"a", "b", "c", "d"}
+        page = asyncio.run(storage.query_events("p", EventFilter(), None, 100))
+        assert [r.event_id for r in page.rows] == ["a", "c", "b", "d"]
+    finally:
+        storage.close_sync()
+
+
+def row(event_id: str) -> EventRow:
+    return EventRow(
+        event_id=event_id,
+        event_type="t",
+        session_id=None,
+        user_id=None,
+        anonymous_id=None,
+        timestamp=1_700_000_000_000,
+        sent_at=None,
+        received_at=1_700_000_000_000,
+        corrected=1_700_000_000_000,
+        future=False,
+        payload=b'{"eventId":"' + event_id.encode() + b'"}',
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -213,6 +214,26 @@ class SQLiteStorage(Storage):
             conn.close()
 
     def _commit_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        # Optimistic first: every job in one transaction without savepoints. Each
+        # statement costs this thread, the one serial stage of ingest, a GIL round
+        # trip with the event loop, and a savepoint and release per job tripled the
+        # statements. Should a job fail, all is rolled back and the group runs again with
+        # a savepoint per job, so one failing job never undoes another.
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            values = [job.fn(conn) for job in jobs]
+            conn.execute("COMMIT")
+        except Exception:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self._commit_isolated(conn, jobs)
+            return
+        self._last_error = None
+        for job, value in zip(jobs, values, strict=True):
+            job.future.set_result(value)
+
+    def _commit_isolated(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -292,7 +313,10 @@ class SQLiteStorage(Storage):
     async def insert_events(self, project: str, rows: Sequence[EventRow]) -> set[str]:
         if not rows:
             return set()
-        stored = await self._write(lambda conn: _insert(conn, project, rows))
+        # The parameters are built here, on the caller's thread: the writer thread is
+        # the one serial stage of ingest, so it only binds and steps.
+        chunks = _insert_chunks(project, rows)
+        stored = await self._write(lambda conn: _insert(conn, chunks))
         self._event_count += len(stored)
         return stored
 
@@ -548,8 +572,20 @@ def _probe_write(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM project_config WHERE project = ''")
 
 
-def _insert(conn: sqlite3.Connection, project: str, rows: Sequence[EventRow]) -> set[str]:
-    stored: set[str] = set()
+_Chunk = tuple[str, list[object], list[str]]  # (SQL, parameters, event ids)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(n: int) -> str:
+    placeholders = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * n)
+    return (
+        f"INSERT INTO events ({_COLUMNS}) VALUES {placeholders}"
+        " ON CONFLICT (project, event_id) DO NOTHING"
+    )
+
+
+def _insert_chunks(project: str, rows: Sequence[EventRow]) -> list[_Chunk]:
+    chunks: list[_Chunk] = []
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start : start + _CHUNK]
         params: list[object] = []
@@ -568,13 +604,28 @@ def _insert(conn: sqlite3.Connection, project: str, rows: Sequence[EventRow]) ->
                 r.future,
                 r.payload,
             )
-        placeholders = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
-        cur = conn.execute(
-            f"INSERT INTO events ({_COLUMNS}) VALUES {placeholders}"
-            " ON CONFLICT (project, event_id) DO NOTHING RETURNING event_id",
-            params,
-        )
-        stored.update(r[0] for r in cur.fetchall())
+        chunks.append((_insert_sql(len(chunk)), params, [r.event_id for r in chunk]))
+    return chunks
+
+
+def _insert(conn: sqlite3.Connection, chunks: list[_Chunk]) -> set[str]:
+    # No RETURNING: it would step once per row, and every step gives up and takes
+    # back the GIL, which the busy event loop holds. One step inserts the chunk.
+    stored: set[str] = set()
+    for sql, params, ids in chunks:
+        cur = conn.execute(sql, params)
+        inserted = cur.rowcount
+        wanted = set(ids)
+        if inserted == len(wanted):
+            stored |= wanted  # the usual case: none of the ids was stored before
+        elif inserted > 0 and cur.lastrowid is not None:
+            # Some were duplicates. The new rows took the rowids after the old
+            # maximum, in one run ending at lastrowid: read their ids back.
+            last = cur.lastrowid
+            found = conn.execute(
+                "SELECT event_id FROM events WHERE seq > ? AND seq <= ?", (last - inserted, last)
+            )
+            stored.update(r[0] for r in found)
     return stored
 
 
