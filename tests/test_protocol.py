@@ -89,7 +89,7 @@ def test_encoding_is_camel_case_and_omits_defaults() -> None:
     }
 
 
-ids = st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=20)
+ids = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20)
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10)
 times = st.datetimes(
     min_value=dt.datetime(1971, 1, 1),
@@ -406,3 +406,26 @@ def test_nul_in_any_id_is_rejected_per_event() -> None:
         (1, "ids must not contain U+0000"),
         (2, "ids must not contain U+0000"),
     ]
+
+
+def test_nul_is_refused_in_ids_but_kept_in_properties() -> None:
+    # json.dumps spells U+0000 as the escape \u0000, the only way JSON can.
+    events = [
+        raw_event(1, sessionId="s\u0000"),
+        raw_event(2, eventType="t\u0000"),
+        raw_event(3, properties={"text": "a\u0000b"}),
+        raw_event(4, userId="u", anonymousId="\u0000"),
+    ]
+    parsed = parse_batch(body(events), LIMITS, NOW)
+    assert [r.index for r in parsed.rejected] == [0, 1, 3]
+    assert all("U+0000" in r.error for r in parsed.rejected)
+    (kept,) = parsed.valid
+    assert kept.event.properties == {"text": "a\u0000b"}
+
+
+def test_non_ascii_events_are_accepted() -> None:
+    ev = raw_event(1, eventType="ünïcödé", properties={"emoji": "🙂"})
+    data = b'{"events":[' + json.dumps(ev, ensure_ascii=False).encode() + b"]}"
+    (valid,) = parse_batch(data, LIMITS, NOW).valid
+    assert valid.event.event_type == "ünïcödé"
+    assert valid.raw.decode() == json.dumps(ev, ensure_ascii=False)

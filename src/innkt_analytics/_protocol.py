@@ -230,13 +230,17 @@ def _validate(
     try:
         event = _event_decoder.decode(raw)
         # msgspec skips unknown fields without decoding them, but the raw bytes are
-        # stored and served back, so they must be valid UTF-8 too.
-        raw.decode()
+        # stored and served back, so they must be valid UTF-8 too (ASCII is, cheaply).
+        if not raw.isascii():
+            raw.decode()
     except msgspec.ValidationError as exc:
         return Rejection(index=index, event_id=_event_id_of(raw), error=str(exc))
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         return Rejection(index=index, event_id=None, error=f"malformed event: {exc}")
-    if "\x00" in event.event_id or "\x00" in event.event_type or _nul_in_ids(event):
+    # JSON can only spell U+0000 as the escape \u0000: without one, no id holds it.
+    if b"\\u0000" in raw and (
+        "\x00" in event.event_id or "\x00" in event.event_type or _nul_in_ids(event)
+    ):
         # No id may hold U+0000: PostgreSQL text cannot store it, and ids must
         # mean the same on every backend.
         return Rejection(index=index, event_id=None, error="ids must not contain U+0000")
