@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -190,6 +191,29 @@ def test_sqlite_queue_survives_reopen(tmp_path: Path) -> None:
     queue.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_version_1_file_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            """
+            CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL,
+                count INTEGER NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL,
+                claim_pid INTEGER NOT NULL DEFAULT 0, claim_until REAL NOT NULL DEFAULT 0);
+            INSERT INTO queue (payload, count, size, created)
+                VALUES (CAST('{"eventId":"old1"},{"eventId":"old2"}' AS BLOB), 2, 37, 1.0);
+            PRAGMA user_version = 1;
+            """
+        )
+    queue = SQLiteQueue(path, 100, 1 << 20)
+    try:
+        assert queue.depth() == (2, 37)
+        assert drain_ids(queue) == ["old1", "old2"]
+    finally:
+        queue.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_one_queue_object_per_file_per_process(tmp_path: Path) -> None:

@@ -56,7 +56,9 @@ __all__ = [
 #: A claim outlives any sane send; crash recovery does not wait for it because
 #: dead claimers are detected by pid (``recover``).
 CLAIM_LEASE: Final = 600.0
-_SCHEMA_VERSION: Final = 1
+#: 2: payloads in their own table, so that claiming a chunk rewrites a small row only
+#: (SQLite rewrites a whole record on UPDATE, overflow pages of a big blob included)
+_SCHEMA_VERSION: Final = 2
 
 _raw_list: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _id_only: Final = msgspec.json.Decoder(list[dict[str, object]])
@@ -517,20 +519,26 @@ class SQLiteQueue(EventQueue):
         db.execute("BEGIN IMMEDIATE")
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
+            if version not in (0, 1, _SCHEMA_VERSION):
                 raise StorageError(f"event queue {self.path}: unknown schema version {version}")
             # AUTOINCREMENT: row ids never go back, so a flush watermark stays meaningful
             # after the queue was emptied.
             db.execute(
                 "CREATE TABLE IF NOT EXISTS queue ("
                 " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " payload BLOB NOT NULL,"
                 " count INTEGER NOT NULL,"
                 " size INTEGER NOT NULL,"
                 " created REAL NOT NULL,"
                 " claim_pid INTEGER NOT NULL DEFAULT 0,"
                 " claim_until REAL NOT NULL DEFAULT 0)"
             )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS payloads"
+                " (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)"
+            )
+            if version == 1:  # the payload column moves to its own table
+                db.execute("INSERT INTO payloads SELECT id, payload FROM queue")
+                db.execute("ALTER TABLE queue DROP COLUMN payload")
             db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             # This process holds no claims yet: any claim with our pid is stale
             # (a previous queue object, or a pid reused after a crash).
@@ -575,15 +583,18 @@ class SQLiteQueue(EventQueue):
 
     def _insert(self, chunks: Sequence[tuple[bytes, int]], now: float) -> int:
         db = self._db
+        last = 0
         try:
-            db.executemany(
-                "INSERT INTO queue (payload, count, size, created) VALUES (?, ?, ?, ?)",
-                [(payload, count, len(payload), now) for payload, count in chunks],
-            )
-            last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            for payload, count in chunks:
+                cur = db.execute(
+                    "INSERT INTO queue (count, size, created) VALUES (?, ?, ?)",
+                    (count, len(payload), now),
+                )
+                last = int(cur.lastrowid or 0)
+                db.execute("INSERT INTO payloads (id, payload) VALUES (?, ?)", (last, payload))
         except sqlite3.Error as exc:
             raise _storage_error(exc, "insert") from None
-        return int(last)
+        return last
 
     def _evict(self, events: int, nbytes: int, now: float) -> list[str]:
         evicted: list[str] = []
@@ -593,12 +604,15 @@ class SQLiteQueue(EventQueue):
                 row = self._db.execute(
                     "DELETE FROM queue WHERE id ="
                     " (SELECT min(id) FROM queue WHERE claim_until <= ?)"
-                    " RETURNING payload, count, size",
+                    " RETURNING id, count, size",
                     (now,),
                 ).fetchone()
                 if row is None:
                     break  # everything left is claimed: the newest are refused instead
-                evicted.extend(event_ids_of(row[0]))
+                gone = self._db.execute(
+                    "DELETE FROM payloads WHERE id = ? RETURNING payload", (row[0],)
+                ).fetchone()
+                evicted.extend(event_ids_of(gone[0]) if gone else [])
                 freed_events += row[1]
                 freed_bytes += row[2]
         except sqlite3.Error as exc:
@@ -634,7 +648,9 @@ class SQLiteQueue(EventQueue):
         out: list[QueuedChunk] = []
         events = size = 0
         cursor = self._db.execute(
-            "SELECT id, payload, count FROM queue WHERE claim_until <= ? ORDER BY id", (now,)
+            "SELECT q.id, p.payload, q.count FROM queue AS q JOIN payloads AS p ON p.id = q.id"
+            " WHERE q.claim_until <= ? ORDER BY q.id",
+            (now,),
         )
         try:
             for rowid, payload, count in cursor:
@@ -650,13 +666,17 @@ class SQLiteQueue(EventQueue):
     def remove(self, rowids: Sequence[int]) -> None:
         if not rowids:
             return
-        with self._lock:
+        ids = _json_ints(rowids)
+        with self._lock, self._transaction():
             try:
                 rows = self._db.execute(
                     "DELETE FROM queue WHERE id IN (SELECT value FROM json_each(?))"
                     " RETURNING count, size",
-                    (_json_ints(rowids),),
+                    (ids,),
                 ).fetchall()
+                self._db.execute(
+                    "DELETE FROM payloads WHERE id IN (SELECT value FROM json_each(?))", (ids,)
+                )
             except sqlite3.Error as exc:
                 raise _storage_error(exc, "remove") from None
             self._events -= sum(r[0] for r in rows)
