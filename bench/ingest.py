@@ -1,6 +1,7 @@
 """End-to-end ingest over loopback against the raw ceiling of the SQLite storage.
 
-    python bench/ingest.py [--events 300000] [--processes 2] [--connections 8] [--quick]
+    python bench/ingest.py [--events 200000] [--rounds 3] [--processes 2] [--connections 8]
+                           [--random-ids] [--quick]
 
 Measured in the same run:
 
@@ -15,6 +16,7 @@ Measured in the same run:
    asyncio streams. An event counts once the server answered 200 for its batch,
    which it does only after the commit.
 
+The two sides alternate for ``--rounds`` rounds and the best of each is kept.
 Prints accepted events/s, p50/p99 request latency, the ceiling and the ratio,
 and the CPU time per event of the server and of the senders (robust to other
 load on a shared machine, unlike wall time). Targets on a 2-core machine:
@@ -255,35 +257,51 @@ def serve_and_send(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--processes", type=int, default=2, help="sender processes")
     parser.add_argument("--connections", type=int, default=8, help="connections per process")
-    parser.add_argument("--quick", action="store_true", help="a smoke run with 20,000 events")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20,000 events, 1 round")
     parser.add_argument(
         "--random-ids", action="store_true", help="UUIDv4 event ids instead of the SDK's UUIDv7"
     )
     args = parser.parse_args()
     n = (20_000 if args.quick else args.events) // BATCH * BATCH
+    rounds = 1 if args.quick else args.rounds
     conns = args.processes * args.connections
     print(
         f"{n:,} events in batches of {BATCH}; {args.processes} sender processes x"
         f" {args.connections} connections; {os.cpu_count()} CPUs;"
-        f" {'UUIDv4' if args.random_ids else 'UUIDv7'} event ids"
+        f" {'UUIDv4' if args.random_ids else 'UUIDv7'} event ids; {rounds} rounds"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        ceiling, ceiling_us = storage_ceiling(n, conns, Path(tmp), args.random_ids)
-        print(
-            f"storage ceiling (SQLiteStorage.insert_events, {conns} tasks):"
-            f" {ceiling:10,.0f} events/s"
-        )
-        print(f"    CPU per event: {ceiling_us:.1f} us")
-        rate, p50, p99, server_us, sender_us = serve_and_send(
-            n, args.processes, args.connections, Path(tmp), args.random_ids
-        )
-    print(f"server over HTTP, durably acknowledged:        {rate:10,.0f} events/s")
-    print(f"    = {rate / ceiling:.1%} of the storage ceiling (target >= 40 %)")
+    ceilings: list[tuple[float, float]] = []
+    runs: list[tuple[float, float, float, float, float]] = []
+    for _ in range(rounds):  # alternate, so a burst of other load hits both sides alike
+        with tempfile.TemporaryDirectory() as tmp:
+            ceilings.append(storage_ceiling(n, conns, Path(tmp), args.random_ids))
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(
+                serve_and_send(n, args.processes, args.connections, Path(tmp), args.random_ids)
+            )
+    ceiling = max(c[0] for c in ceilings)
+    best = max(runs)
+    rate, p50, p99, _, _ = best
+    median_ceiling = statistics.median(c[0] for c in ceilings)
+    print(
+        f"storage ceiling (SQLiteStorage.insert_events, {conns} tasks):"
+        f" {ceiling:10,.0f} events/s (best; median {median_ceiling:,.0f})"
+    )
+    print(f"    CPU per event: {statistics.median(c[1] for c in ceilings):.1f} us (median)")
+    print(
+        f"server over HTTP, durably acknowledged:        {rate:10,.0f} events/s"
+        f" (best; median {statistics.median(r[0] for r in runs):,.0f})"
+    )
+    print(f"    = {rate / ceiling:.1%} of the storage ceiling (best of each; target >= 40 %)")
     print(f"    request latency (batch of {BATCH}): p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms")
-    print(f"    CPU per event: server {server_us:.1f} us, senders {sender_us:.1f} us")
+    print(
+        f"    CPU per event: server {statistics.median(r[3] for r in runs):.1f} us,"
+        f" senders {statistics.median(r[4] for r in runs):.1f} us (medians)"
+    )
     verdict = "meets" if rate >= 50_000 and rate >= 0.4 * ceiling else "misses"
     print(f"    {verdict} the targets (>= 50,000 events/s and >= 40 % of the ceiling)")
 
