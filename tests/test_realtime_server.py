@@ -120,6 +120,17 @@ class Client:
             if message["type"] == type and where(message):
                 return message
 
+    async def events(self, n: int) -> list[dict[str, Any]]:
+        """The next ``n`` events of the event stream, across messages (busy hubs merge)."""
+        got: list[dict[str, Any]] = []
+        while len(got) < n:
+            got += (await self.expect("event"))["payload"]["events"]
+        assert len(got) == n, f"{len(got) - n} events more than expected"
+        return got
+
+    def events_seen(self) -> int:
+        return sum(len(m["payload"]["events"]) for m in self.seen if m["type"] == "event")
+
     async def subscribe(
         self, streams: list[str], event_types: list[str] | None = None
     ) -> dict[str, Any]:
@@ -312,7 +323,7 @@ def test_write_keys_get_config_updates_only(shared_server: ServerProcess) -> Non
         assert "aggregates" not in sync["payload"]
         assert sync["payload"]["config"]["version"] == 0
         post_events(shared_server, [event()], key=keys["write"])
-        assert (await reader.expect("event"))["payload"]["events"][0]["eventType"] == "login"
+        assert (await reader.events(1))[0]["eventType"] == "login"
         stored = put_config(shared_server, key=keys["admin"], batchSize=77)
         for client in (writer, reader):
             update = await client.expect("config_update")
@@ -344,22 +355,20 @@ def test_event_stream_filters_by_type_and_project(shared_server: ServerProcess) 
         batch = [event("login"), event("purchase"), event("view"), event("purchase")]
         post_events(shared_server, batch, key=keys["write"])
         post_events(shared_server, [event("login")], key=keys["write"])
-        got = (await everything.expect("event"))["payload"]["events"]
-        assert [e["eventId"] for e in got] == [e["eventId"] for e in batch]
-        assert got[0] == batch[0]  # the event exactly as the client sent it
-        got = (await purchases.expect("event"))["payload"]["events"]
+        got = await everything.events(5)
+        assert got[:4] == batch  # the events exactly as the client sent them, in order
+        assert got[4]["eventType"] == "login"
+        got = await purchases.events(2)
         assert [e["eventId"] for e in got] == [batch[1]["eventId"], batch[3]["eventId"]]
-        second = await everything.expect("event")
-        assert second["payload"]["events"][0]["eventType"] == "login"
         # the login-only request produced nothing for the purchase filter, and nothing
         # reached a connection that did not subscribe or belongs to another project
         for client in (purchases, silent, stranger):
             # both requests were dispatched before this ping was answered
             await client.send("ping", id="barrier")
             await client.expect("pong")
-        assert [m["type"] for m in purchases.seen].count("event") == 1
-        assert [m["type"] for m in silent.seen].count("event") == 0
-        assert [m["type"] for m in stranger.seen].count("event") == 0
+        assert purchases.events_seen() == 2
+        assert silent.events_seen() == 0
+        assert stranger.events_seen() == 0
         for client in (everything, purchases, silent, stranger):
             await client.close()
 
@@ -399,17 +408,25 @@ def test_analytics_update_pushes_live_aggregates_at_the_project_interval(
 def test_a_slow_consumer_is_told_what_it_lost_and_ingest_goes_on(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory(env={"INNKT_REALTIME_BACKLOG": "8", "INNKT_RATE_LIMIT_PER_SECOND": "0"})
-    requests = 24
+    server = server_factory(
+        env={
+            "INNKT_REALTIME_BACKLOG": "8",
+            "INNKT_RATE_LIMIT_PER_SECOND": "0",
+            # the socket is the bottleneck here, not the instance's send budget
+            "INNKT_REALTIME_FANOUT_BYTES_PER_SECOND": "1e9",
+        }
+    )
+    requests, per_request = 24, 20
+    total = requests * per_request
 
     async def main() -> None:
         # A tiny receive buffer and a one-frame library queue: once this client
-        # stops reading, the server's socket stays full and the backlog overflows.
+        # stops reading, the server's socket stays full and its writer blocks.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))
         slow = await Client.open(ws_url(server), server.read_key, sock=sock, max_queue=1)
-        fast = await Client.open(ws_url(server), server.read_key)
+        fast = await Client.open(ws_url(server), server.read_key, max_size=None)
         for client in (slow, fast):
             await client.send("unsubscribe", {"streams": ["analytics_update"]})
             await client.expect("subscribed")
@@ -417,44 +434,88 @@ def test_a_slow_consumer_is_told_what_it_lost_and_ingest_goes_on(
 
         loop = asyncio.get_running_loop()
         # ~500 KB per request, incompressible: 12 MB in all, far beyond the socket buffers.
-        bodies = [[event(pad=25_000) for _ in range(20)] for _ in range(requests)]
+        bodies = [[event(pad=25_000) for _ in range(per_request)] for _ in range(requests)]
+        sent_ids = [e["eventId"] for body in bodies for e in body]
 
-        async def ingest() -> None:
-            for body in bodies:
-                await loop.run_in_executor(None, post_events, server, body)
-
-        async def drain_fast() -> int:
-            got = 0
-            while got < requests:
+        async def drain_fast() -> list[str]:
+            got: list[str] = []
+            while len(got) < total:
                 message = await fast.recv()
                 if message["type"] == "event":
-                    got += 1
+                    got += [e["eventId"] for e in message["payload"]["events"]]
             return got
 
         fast_task = asyncio.create_task(drain_fast())
-        await ingest()  # every request answered 200 while the slow client reads nothing
-        assert await fast_task == requests
-        assert server.count_events() == requests * 20
+        for body in bodies:  # every request is answered while the slow client reads nothing
+            await loop.run_in_executor(None, post_events, server, body)
+        assert await fast_task == sent_ids  # the fast consumer got everything, in order
+        assert server.count_events() == total
 
         # Reading back may use a normal buffer again.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        events = 0
+        received: list[str] = []
         dropped = 0
-        while events + dropped < requests:
+        before_gap: list[str] | None = None
+        while len(received) + dropped < total:
             message = await slow.recv()
             if message["type"] == "event":
-                events += 1
+                received += [e["eventId"] for e in message["payload"]["events"]]
             elif message["type"] == "dropped":
+                if before_gap is None:
+                    before_gap = list(received)
                 dropped += message["payload"]["dropped"]
         assert dropped > 0
-        assert events + dropped == requests  # every loss was announced, nothing silent
+        assert len(received) + dropped == total  # every loss was announced, nothing silent
+        # in order, no duplicates, and the gap came where the notice said
+        assert received == [i for i in sent_ids if i in set(received)]
+        assert before_gap == sent_ids[: len(before_gap or [])]
         assert [m["seq"] for m in slow.seen] == list(range(1, len(slow.seen) + 1))
-        # the fast consumer lost nothing
         assert not [m for m in fast.seen if m["type"] == "dropped"]
         health = await asyncio.to_thread(health_of, server)
         assert health["realtime"]["dropped"] == dropped
         await slow.close()
         await fast.close()
+
+    asyncio.run(main())
+
+
+def test_over_the_send_budget_batches_merge_and_losses_are_announced(
+    server_factory: ServerFactory,
+) -> None:
+    # One frame a second for the whole instance, a log of three batches.
+    server = server_factory(
+        env={
+            "INNKT_REALTIME_FANOUT_FRAMES_PER_SECOND": "1",
+            "INNKT_REALTIME_BACKLOG": "3",
+            "INNKT_RATE_LIMIT_PER_SECOND": "0",
+        }
+    )
+    requests = 12
+
+    async def main() -> None:
+        client = await Client.open(ws_url(server), server.read_key)
+        await client.send("unsubscribe", {"streams": ["analytics_update"]})
+        await client.subscribe(["event"])
+        sent: list[str] = []
+        for i in range(requests):
+            body = [event(f"t{i}"), event(f"t{i}")]
+            sent += [e["eventId"] for e in body]
+            await asyncio.to_thread(post_events, server, body)
+        received: list[str] = []
+        dropped = 0
+        while len(received) + dropped < len(sent):
+            message = await client.recv()
+            if message["type"] == "event":
+                received += [e["eventId"] for e in message["payload"]["events"]]
+            elif message["type"] == "dropped":
+                dropped += message["payload"]["dropped"]
+        assert len(received) + dropped == len(sent)
+        assert dropped > 0
+        assert received == [i for i in sent if i in set(received)]
+        assert received[-2:] == sent[-2:]  # the newest batch always gets through
+        frames = [m for m in client.seen if m["type"] == "event"]
+        assert len(frames) < requests  # batches were merged into fewer frames
+        await client.close()
 
     asyncio.run(main())
 

@@ -49,6 +49,7 @@ from innkt_analytics._realtime_core import (
 from innkt_analytics.server._fanout import FanoutBackend, FanoutMessage, make_fanout
 from innkt_analytics.server._ratelimit import TokenBucket
 from innkt_analytics.server._realtime_aggregates import ProjectWindow
+from innkt_analytics.server._realtime_stream import EventLog, SendBudget
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server._state import ServerState, presented_key
 from innkt_analytics.server.storage import KeyRecord, StorageStatus
@@ -73,7 +74,7 @@ def _error(code: str, message: str, request_id: str = "", **extra: Any) -> Prepa
 
 
 class Connection:
-    """One accepted WebSocket: its subscription, backlog and writer."""
+    """One accepted WebSocket: its subscription, queued replies, event cursor and writer."""
 
     def __init__(self, hub: Hub, socket: WebSocket[Any, Any, Any], key: KeyRecord) -> None:
         settings = hub.settings
@@ -86,13 +87,14 @@ class Connection:
         self.machine = StateMachine(SERVER_TRANSITIONS, State.CONNECTING)
         self.streams: set[str] = {"analytics_update"} if self.full else set()
         self.event_types: frozenset[str] | None = None
+        #: the project's event log while subscribed to the event stream
+        self.log: EventLog | None = None
+        self.cursor = 0
+        self.cursor_events = 0
         self.seq = 0
         self.sent = 0
-        self.events: collections.deque[Prepared] = collections.deque()
-        self.events_bytes = 0
         self.analytics: Prepared | None = None
         self.control: collections.deque[Prepared] = collections.deque()
-        self.dropped = 0
         self.dropped_total = 0
         self.wake = asyncio.Event()
         self.bucket = TokenBucket(
@@ -102,23 +104,10 @@ class Connection:
             time.monotonic(),
         )
         self.violations = 0
-        self._backlog = settings.realtime_backlog
-        self._backlog_bytes = settings.realtime_backlog_bytes
 
-    # -- called by the dispatcher: never await --------------------------------------
+    # -- called by the dispatcher and the hub: never await ---------------------------
 
-    def push_event(self, message: Prepared) -> None:
-        events = self.events
-        while events and (
-            len(events) >= self._backlog or self.events_bytes + message.size > self._backlog_bytes
-        ):
-            old = events.popleft()
-            self.events_bytes -= old.size
-            self.dropped += 1
-            self.dropped_total += 1
-            self.hub.dropped += 1
-        events.append(message)
-        self.events_bytes += message.size
+    def wake_up(self) -> None:
         self.wake.set()
 
     def push_analytics(self, message: Prepared) -> None:
@@ -135,29 +124,72 @@ class Connection:
     def _next(self) -> Prepared | None:
         if self.control:
             return self.control.popleft()
-        if self.dropped:
-            n, self.dropped = self.dropped, 0
-            return _control("dropped", {"dropped": n, "droppedTotal": self.dropped_total})
         if self.analytics is not None:
             message, self.analytics = self.analytics, None
             return message
-        if self.events:
-            message = self.events.popleft()
-            self.events_bytes -= message.size
-            return message
         return None
 
+    # -- the writer task ---------------------------------------------------------------
+
+    async def _send(self, prefix: str) -> None:
+        self.seq += 1
+        text = f'{prefix},"seq":{self.seq}}}'
+        await self.socket.send({"type": "websocket.send", "bytes": None, "text": text})
+        self.sent += 1
+        self.hub.frames_sent += 1
+
+    async def _send_events(self, log: EventLog) -> None:
+        hub = self.hub
+        # Over the instance's budget, sleep: batches that arrive meanwhile join this frame.
+        wait = hub.budget.take_frame(time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
+        lost, entries = log.read(self)
+        if lost:
+            # The notice goes right before the events after the gap, and counts as
+            # part of the stream's cost.
+            self.dropped_total += lost
+            hub.dropped += lost
+            notice = {"dropped": lost, "droppedTotal": self.dropped_total}
+            await self._send(_control("dropped", notice).prefix)
+            hub.budget.take_frame(time.monotonic())
+        if len(entries) == 1 and self.event_types is None:
+            # The common case: one batch, no filter: the message every reader shares.
+            prefix, count = entries[0].frame, len(entries[0].raws)
+        else:
+            parts: list[str] = []
+            count = 0
+            for entry in entries:
+                text, n = entry.select(self.event_types)
+                if n:
+                    parts.append(text)
+                    count += n
+            if not count:
+                return
+            prefix = f'{hub.event_head()},"payload":{{"events":[{",".join(parts)}]}}'
+        wait = hub.budget.take_bytes(time.monotonic(), len(prefix))
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._send(prefix)
+        hub.events_sent += count
+
     async def writer(self) -> None:
-        send = self.socket.send
         while True:
-            await self.wake.wait()
+            message = self._next()
+            if message is not None:
+                await self._send(message.prefix)
+                continue
+            log = self.log
+            if log is not None and log.pending(self):
+                await self._send_events(log)
+                continue
+            # Nothing to do: sleep until a reply, a snapshot or a new batch arrives.
             self.wake.clear()
-            while (message := self._next()) is not None:
-                self.seq += 1
-                await send(
-                    {"type": "websocket.send", "bytes": None, "text": message.with_seq(self.seq)}
-                )
-                self.sent += 1
+            if log is not None:
+                log.idle.add(self)
+            await self.wake.wait()
+            if log is not None:
+                log.idle.discard(self)
 
 
 class Hub:
@@ -169,7 +201,17 @@ class Hub:
         self.fanout = fanout
         self.instance = secrets.token_hex(6)
         self.projects: dict[str, set[Connection]] = {}
+        #: the event stream of each project that has subscribers to it
+        self.logs: dict[str, EventLog] = {}
         self.event_subs: dict[str, set[Connection]] = {}
+        self.budget = SendBudget(
+            self.settings.realtime_fanout_frames_per_second,
+            self.settings.realtime_fanout_bytes_per_second,
+            time.monotonic(),
+        )
+        self.events_sent = 0
+        self.frames_sent = 0
+        self._stamp = (0.0, "")
         self.windows: dict[str, ProjectWindow] = collections.defaultdict(ProjectWindow)
         self.configs: dict[str, ClientConfig] = {}
         self.tickers: dict[str, asyncio.Task[None]] = {}
@@ -201,7 +243,10 @@ class Hub:
             "connections": self.count,
             "projects": len(self.projects),
             "eventSubscribers": sum(len(s) for s in self.event_subs.values()),
+            "framesSent": self.frames_sent,
+            "eventsSent": self.events_sent,
             "dropped": self.dropped,
+            "budgetWaitSeconds": round(self.budget.waited, 3),
             "refused": dict(self.refused),
             "instance": self.instance,
             "fanout": self.fanout.describe(),
@@ -277,32 +322,16 @@ class Hub:
             self._apply_config(message.project, message.config)
 
     def _fan_events(self, project: str, raws: list[bytes], types: list[str]) -> None:
-        subscribers = self.event_subs.get(project)
-        if not subscribers:
-            return
-        msg_id = uuid7()
-        timestamp = now_iso()
-        # One encode per distinct filter: every unfiltered subscriber shares one string.
-        cache: dict[frozenset[str] | None, Prepared | None] = {}
-        for conn in subscribers:
-            key = conn.event_types
-            if key in cache:
-                message = cache[key]
-            else:
-                chosen = (
-                    raws
-                    if key is None
-                    else [r for r, t in zip(raws, types, strict=True) if t in key]
-                )
-                message = cache[key] = (
-                    Prepared.from_payload_json(
-                        "event", msg_id, timestamp, b'{"events":[' + b",".join(chosen) + b"]}"
-                    )
-                    if chosen
-                    else None
-                )
-            if message is not None:
-                conn.push_event(message)
+        log = self.logs.get(project)
+        if log is not None:
+            log.append(raws, types, self.event_head())
+
+    def event_head(self) -> str:
+        """The start of an event message: a fresh id and the current time."""
+        now = time.time()
+        if now - self._stamp[0] >= 0.001:  # many frames share a millisecond
+            self._stamp = (now, now_iso())
+        return f'{{"type":"event","id":"{uuid7(now)}","timestamp":"{self._stamp[1]}"'
 
     def _apply_config(self, project: str, config: ClientConfig) -> None:
         old = self.configs.get(project)
@@ -366,11 +395,30 @@ class Hub:
                 ticker = self.tickers.pop(project, None)
                 if ticker is not None:
                     ticker.cancel()
-        subs = self.event_subs.get(project)
-        if subs is not None:
+        self._stream(conn, on=False)
+
+    def _stream(self, conn: Connection, *, on: bool) -> None:
+        """Attach ``conn`` to its project's event log, or detach it."""
+        project = conn.project
+        if on and conn.log is None:
+            log = self.logs.get(project)
+            if log is None:
+                settings = self.settings
+                log = self.logs[project] = EventLog(
+                    settings.realtime_backlog, settings.realtime_backlog_bytes
+                )
+            log.attach(conn)
+            conn.log = log
+            self.event_subs.setdefault(project, set()).add(conn)
+            conn.wake_up()
+        elif not on and conn.log is not None:
+            conn.log.idle.discard(conn)
+            conn.log = None
+            subs = self.event_subs.get(project, set())
             subs.discard(conn)
             if not subs:
-                del self.event_subs[project]
+                self.event_subs.pop(project, None)
+                self.logs.pop(project, None)
 
     def _subscribe(
         self, conn: Connection, payload: Any, add: bool, request_id: str
@@ -395,11 +443,7 @@ class Hub:
                     return None
         else:
             conn.streams -= wanted
-        subs = self.event_subs.setdefault(conn.project, set())
-        if "event" in conn.streams:
-            subs.add(conn)
-        else:
-            subs.discard(conn)
+        self._stream(conn, on="event" in conn.streams)
         return _control(
             "subscribed",
             {
