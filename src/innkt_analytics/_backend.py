@@ -26,9 +26,11 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, ClassVar, Final, Self, TypeAlias
 
+from innkt_analytics._backend_privacy import PrivacyControls
 from innkt_analytics._config import BackendConfig
 from innkt_analytics._exceptions import ConfigError, ConnectionStateError, StorageError
 from innkt_analytics._ids import uuid7
+from innkt_analytics._privacy import ConsentStore, PrivacyFilter
 from innkt_analytics._protocol import ClientConfig, Event
 from innkt_analytics._queue import (
     Dropped,
@@ -87,7 +89,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class ServiceBase:
+class ServiceBase(PrivacyControls):
     """What the sync and the asyncio service share: intake, committer, counters, config."""
 
     _instances: ClassVar[dict[type, ServiceBase]] = {}
@@ -110,6 +112,10 @@ class ServiceBase:
         self._wake_at = 1
         self._session_id = ""
         self._forked = False
+        # Privacy: while opted out, ``_open`` is False and ``_reopen`` counts the drop.
+        self._opted_out = False
+        self._privacy: PrivacyFilter | None = None
+        self._consent_store: ConsentStore | None = None
         self._init_locks()
         self._config: BackendConfig | None = None
         self._queue: EventQueue | None = None
@@ -158,6 +164,9 @@ class ServiceBase:
         with self._lock:
             if self._lifecycle is not ServiceState.NEW:
                 raise ConnectionStateError(f"initialize() on a {self._lifecycle.value} service")
+            self._consent_store = ConsentStore(config.resolved_consent_path)
+            self._privacy = PrivacyFilter(config.privacy, self._consent_store.load())
+            self._opted_out = self._privacy.opted_out
             self._queue = open_queue(config)
             # A flush must also cover what a previous run (or a crash) left queued.
             self._watermark = self._queue.last_rowid()
@@ -170,7 +179,7 @@ class ServiceBase:
             _live.add(self)
             cb = self._atexit_cb = _make_atexit(self)
             atexit.register(cb)
-            self._open = True
+            self._open = not self._opted_out
 
     def _apply_hot(self, config: BackendConfig) -> None:
         self._buffer_size = config.buffer_size
@@ -217,6 +226,8 @@ class ServiceBase:
         if core is None or queue is None:
             raise ConnectionStateError("the service is not initialized")
         self._config = config
+        if self._privacy is not None:
+            self._privacy.config = config.privacy
         core.configure(config)
         queue.set_bounds(config.max_queue_events, config.max_queue_bytes, config.overflow_policy)
         self._apply_hot(config)
@@ -296,12 +307,17 @@ class ServiceBase:
 
     def _reopen(self) -> bool:
         """The slow path of ``track``: restart in a forked child, or count the drop."""
+        if self._opted_out and self._lifecycle is ServiceState.RUNNING:
+            return self._count_drop("opted_out")
         if self._forked and self._lifecycle is ServiceState.RUNNING:
             self._restart_after_fork()
             if self._open:
                 return True
         self._count_drop("closed" if self._lifecycle is ServiceState.CLOSED else "not_initialized")
         return False
+
+    def _running(self) -> bool:
+        return self._lifecycle is ServiceState.RUNNING
 
     def _count_drop(self, reason: str, n: int = 1) -> bool:
         with self._lock:
@@ -355,7 +371,13 @@ class ServiceBase:
                 return self._watermark
             pending = [ring.popleft() for _ in range(n)]
             config = self.config
-            items, dropped = encode_records(pending, self._session_id, config.max_event_bytes)
+            privacy = self._privacy
+            items, dropped = encode_records(
+                pending,
+                self._session_id,
+                config.max_event_bytes,
+                None if privacy is None else privacy.apply,
+            )
             queue = self._queue
             if queue is None:
                 return self._watermark
@@ -524,7 +546,7 @@ class ServiceBase:
             self._session_id = uuid7()
             self._start_committer()
             self._start_sender()
-            self._open = True
+            self._open = not self._opted_out
 
     def _start_sender(self) -> None:
         """Front-end specific, like ``_atexit`` (a bounded shutdown at interpreter exit)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from innkt_analytics._exceptions import ConfigError
+from innkt_analytics._privacy import PrivacyConfig
 from innkt_analytics._protocol import ClientConfig
 
 __all__ = ["BackendConfig", "OverflowPolicy", "QueueMode", "default_queue_path"]
@@ -140,6 +141,10 @@ class BackendConfig:
     #: ``shutdown()``'s default deadline, and the bound of the atexit hook
     shutdown_timeout: float = 5.0
     atexit_timeout: float = 2.0
+    #: consent, deny-listed and hashed properties, IP/device-id anonymisation
+    privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
+    #: where opt-out and consent choices persist; None: beside the queue file
+    consent_path: Path | None = None
 
     def __post_init__(self) -> None:
         self._check_url()
@@ -200,6 +205,8 @@ class BackendConfig:
         self._check_disabled_types()
         _check_number("shutdown_timeout", self.shutdown_timeout, minimum=0, maximum=3600)
         _check_number("atexit_timeout", self.atexit_timeout, minimum=0, maximum=3600)
+        if not isinstance(self.privacy, PrivacyConfig):
+            raise ConfigError("privacy", "must be a PrivacyConfig")
 
     def _check_url(self) -> None:
         if not isinstance(self.base_url, str):
@@ -229,6 +236,14 @@ class BackendConfig:
         if self.queue_path is not None:
             return self.queue_path
         return default_queue_path(self.base_url, self.api_key)
+
+    @property
+    def resolved_consent_path(self) -> Path:
+        """The file that keeps the user's opt-out and consent choices across restarts."""
+        if self.consent_path is not None:
+            return self.consent_path
+        queue = self.resolved_queue_path
+        return queue.with_name(queue.name + ".consent.json")
 
     def replace(self, **changes: Any) -> BackendConfig:
         """A copy with ``changes`` applied. Raises ``ConfigError`` (also for unknown names)."""

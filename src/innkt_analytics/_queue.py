@@ -27,7 +27,7 @@ import datetime as dt
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeAlias
@@ -143,13 +143,19 @@ def _problem(event: Event) -> str:
 
 
 def encode_records(
-    pending: Sequence[Tracked | Event], session: str, max_event_bytes: int
+    pending: Sequence[Tracked | Event],
+    session: str,
+    max_event_bytes: int,
+    transform: Callable[[Event], tuple[Event | None, str]] | None = None,
 ) -> tuple[list[tuple[str, bytes]], list[Dropped]]:
     """Turn handed-over records into ``(event_id, JSON)`` queue items.
 
     ``track`` records get their UUIDv7 (from the tracked time) and session here,
-    in the worker, so the caller pays for neither. Invalid or oversized events
-    come back as ``Dropped`` (reasons ``invalid``, ``too_large``). Never raises.
+    in the worker, so the caller pays for neither. ``transform`` (the privacy
+    filter) runs on each valid event before it is encoded, so nothing it removes
+    or hashes ever reaches the disk; it returns ``(None, reason)`` to drop one.
+    Invalid or oversized events come back as ``Dropped`` (reasons ``invalid``,
+    ``too_large``, or the transform's). Never raises.
     """
     items: list[tuple[str, bytes]] = []
     dropped: list[Dropped] = []
@@ -185,6 +191,12 @@ def encode_records(
             event = record
             problem = _problem(event)
         eid = event.event_id if isinstance(event.event_id, str) else None
+        if not problem and transform is not None:
+            kept, reason = transform(event)
+            if kept is None:
+                dropped.append(Dropped(eid, reason, "privacy settings"))
+                continue
+            event = kept
         if not problem:
             try:
                 data = encode(event)
@@ -239,6 +251,10 @@ class EventQueue(abc.ABC):
         self._lock = threading.RLock()
         self._events = 0
         self._bytes = 0
+
+    @abc.abstractmethod
+    def purge(self) -> int:
+        """Remove every queued event, claimed ones too; returns how many."""
 
     def set_bounds(self, max_events: int, max_bytes: int, policy: OverflowPolicy) -> None:
         """Change the bounds; they apply from the next ``put``."""
@@ -389,6 +405,13 @@ class MemoryQueue(EventQueue):
             for item in out:
                 self._rows[item.rowid] = (item.payload, item.count, self._rows[item.rowid][2], True)
         return out
+
+    def purge(self) -> int:
+        with self._lock:
+            n = self._events
+            self._rows.clear()
+            self._events = self._bytes = 0
+            return n
 
     def remove(self, rowids: Sequence[int]) -> None:
         with self._lock:
@@ -662,6 +685,17 @@ class SQLiteQueue(EventQueue):
         finally:
             cursor.close()
         return out
+
+    def purge(self) -> int:
+        with self._lock, self._transaction():
+            try:
+                n = self._db.execute("SELECT COALESCE(SUM(count), 0) FROM queue").fetchone()[0]
+                self._db.execute("DELETE FROM queue")
+                self._db.execute("DELETE FROM payloads")
+            except sqlite3.Error as exc:
+                raise _storage_error(exc, "purge") from None
+            self._events = self._bytes = 0
+            return int(n)
 
     def remove(self, rowids: Sequence[int]) -> None:
         if not rowids:
