@@ -17,11 +17,11 @@ from innkt_analytics._realtime_core import (
     CLIENT_TRANSITIONS,
     SERVER_TRANSITIONS,
     Action,
+    ConnectionState,
     Failure,
     Prepared,
     RealTimeConfig,
     RealTimeSession,
-    State,
     StateMachine,
     decode_envelope,
     encode_envelope,
@@ -134,7 +134,7 @@ def test_decode_envelope_limits_and_errors() -> None:
 
 @pytest.mark.parametrize("table", [CLIENT_TRANSITIONS, SERVER_TRANSITIONS])
 def test_every_transition_outside_the_table_raises(table: Any) -> None:
-    for start, end in itertools.product(table, State):
+    for start, end in itertools.product(table, ConnectionState):
         machine = StateMachine(table, start)
         if end in table[start]:
             assert machine.to(end) is start
@@ -293,7 +293,7 @@ def test_half_open_is_declared_exactly_after_heartbeat_plus_timeout_of_silence()
     assert session.tick(119.0) is Action.ABORT
     delay = session.connection_failed(119.0, Failure("heartbeat"))
     assert delay is not None
-    assert session.state is State.RECONNECTING
+    assert session.state is ConnectionState.RECONNECTING
     assert session.stats(119.0).half_open_detections == 1
 
 
@@ -303,11 +303,11 @@ def test_reconnects_with_backoff_until_attempts_run_out() -> None:
     delays = []
     for _ in range(3):
         delays.append(session.connection_failed(0.0, Failure("network", reason="refused")))
-        assert session.state is State.RECONNECTING
+        assert session.state is ConnectionState.RECONNECTING
         session.connect_started(0.0)
     assert delays == [1.0, 2.0, 4.0]
     assert session.connection_failed(0.0, Failure("timeout")) is None
-    assert session.state is State.FAILED
+    assert session.state is ConnectionState.FAILED
     assert session.stats(0.0).failed_attempts == 3
     assert session.stats(0.0).last_error == "timeout"
     # connect() again starts a fresh streak
@@ -323,7 +323,7 @@ def test_fatal_failures_do_not_retry(failure: Failure) -> None:
     session = RealTimeSession(config())
     session.connect_started(0.0)
     assert session.connection_failed(0.0, failure) is None
-    assert session.state is State.FAILED
+    assert session.state is ConnectionState.FAILED
     assert session.stats(0.0).failed_attempts == 0
 
 
@@ -379,12 +379,12 @@ def test_close_during_each_state() -> None:
         if setup == "failed":
             session.connect_started(0.0)
             session.connection_failed(0.0, Failure("network"))
-            assert session.state is State.FAILED
+            assert session.state is ConnectionState.FAILED
         session.close_started()
         # the connection's end after a close request never schedules a reconnect
-        if session.state is State.CLOSING:
+        if session.state is ConnectionState.CLOSING:
             assert session.connection_failed(1.0, Failure("closed", code=1000)) is None
-        assert session.state is State.CLOSED, setup
+        assert session.state is ConnectionState.CLOSED, setup
         assert not session.send(make_envelope("x"), 1.0)
 
 

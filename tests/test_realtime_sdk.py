@@ -23,7 +23,7 @@ from innkt_analytics._config import BackendConfig, QueueMode
 from innkt_analytics._exceptions import ConnectionStateError
 from innkt_analytics._protocol import ClientConfig, Envelope
 from innkt_analytics._realtime import AsyncRealTimeSyncService, RealTimeSyncService
-from innkt_analytics._realtime_core import RealTimeConfig, State, make_envelope
+from innkt_analytics._realtime_core import ConnectionState, RealTimeConfig, make_envelope
 from tests._server import ServerProcess
 from tests.conftest import ServerFactory
 from tests.test_realtime_server import event, post_events, put_config, ws_url
@@ -103,7 +103,7 @@ def test_messages_are_routed_by_type_and_broadcast_on_the_bus(server: ServerProc
     service.on("*", everything)
     try:
         assert service.connect()
-        assert service.state is State.OPEN
+        assert service.state is ConnectionState.OPEN
         wait_until(lambda: bool(everything.of("subscribed")), "the subscription")
         batch = [event("login"), event("view")]
         post_events(server, batch)
@@ -123,7 +123,7 @@ def test_messages_are_routed_by_type_and_broadcast_on_the_bus(server: ServerProc
         assert len(events.items) == 1
         wait_until(lambda: service.get_connection_stats().latency_p50_ms is not None, "RTT")
         stats = service.get_connection_stats()
-        assert stats.state is State.OPEN
+        assert stats.state is ConnectionState.OPEN
         assert stats.latency_p95_ms is not None
         assert stats.latency_p95_ms >= stats.latency_p50_ms  # type: ignore[operator]
         assert stats.messages_in >= 4
@@ -131,7 +131,7 @@ def test_messages_are_routed_by_type_and_broadcast_on_the_bus(server: ServerProc
         assert (stats.reconnect_count, stats.seq_gaps) == (0, 0)
     finally:
         service.disconnect()
-    assert service.get_connection_stats().state is State.CLOSED
+    assert service.get_connection_stats().state is ConnectionState.CLOSED
 
 
 def test_config_update_reconfigures_the_backend_service_live(
@@ -174,8 +174,8 @@ def test_server_killed_and_restarted_client_reconnects_and_resumes(
         service.on("event", inbox)
         wait_until(lambda: bool(inbox.of("sync_response")), "the first sync")
         server.kill()
-        service.wait_for_state({State.RECONNECTING, State.CONNECTING}, WAIT)
-        assert service.state in (State.RECONNECTING, State.CONNECTING)
+        service.wait_for_state({ConnectionState.RECONNECTING, ConnectionState.CONNECTING}, WAIT)
+        assert service.state in (ConnectionState.RECONNECTING, ConnectionState.CONNECTING)
         # Sent while the server is down: queued, sent after the reconnect.
         assert service.send_message(make_envelope("ping", {}, id="sent-while-down"))
         assert service.get_connection_stats().queued == 1
@@ -186,7 +186,7 @@ def test_server_killed_and_restarted_client_reconnects_and_resumes(
         put_config(other, batchSize=9)
         other.kill()
         server.start()
-        assert service.wait_for_state({State.OPEN}, WAIT) is State.OPEN
+        assert service.wait_for_state({ConnectionState.OPEN}, WAIT) is ConnectionState.OPEN
         wait_until(lambda: backend.config.batch_size == 9, "the missed config to be applied")
         wait_until(
             lambda: any(e.id == "sent-while-down" for e in inbox.of("pong")),
@@ -220,12 +220,12 @@ def test_a_bad_key_or_origin_fails_at_once_without_retrying(server_factory: Serv
         service = RealTimeSyncService(rt_config(server, **overrides))
         assert not service.connect()
         stats = service.get_connection_stats()
-        assert stats.state is State.FAILED
+        assert stats.state is ConnectionState.FAILED
         assert stats.failed_attempts == 0
         assert stats.last_error is not None
         assert stats.last_error.startswith(f"refused {status}")
         service.disconnect()
-        assert service.state is State.CLOSED
+        assert service.state is ConnectionState.CLOSED
     ok = RealTimeSyncService(rt_config(server, origin="https://app.example"))
     assert ok.connect()
     ok.disconnect()
@@ -281,13 +281,13 @@ def test_async_half_open_server_is_detected_by_heartbeat_then_reconnected(
             stats = service.get_connection_stats()
             assert stats.last_error is not None
             assert stats.last_error.startswith("heartbeat")
-            assert stats.state in (State.RECONNECTING, State.CONNECTING)
+            assert stats.state in (ConnectionState.RECONNECTING, ConnectionState.CONNECTING)
         finally:
             server.resume()
-        assert await service.wait_for_state({State.OPEN}, WAIT) is State.OPEN
+        assert await service.wait_for_state({ConnectionState.OPEN}, WAIT) is ConnectionState.OPEN
         assert service.get_connection_stats().reconnect_count == 1
         await service.disconnect()
-        assert service.state is State.CLOSED
+        assert service.state is ConnectionState.CLOSED
 
     asyncio.run(main())
 
@@ -346,7 +346,7 @@ def test_async_gives_up_after_max_attempts_on_a_dead_port() -> None:
         service = AsyncRealTimeSyncService(config, bus=EventBus())
         assert not await service.connect(within=WAIT)
         stats = service.get_connection_stats()
-        assert stats.state is State.FAILED
+        assert stats.state is ConnectionState.FAILED
         assert stats.failed_attempts == 3
         assert stats.last_error is not None
         assert stats.last_error.startswith("network")
@@ -354,6 +354,6 @@ def test_async_gives_up_after_max_attempts_on_a_dead_port() -> None:
         assert not await service.connect(within=WAIT)
         assert service.get_connection_stats().failed_attempts == 3
         await service.disconnect()
-        assert service.state is State.CLOSED
+        assert service.state is ConnectionState.CLOSED
 
     asyncio.run(main())

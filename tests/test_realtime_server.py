@@ -336,6 +336,42 @@ def test_write_keys_get_config_updates_only(shared_server: ServerProcess) -> Non
     asyncio.run(main())
 
 
+def test_revoking_a_key_closes_its_connections(server: ServerProcess) -> None:
+    admin = {"Authorization": f"Bearer {server.admin_key}"}
+    created = httpx.post(
+        server.url + "/v1/keys", headers=admin, json={"scopes": ["read"], "name": "dash"}
+    ).json()
+
+    async def main() -> None:
+        doomed = await Client.open(ws_url(server), created["key"])
+        other = await Client.open(ws_url(server), server.read_key)
+        await doomed.send("ping")
+        await doomed.expect("pong")
+        r = await asyncio.to_thread(
+            httpx.delete, f"{server.url}/v1/keys/{created['keyId']}", headers=admin
+        )
+        assert r.status_code == 200, r.text
+        assert await doomed.close_code() == 1008
+        # a connection with another key is untouched
+        await other.send("ping", id="still-here")
+        assert (await other.expect("pong"))["id"] == "still-here"
+        await other.close()
+        # New handshakes are refused once the key cache (2 s) has forgotten the key.
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while True:
+            try:
+                late = await Client.open(ws_url(server), created["key"])
+            except InvalidStatus as exc:
+                status = refusal(exc)[0]
+                break
+            await late.close()
+            assert asyncio.get_running_loop().time() < deadline, "revoked key still accepted"
+            await asyncio.sleep(0.2)
+        assert status == 401
+
+    asyncio.run(main())
+
+
 # -- streams ----------------------------------------------------------------------------
 
 

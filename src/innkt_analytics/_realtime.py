@@ -47,11 +47,11 @@ from innkt_analytics._protocol import ClientConfig, Envelope
 from innkt_analytics._realtime_core import (
     SUBPROTOCOL,
     Action,
+    ConnectionState,
     ConnectionStats,
     Failure,
     RealTimeConfig,
     RealTimeSession,
-    State,
     config_of,
     make_envelope,
 )
@@ -141,9 +141,9 @@ class _ServiceBase:
         cfg = config if config is not None else RealTimeConfig(**options)
         with self._lock:
             if self._session is not None and self._session.state not in (
-                State.IDLE,
-                State.CLOSED,
-                State.FAILED,
+                ConnectionState.IDLE,
+                ConnectionState.CLOSED,
+                ConnectionState.FAILED,
             ):
                 raise ConnectionStateError("disconnect() before initialize() again")
             self._config = cfg
@@ -161,8 +161,8 @@ class _ServiceBase:
         return self._session
 
     @property
-    def state(self) -> State:
-        return State.IDLE if self._session is None else self._session.state
+    def state(self) -> ConnectionState:
+        return ConnectionState.IDLE if self._session is None else self._session.state
 
     def attach_backend(self, backend: ConfigurableBackend) -> None:
         """Apply every received config to ``backend.apply_remote_config`` from now on."""
@@ -260,7 +260,7 @@ class _ServiceBase:
         raise NotImplementedError
 
     def get_connection_stats(self) -> ConnectionStats:
-        """State, heartbeat RTT p50/p95, message rates, reconnects, drops.
+        """ConnectionState, heartbeat RTT p50/p95, message rates, reconnects, drops.
 
         Raises ``ConnectionStateError`` before ``initialize``.
         """
@@ -303,10 +303,15 @@ class RealTimeSyncService(_ServiceBase):
                 self._thread.start()
             limit = session.config.connection_timeout if within is None else within
         if not wait:
-            return self.state is State.OPEN
-        return self.wait_for_state({State.OPEN, State.FAILED, State.CLOSED}, limit) is State.OPEN
+            return self.state is ConnectionState.OPEN
+        return (
+            self.wait_for_state(
+                {ConnectionState.OPEN, ConnectionState.FAILED, ConnectionState.CLOSED}, limit
+            )
+            is ConnectionState.OPEN
+        )
 
-    def wait_for_state(self, states: set[State], within: float) -> State:
+    def wait_for_state(self, states: set[ConnectionState], within: float) -> ConnectionState:
         """Block until the state is one of ``states``, at most ``within`` s; returns it."""
         deadline = time.monotonic() + within
         with self._changed:
@@ -321,7 +326,11 @@ class RealTimeSyncService(_ServiceBase):
         """Close the connection and stop reconnecting; waits up to ``within`` s for the thread."""
         with self._lock:
             session = self._session
-            if session is None or session.state in (State.IDLE, State.CLOSED, State.CLOSING):
+            if session is None or session.state in (
+                ConnectionState.IDLE,
+                ConnectionState.CLOSED,
+                ConnectionState.CLOSING,
+            ):
                 return
             session.close_started()
             self._stop.set()
@@ -359,12 +368,12 @@ class RealTimeSyncService(_ServiceBase):
             if delay is None or self._stop.wait(delay):
                 break
             with self._lock:
-                if self._stop.is_set() or session.state is not State.RECONNECTING:
+                if self._stop.is_set() or session.state is not ConnectionState.RECONNECTING:
                     break
                 session.connect_started(time.monotonic())
                 self._changed.notify_all()
         with self._lock:
-            if session.state is State.RECONNECTING:
+            if session.state is ConnectionState.RECONNECTING:
                 session.close_started()
             self._changed.notify_all()
 
@@ -481,11 +490,11 @@ class AsyncRealTimeSyncService(_ServiceBase):
             self._task = asyncio.create_task(self._run(session), name="innkt-realtime")
         limit = session.config.connection_timeout if within is None else within
         if not wait:
-            return self.state is State.OPEN
-        states = {State.OPEN, State.FAILED, State.CLOSED}
-        return await self.wait_for_state(states, limit) is State.OPEN
+            return self.state is ConnectionState.OPEN
+        states = {ConnectionState.OPEN, ConnectionState.FAILED, ConnectionState.CLOSED}
+        return await self.wait_for_state(states, limit) is ConnectionState.OPEN
 
-    async def wait_for_state(self, states: set[State], within: float) -> State:
+    async def wait_for_state(self, states: set[ConnectionState], within: float) -> ConnectionState:
         """Wait until the state is one of ``states``, at most ``within`` s; returns it."""
         deadline = time.monotonic() + within
         while self.state not in states and self._changed is not None:
@@ -499,7 +508,11 @@ class AsyncRealTimeSyncService(_ServiceBase):
     async def disconnect(self, within: float = 5.0) -> None:
         """Close the connection and stop reconnecting."""
         session = self._session
-        if session is None or session.state in (State.IDLE, State.CLOSED, State.CLOSING):
+        if session is None or session.state in (
+            ConnectionState.IDLE,
+            ConnectionState.CLOSED,
+            ConnectionState.CLOSING,
+        ):
             return
         session.close_started()
         if self._stop is not None:
@@ -541,11 +554,11 @@ class AsyncRealTimeSyncService(_ServiceBase):
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
-            if self._stop.is_set() or session.state is not State.RECONNECTING:
+            if self._stop.is_set() or session.state is not ConnectionState.RECONNECTING:
                 break
             session.connect_started(time.monotonic())
             self._notify()
-        if session.state is State.RECONNECTING:
+        if session.state is ConnectionState.RECONNECTING:
             session.close_started()
         self._notify()
 

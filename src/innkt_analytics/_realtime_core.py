@@ -7,7 +7,7 @@ the asyncio ``AsyncRealTimeSyncService`` all drive what is here:
   ``Prepared``, an envelope encoded once whose per-connection ``seq`` is spliced
   in as text (the hub sends one event to a thousand subscribers with one JSON
   encode, not a thousand);
-* ``State`` and ``StateMachine``: every connection has an explicit state and an
+* ``ConnectionState`` and ``StateMachine``: every connection has an explicit state and an
   illegal transition raises ``ConnectionStateError``;
 * ``reconnect_delays()``: a pure generator of backoff delays (nothing here sleeps);
 * ``RealTimeSession``: the client's session. The front-end tells it what happened
@@ -49,12 +49,12 @@ __all__ = [
     "STREAMS",
     "SUBPROTOCOL",
     "Action",
+    "ConnectionState",
     "ConnectionStats",
     "Failure",
     "Prepared",
     "RealTimeConfig",
     "RealTimeSession",
-    "State",
     "StateMachine",
     "config_of",
     "decode_envelope",
@@ -179,7 +179,7 @@ def _without_seq(envelope: Envelope) -> Envelope:
 # -- states -----------------------------------------------------------------------------
 
 
-class State(enum.Enum):
+class ConnectionState(enum.Enum):
     """The state of one real-time connection (client or server side)."""
 
     #: configured, never connected
@@ -198,23 +198,38 @@ class State(enum.Enum):
     FAILED = "failed"
 
 
-CLIENT_TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
-    State.IDLE: frozenset({State.CONNECTING, State.CLOSED}),
-    State.CONNECTING: frozenset(
-        {State.OPEN, State.RECONNECTING, State.FAILED, State.CLOSING, State.CLOSED}
+CLIENT_TRANSITIONS: Final[Mapping[ConnectionState, frozenset[ConnectionState]]] = {
+    ConnectionState.IDLE: frozenset({ConnectionState.CONNECTING, ConnectionState.CLOSED}),
+    ConnectionState.CONNECTING: frozenset(
+        {
+            ConnectionState.OPEN,
+            ConnectionState.RECONNECTING,
+            ConnectionState.FAILED,
+            ConnectionState.CLOSING,
+            ConnectionState.CLOSED,
+        }
     ),
-    State.OPEN: frozenset({State.RECONNECTING, State.FAILED, State.CLOSING, State.CLOSED}),
-    State.RECONNECTING: frozenset({State.CONNECTING, State.CLOSING, State.CLOSED}),
-    State.CLOSING: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset({State.CONNECTING}),
-    State.FAILED: frozenset({State.CONNECTING, State.CLOSED}),
+    ConnectionState.OPEN: frozenset(
+        {
+            ConnectionState.RECONNECTING,
+            ConnectionState.FAILED,
+            ConnectionState.CLOSING,
+            ConnectionState.CLOSED,
+        }
+    ),
+    ConnectionState.RECONNECTING: frozenset(
+        {ConnectionState.CONNECTING, ConnectionState.CLOSING, ConnectionState.CLOSED}
+    ),
+    ConnectionState.CLOSING: frozenset({ConnectionState.CLOSED}),
+    ConnectionState.CLOSED: frozenset({ConnectionState.CONNECTING}),
+    ConnectionState.FAILED: frozenset({ConnectionState.CONNECTING, ConnectionState.CLOSED}),
 }
 
-SERVER_TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
-    State.CONNECTING: frozenset({State.OPEN, State.CLOSED}),
-    State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
-    State.CLOSING: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset(),
+SERVER_TRANSITIONS: Final[Mapping[ConnectionState, frozenset[ConnectionState]]] = {
+    ConnectionState.CONNECTING: frozenset({ConnectionState.OPEN, ConnectionState.CLOSED}),
+    ConnectionState.OPEN: frozenset({ConnectionState.CLOSING, ConnectionState.CLOSED}),
+    ConnectionState.CLOSING: frozenset({ConnectionState.CLOSED}),
+    ConnectionState.CLOSED: frozenset(),
 }
 
 
@@ -223,18 +238,20 @@ class StateMachine:
 
     __slots__ = ("_state", "_table")
 
-    def __init__(self, table: Mapping[State, frozenset[State]], initial: State) -> None:
+    def __init__(
+        self, table: Mapping[ConnectionState, frozenset[ConnectionState]], initial: ConnectionState
+    ) -> None:
         self._table = table
         self._state = initial
 
     @property
-    def state(self) -> State:
+    def state(self) -> ConnectionState:
         return self._state
 
-    def can(self, new: State) -> bool:
+    def can(self, new: ConnectionState) -> bool:
         return new in self._table.get(self._state, frozenset())
 
-    def to(self, new: State) -> State:
+    def to(self, new: ConnectionState) -> ConnectionState:
         """Move to ``new``; returns the previous state. Raises ``ConnectionStateError``."""
         if not self.can(new):
             raise ConnectionStateError(f"illegal transition {self._state.value} -> {new.value}")
@@ -414,7 +431,7 @@ class Action(enum.Enum):
 class ConnectionStats:
     """A snapshot of ``get_connection_stats()``; latencies in milliseconds."""
 
-    state: State
+    state: ConnectionState
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     messages_in_per_second: float
@@ -506,7 +523,7 @@ class RealTimeSession:
         rtt_samples: int = 200,
     ) -> None:
         self.config = config
-        self._machine = StateMachine(CLIENT_TRANSITIONS, State.IDLE)
+        self._machine = StateMachine(CLIENT_TRANSITIONS, ConnectionState.IDLE)
         self._jitter = jitter
         self._delays: Iterator[float] | None = None
         self._conn: _Connection | None = None
@@ -532,14 +549,14 @@ class RealTimeSession:
     # -- lifecycle ------------------------------------------------------------------
 
     @property
-    def state(self) -> State:
+    def state(self) -> ConnectionState:
         return self._machine.state
 
     def connect_started(self, now: float) -> None:
         """A connection attempt begins. Raises ``ConnectionStateError`` unless idle,
         closed, failed or waiting to reconnect."""
-        previous = self._machine.to(State.CONNECTING)
-        if previous is not State.RECONNECTING:
+        previous = self._machine.to(ConnectionState.CONNECTING)
+        if previous is not ConnectionState.RECONNECTING:
             # A fresh connect() after a close or a give-up starts a new streak.
             self._delays = None
             self.failed_attempts = 0
@@ -549,7 +566,7 @@ class RealTimeSession:
 
         Raises ``ConnectionStateError`` unless connecting.
         """
-        self._machine.to(State.OPEN)
+        self._machine.to(ConnectionState.OPEN)
         self.opened += 1
         self.last_seq = None
         self._conn = _Connection(
@@ -574,16 +591,16 @@ class RealTimeSession:
         self._conn = None
         self._out.clear()
         self.last_error = str(failure)
-        if self.state in (State.CLOSING, State.CLOSED):
-            if self.state is State.CLOSING:
-                self._machine.to(State.CLOSED)
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            if self.state is ConnectionState.CLOSING:
+                self._machine.to(ConnectionState.CLOSED)
             return None
-        if self.state not in (State.CONNECTING, State.OPEN):
+        if self.state not in (ConnectionState.CONNECTING, ConnectionState.OPEN):
             raise ConnectionStateError(f"nothing to fail in state {self.state.value}")
         if failure.kind == "heartbeat":
             self.half_open_detections += 1
         if failure.fatal:
-            self._machine.to(State.FAILED)
+            self._machine.to(ConnectionState.FAILED)
             return None
         if self._delays is None:
             self._delays = reconnect_delays(
@@ -594,25 +611,29 @@ class RealTimeSession:
             )
         delay = next(self._delays, None)
         if delay is None:
-            self._machine.to(State.FAILED)
+            self._machine.to(ConnectionState.FAILED)
             return None
         self.failed_attempts += 1
-        self._machine.to(State.RECONNECTING)
+        self._machine.to(ConnectionState.RECONNECTING)
         return delay
 
     def close_started(self) -> None:
         """The user asked to disconnect. Raises ``ConnectionStateError`` when already closed."""
-        if self.state in (State.IDLE, State.FAILED, State.RECONNECTING):
-            self._machine.to(State.CLOSED)
+        if self.state in (
+            ConnectionState.IDLE,
+            ConnectionState.FAILED,
+            ConnectionState.RECONNECTING,
+        ):
+            self._machine.to(ConnectionState.CLOSED)
         else:
-            self._machine.to(State.CLOSING)
+            self._machine.to(ConnectionState.CLOSING)
 
     def closed(self) -> None:
         """The connection is gone after ``close_started``."""
         self._conn = None
         self._out.clear()
-        if self.state is State.CLOSING:
-            self._machine.to(State.CLOSED)
+        if self.state is ConnectionState.CLOSING:
+            self._machine.to(ConnectionState.CLOSED)
 
     # -- messages -------------------------------------------------------------------
 
@@ -629,7 +650,7 @@ class RealTimeSession:
         extra = self.extra_streams | (frozenset(streams) & STREAMS)
         if extra != self.extra_streams:
             self.extra_streams = extra
-            if self.state is State.OPEN:
+            if self.state is ConnectionState.OPEN:
                 self._emit(self.subscription_message(), now)
 
     def send(self, envelope: Envelope, now: float) -> bool:
@@ -638,10 +659,10 @@ class RealTimeSession:
         Returns False when the queue is full (or the session is closed): the
         message is dropped and counted in ``dropped_outgoing``.
         """
-        if self.state is State.OPEN:
+        if self.state is ConnectionState.OPEN:
             self._emit(envelope, now)
             return True
-        if self.state in (State.CLOSING, State.CLOSED) or (
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED) or (
             len(self._queue) >= self.config.max_queued_messages
         ):
             self.dropped_outgoing += 1
@@ -699,7 +720,7 @@ class RealTimeSession:
     def next_deadline(self) -> float | None:
         """When ``tick`` must next be called (None: no timer while not open)."""
         conn = self._conn
-        if conn is None or self.state is not State.OPEN:
+        if conn is None or self.state is not ConnectionState.OPEN:
             return None
         dead_at = conn.last_rx + self.config.heartbeat_interval + self.config.connection_timeout
         return min(conn.next_ping, dead_at)
@@ -712,7 +733,7 @@ class RealTimeSession:
         gone even though TCP has not noticed: answer ABORT.
         """
         conn = self._conn
-        if conn is None or self.state is not State.OPEN:
+        if conn is None or self.state is not ConnectionState.OPEN:
             return Action.NONE
         silence = now - conn.last_rx
         if silence >= self.config.heartbeat_interval + self.config.connection_timeout:

@@ -11,11 +11,14 @@ SDK holds — may connect to receive ``config_update`` (and ping, health, sync
 without aggregates), never the project's data. See docs/realtime.md.
 
 The ingest path only calls ``Hub.on_events``, which appends to a list and wakes
-the dispatcher task: it never awaits a socket. The dispatcher encodes each
-message once per distinct subscriber filter and appends it to each
-subscriber's bounded backlog; one writer task per connection drains it. A
-consumer slower than the stream loses its oldest queued messages and is sent a
-``dropped`` notice with their number before anything else.
+the dispatcher task: it never awaits a socket. The dispatcher updates the live
+aggregates, publishes the batch to the other instances, and appends it once to
+the project's ``EventLog`` (``_realtime_stream``); one writer task per
+connection sends replies, ``config_update``, the latest ``analytics_update`` and
+whatever the event log holds past its cursor, merged into one frame. The event
+stream obeys an instance-wide send budget; a subscriber that falls behind the
+bounded log — a slow socket, or too little budget for everyone — loses the
+oldest batches and is sent a ``dropped`` notice with the number of events first.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import msgspec
 from litestar import Litestar, WebSocket, websocket
 from litestar.types import WebSocketResponseStartEvent
 
+from innkt_analytics._exceptions import StorageError
 from innkt_analytics._ids import uuid7
 from innkt_analytics._protocol import ClientConfig, Envelope, ProtocolError, ValidEvent
 from innkt_analytics._realtime_core import (
@@ -39,8 +43,8 @@ from innkt_analytics._realtime_core import (
     SERVER_TRANSITIONS,
     STREAMS,
     SUBPROTOCOL,
+    ConnectionState,
     Prepared,
-    State,
     StateMachine,
     decode_envelope,
     make_envelope,
@@ -84,7 +88,7 @@ class Connection:
         self.project = key.project
         #: read/admin see the project's data; write keys get config only
         self.full = bool(key.scopes & {"read", "admin"})
-        self.machine = StateMachine(SERVER_TRANSITIONS, State.CONNECTING)
+        self.machine = StateMachine(SERVER_TRANSITIONS, ConnectionState.CONNECTING)
         self.streams: set[str] = {"analytics_update"} if self.full else set()
         self.event_types: frozenset[str] | None = None
         #: the project's event log while subscribed to the event stream
@@ -104,6 +108,7 @@ class Connection:
             time.monotonic(),
         )
         self.violations = 0
+        self.writer_task: asyncio.Task[None] | None = None
 
     # -- called by the dispatcher and the hub: never await ---------------------------
 
@@ -222,15 +227,19 @@ class Hub:
         self._remote: collections.deque[bytes] = collections.deque()
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._revoker: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         self._dispatcher = asyncio.create_task(self._dispatch_loop())
+        self._revoker = asyncio.create_task(self._revocation_loop())
         await self.fanout.start(self._on_remote)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._dispatcher, *self.tickers.values()) if t is not None]
+        tasks = [
+            t for t in (self._dispatcher, self._revoker, *self.tickers.values()) if t is not None
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -524,9 +533,9 @@ class Hub:
         # Not socket.accept(): it only accepts from the "init" state, and the
         # connect event was already received above to check the handshake.
         await socket.send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
-        conn.machine.to(State.OPEN)
+        conn.machine.to(ConnectionState.OPEN)
         await self._register(conn)
-        writer = asyncio.create_task(conn.writer())
+        conn.writer_task = writer = asyncio.create_task(conn.writer())
         try:
             await self._read_loop(conn)
         finally:
@@ -534,13 +543,37 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
             self._unregister(conn)
-            if conn.machine.state is not State.CLOSED:
-                conn.machine.to(State.CLOSED)
+            if conn.machine.state is not ConnectionState.CLOSED:
+                conn.machine.to(ConnectionState.CLOSED)
 
     async def _close(self, conn: Connection, code: int, reason: str) -> None:
-        conn.machine.to(State.CLOSING)
+        """Close from our side; the read loop then sees the disconnect and cleans up."""
+        if conn.machine.state is not ConnectionState.OPEN:
+            return
+        conn.machine.to(ConnectionState.CLOSING)
+        if conn.writer_task is not None:
+            # No frame may follow the close frame.
+            conn.writer_task.cancel()
         with contextlib.suppress(Exception):
             await conn.socket.close(code=code, reason=reason)
+
+    async def _revocation_loop(self) -> None:
+        """Close connections whose key was revoked, as fast as the HTTP API notices."""
+        interval = max(0.5, self.settings.key_cache_seconds)
+        while True:
+            await asyncio.sleep(interval)
+            by_key: dict[str, list[Connection]] = collections.defaultdict(list)
+            for project_conns in self.projects.values():
+                for conn in project_conns:
+                    by_key[conn.key.key_hash].append(conn)
+            for key_hash, holders in by_key.items():
+                try:
+                    record = await self.state.storage.find_key(key_hash)
+                except StorageError:
+                    continue  # storage trouble is not a revocation
+                if record is None or record.revoked_at is not None:
+                    for conn in holders:
+                        await self._close(conn, 1008, "API key revoked")
 
     async def _read_loop(self, conn: Connection) -> None:
         socket = conn.socket
