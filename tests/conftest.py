@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from innkt_analytics import AnalyticsBackendService
 from tests._server import ServerProcess
 
 PG_URL = os.environ.get("INNKT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -51,6 +52,15 @@ def redis_url() -> str:
 
 
 ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def services() -> Iterator[list[AnalyticsBackendService]]:
+    """SDK services a test starts; each is shut down (bounded) at the end."""
+    made: list[AnalyticsBackendService] = []
+    yield made
+    for service in made:
+        service.shutdown(2)
 
 
 @pytest.fixture

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from innkt_analytics._backend import AnalyticsBackendService
 from innkt_analytics._privacy import PrivacyConfig, hash_value
@@ -19,14 +16,6 @@ from tests._server import ServerProcess
 
 SALT = "tests-salt-0123456789"
 SECRET = "alice.secret@example.com"
-
-
-@pytest.fixture
-def services() -> Iterator[list[AnalyticsBackendService]]:
-    made: list[AnalyticsBackendService] = []
-    yield made
-    for service in made:
-        service.shutdown(2)
 
 
 def start(

@@ -26,14 +26,6 @@ def proxy(shared_server: ServerProcess) -> Iterator[FaultProxy]:
         yield p
 
 
-@pytest.fixture
-def services() -> Iterator[list[AnalyticsBackendService]]:
-    made: list[AnalyticsBackendService] = []
-    yield made
-    for service in made:
-        service.shutdown(2)
-
-
 def start(
     made: list[AnalyticsBackendService], url: str, key: str, tmp_path: Path, **options: Any
 ) -> AnalyticsBackendService:

@@ -4,7 +4,6 @@ rejections, overflow, dynamic configuration, lifecycle."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,6 @@ from innkt_analytics._protocol import Event
 from innkt_analytics._queue import Dropped
 from tests._proxy import fast_config, queued, stored, wait_for
 from tests._server import ServerProcess
-
-
-@pytest.fixture
-def services() -> Iterator[list[AnalyticsBackendService]]:
-    made: list[AnalyticsBackendService] = []
-    yield made
-    for service in made:
-        service.shutdown(2)
 
 
 def start(

@@ -10,6 +10,9 @@ import abc
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
 
 from innkt_analytics._protocol import ClientConfig
 
@@ -24,6 +27,9 @@ __all__ = [
     "StorageHealth",
     "StorageStatus",
     "Suppression",
+    "audit_entry",
+    "event_row",
+    "key_record",
 ]
 
 
@@ -100,6 +106,55 @@ class AuditEntry:
     subject: str
     detail: dict[str, object] = field(default_factory=dict)
     seq: int = 0
+
+
+def event_row(r: Sequence[Any]) -> EventRow:
+    """An ``EventRow`` from a row of the columns every backend selects, in this order:
+    seq, event_id, event_type, session_id, user_id, anonymous_id, ts, sent_at,
+    received_at, corrected, future, payload.
+    """
+    return EventRow(
+        seq=r[0],
+        event_id=r[1],
+        event_type=r[2],
+        session_id=r[3],
+        user_id=r[4],
+        anonymous_id=r[5],
+        timestamp=r[6],
+        sent_at=r[7],
+        received_at=r[8],
+        corrected=r[9],
+        future=bool(r[10]),
+        payload=bytes(r[11]),
+    )
+
+
+def key_record(r: Sequence[Any]) -> KeyRecord:
+    """A ``KeyRecord`` from key_id, project, name, scopes (comma-joined), key_hash,
+    created_at, revoked_at.
+    """
+    return KeyRecord(
+        key_id=r[0],
+        project=r[1],
+        name=r[2],
+        scopes=frozenset(s for s in r[3].split(",") if s),
+        key_hash=r[4],
+        created_at=r[5],
+        revoked_at=r[6],
+    )
+
+
+def audit_entry(r: Sequence[Any]) -> AuditEntry:
+    """An ``AuditEntry`` from seq, project, at, actor, action, subject, detail (JSON)."""
+    return AuditEntry(
+        seq=r[0],
+        project=r[1],
+        at=r[2],
+        actor=r[3],
+        action=r[4],
+        subject=r[5],
+        detail=msgspec.json.decode(r[6]),
+    )
 
 
 class StorageStatus(enum.Enum):

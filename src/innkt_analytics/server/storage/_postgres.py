@@ -38,6 +38,9 @@ from innkt_analytics.server.storage._base import (
     StorageHealth,
     StorageStatus,
     Suppression,
+    audit_entry,
+    event_row,
+    key_record,
 )
 from innkt_analytics.server.storage._pg_ingest import (
     EVENT_COLUMNS,
@@ -310,7 +313,7 @@ class PostgresStorage(Storage):
         sql = f"{_SELECT} WHERE {where} ORDER BY project, seq LIMIT ${len(params)}"
 
         async def run(conn: Any) -> EventPage:
-            rows = [_row(r) for r in await conn.fetch(sql, *params)]
+            rows = [event_row(r) for r in await conn.fetch(sql, *params)]
             more = len(rows) > limit
             rows = rows[:limit]
             return EventPage(rows=rows, next_cursor=rows[-1].seq if more and rows else None)
@@ -424,7 +427,7 @@ class PostgresStorage(Storage):
                 f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
             )
         )
-        return None if row is None else _key(row)
+        return None if row is None else key_record(row)
 
     async def list_keys(self, project: str | None = None) -> list[KeyRecord]:
         sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
@@ -436,7 +439,7 @@ class PostgresStorage(Storage):
                     sql + " WHERE project = $1 ORDER BY created_at, key_id", project
                 )
             )
-        return [_key(r) for r in rows]
+        return [key_record(r) for r in rows]
 
     async def revoke_key(self, key_id: str, at: int) -> bool:
         status = await self._run(
@@ -514,18 +517,7 @@ class PostgresStorage(Storage):
                 limit,
             )
         )
-        return [
-            AuditEntry(
-                seq=r[0],
-                project=r[1],
-                at=r[2],
-                actor=r[3],
-                action=r[4],
-                subject=r[5],
-                detail=msgspec.json.decode(r[6]),
-            )
-            for r in rows
-        ]
+        return [audit_entry(r) for r in rows]
 
     # -- health --------------------------------------------------------------------
 
@@ -591,32 +583,3 @@ def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:
             params.append(clean_text(value) if isinstance(value, str) else value)
             clauses.append(f"{column} {op} ${len(params)}")
     return " AND ".join(clauses), params
-
-
-def _row(r: Any) -> EventRow:
-    return EventRow(
-        seq=r[0],
-        event_id=r[1],
-        event_type=r[2],
-        session_id=r[3],
-        user_id=r[4],
-        anonymous_id=r[5],
-        timestamp=r[6],
-        sent_at=r[7],
-        received_at=r[8],
-        corrected=r[9],
-        future=bool(r[10]),
-        payload=bytes(r[11]),
-    )
-
-
-def _key(r: Any) -> KeyRecord:
-    return KeyRecord(
-        key_id=r[0],
-        project=r[1],
-        name=r[2],
-        scopes=frozenset(s for s in r[3].split(",") if s),
-        key_hash=r[4],
-        created_at=r[5],
-        revoked_at=r[6],
-    )

@@ -35,6 +35,9 @@ from innkt_analytics.server.storage._base import (
     StorageHealth,
     StorageStatus,
     Suppression,
+    audit_entry,
+    event_row,
+    key_record,
 )
 
 __all__ = ["SQLiteStorage"]
@@ -331,7 +334,7 @@ class SQLiteStorage(Storage):
         params.append(limit + 1)
 
         def run(conn: sqlite3.Connection) -> EventPage:
-            rows = [_row(r) for r in conn.execute(sql, params)]
+            rows = [event_row(r) for r in conn.execute(sql, params)]
             more = len(rows) > limit
             rows = rows[:limit]
             return EventPage(rows=rows, next_cursor=rows[-1].seq if more and rows else None)
@@ -436,7 +439,7 @@ class SQLiteStorage(Storage):
                 " FROM api_keys WHERE key_hash = ?",
                 (key_hash,),
             ).fetchone()
-            return None if row is None else _key(row)
+            return None if row is None else key_record(row)
 
         return await self._read(run)
 
@@ -452,7 +455,7 @@ class SQLiteStorage(Storage):
                 rows = conn.execute(
                     sql + " WHERE project = ? ORDER BY created_at", (project,)
                 ).fetchall()
-            return [_key(r) for r in rows]
+            return [key_record(r) for r in rows]
 
         return await self._read(run)
 
@@ -525,7 +528,7 @@ class SQLiteStorage(Storage):
                 " WHERE project = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 (project, before if before is not None else 2**62, limit),
             ).fetchall()
-            return [_entry(r) for r in rows]
+            return [audit_entry(r) for r in rows]
 
         return await self._read(run)
 
@@ -649,46 +652,5 @@ def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:
     return " AND ".join(clauses), params
 
 
-def _row(r: tuple[Any, ...]) -> EventRow:
-    return EventRow(
-        seq=r[0],
-        event_id=r[1],
-        event_type=r[2],
-        session_id=r[3],
-        user_id=r[4],
-        anonymous_id=r[5],
-        timestamp=r[6],
-        sent_at=r[7],
-        received_at=r[8],
-        corrected=r[9],
-        future=bool(r[10]),
-        payload=bytes(r[11]),
-    )
-
-
-def _key(r: tuple[Any, ...]) -> KeyRecord:
-    return KeyRecord(
-        key_id=r[0],
-        project=r[1],
-        name=r[2],
-        scopes=frozenset(s for s in r[3].split(",") if s),
-        key_hash=r[4],
-        created_at=r[5],
-        revoked_at=r[6],
-    )
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _entry(r: tuple[Any, ...]) -> AuditEntry:
-    return AuditEntry(
-        seq=r[0],
-        project=r[1],
-        at=r[2],
-        actor=r[3],
-        action=r[4],
-        subject=r[5],
-        detail=msgspec.json.decode(r[6]),
-    )
