@@ -522,6 +522,7 @@ def test_over_the_send_budget_batches_merge_and_losses_are_announced(
     server = server_factory(
         env={
             "INNKT_REALTIME_FANOUT_FRAMES_PER_SECOND": "1",
+            "INNKT_REALTIME_FANOUT_BURST_FRAMES": "1",
             "INNKT_REALTIME_BACKLOG": "3",
             "INNKT_RATE_LIMIT_PER_SECOND": "0",
         }

@@ -156,3 +156,9 @@ def test_send_budget_allows_a_burst_then_paces() -> None:
     assert budget.take_bytes(2.0, 1_100_000) == pytest.approx(0.5)
     assert budget.take_bytes(4.0, 1) == 0.0  # the debt was paid back by then
     assert budget.waited == pytest.approx(0.53)
+
+
+def test_send_budget_burst_can_exceed_a_second_of_rate() -> None:
+    budget = SendBudget(frames_per_second=10, bytes_per_second=1e9, now=0.0, burst_frames=30)
+    assert [budget.take_frame(0.0) for _ in range(30)] == [0.0] * 30
+    assert budget.take_frame(0.0) == pytest.approx(0.1)

@@ -213,6 +213,7 @@ class Hub:
             self.settings.realtime_fanout_frames_per_second,
             self.settings.realtime_fanout_bytes_per_second,
             time.monotonic(),
+            burst_frames=self.settings.realtime_fanout_burst_frames,
         )
         self.events_sent = 0
         self.frames_sent = 0

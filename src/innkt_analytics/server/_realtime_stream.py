@@ -177,9 +177,18 @@ class _Bucket:
 class SendBudget:
     """Frames and bytes per second the event stream may use on this instance."""
 
-    def __init__(self, frames_per_second: float, bytes_per_second: float, now: float) -> None:
-        # A second of burst: a lone event still reaches every subscriber at once.
-        self._frames = _Bucket(frames_per_second, frames_per_second, now)
+    def __init__(
+        self,
+        frames_per_second: float,
+        bytes_per_second: float,
+        now: float,
+        *,
+        burst_frames: float | None = None,
+    ) -> None:
+        # The burst lets a lone event reach that many subscribers at once; the rates
+        # bound what a busy stream costs. Bytes get one second of burst.
+        burst = frames_per_second if burst_frames is None else burst_frames
+        self._frames = _Bucket(frames_per_second, burst, now)
         self._bytes = _Bucket(bytes_per_second, bytes_per_second, now)
         self.waited = 0.0
 

@@ -64,8 +64,10 @@ class ServerSettings:
     #: real-time: open connections per instance; more are refused with 503
     realtime_max_connections: int = 10_000
     #: real-time: what the event stream may cost one instance, all subscribers together;
-    #: beyond it batches merge into fewer frames and lagging subscribers lose the oldest
-    realtime_fanout_frames_per_second: float = 2_000.0
+    #: beyond it batches merge into fewer frames and lagging subscribers lose the oldest.
+    #: The burst is how many subscribers one lone event reaches at once.
+    realtime_fanout_frames_per_second: float = 1_000.0
+    realtime_fanout_burst_frames: int = 2_000
     realtime_fanout_bytes_per_second: float = 4.0 * 1024 * 1024
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -99,6 +101,7 @@ class ServerSettings:
             "realtime_max_connections",
             "realtime_message_rate",
             "realtime_fanout_frames_per_second",
+            "realtime_fanout_burst_frames",
             "realtime_fanout_bytes_per_second",
         ):
             if getattr(self, name) <= 0:
