@@ -129,6 +129,7 @@ def test_messages_are_routed_by_type_and_broadcast_on_the_bus(server: ServerProc
         assert stats.messages_in >= 4
         assert stats.messages_out >= 3  # subscribe, sync_request, pings
         assert (stats.reconnect_count, stats.seq_gaps) == (0, 0)
+        assert stats.compressed  # enable_compression (the default) negotiated permessage-deflate
     finally:
         service.disconnect()
     assert service.get_connection_stats().state is ConnectionState.CLOSED
@@ -226,8 +227,11 @@ def test_a_bad_key_or_origin_fails_at_once_without_retrying(server_factory: Serv
         assert stats.last_error.startswith(f"refused {status}")
         service.disconnect()
         assert service.state is ConnectionState.CLOSED
-    ok = RealTimeSyncService(rt_config(server, origin="https://app.example"))
+    ok = RealTimeSyncService(
+        rt_config(server, origin="https://app.example", enable_compression=False)
+    )
     assert ok.connect()
+    assert ok.get_connection_stats().compressed is False
     ok.disconnect()
 
 

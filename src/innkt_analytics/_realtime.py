@@ -98,6 +98,10 @@ def _failure_of(exc: BaseException) -> Failure:
     return Failure("network", reason=f"{type(exc).__name__}: {exc}")
 
 
+def _deflate(ws: SyncConnection | AsyncConnection) -> bool:
+    return any(e.name == "permessage-deflate" for e in ws.protocol.extensions)
+
+
 class _ServiceBase:
     """What both front-ends share: configuration, handlers, bus, backends, session."""
 
@@ -399,7 +403,7 @@ class RealTimeSyncService(_ServiceBase):
                 with self._lock:
                     if self._stop.is_set():
                         return Failure("closed", code=1000, reason="disconnected")
-                    session.connection_opened(time.monotonic())
+                    session.connection_opened(time.monotonic(), compressed=_deflate(ws))
                     self._ws, self._out = ws, out
                     self._write(session.data_to_send())
                     self._changed.notify_all()
@@ -580,7 +584,7 @@ class AsyncRealTimeSyncService(_ServiceBase):
                 if self._stop is not None and self._stop.is_set():
                     return Failure("closed", code=1000, reason="disconnected")
                 out: asyncio.Queue[object] = asyncio.Queue()
-                session.connection_opened(time.monotonic())
+                session.connection_opened(time.monotonic(), compressed=_deflate(ws))
                 self._ws, self._out = ws, out
                 self._write(session.data_to_send())
                 self._notify()

@@ -452,6 +452,8 @@ class ConnectionStats:
     seq_gaps: int
     last_seq: int | None
     last_error: str | None
+    #: whether the last connection negotiated permessage-deflate (None: never connected)
+    compressed: bool | None = None
 
 
 class _Rate:
@@ -545,6 +547,7 @@ class RealTimeSession:
         self.last_seq: int | None = None
         self.last_error: str | None = None
         self.config_version: int | None = None
+        self.compressed: bool | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -561,13 +564,15 @@ class RealTimeSession:
             self._delays = None
             self.failed_attempts = 0
 
-    def connection_opened(self, now: float) -> None:
+    def connection_opened(self, now: float, *, compressed: bool = False) -> None:
         """The handshake succeeded: subscribe, ask for a sync, flush the queue.
 
-        Raises ``ConnectionStateError`` unless connecting.
+        ``compressed``: whether permessage-deflate was negotiated. Raises
+        ``ConnectionStateError`` unless connecting.
         """
         self._machine.to(ConnectionState.OPEN)
         self.opened += 1
+        self.compressed = compressed
         self.last_seq = None
         self._conn = _Connection(
             opened_at=now, last_rx=now, next_ping=now + self.config.heartbeat_interval
@@ -769,6 +774,7 @@ class RealTimeSession:
             seq_gaps=self.seq_gaps,
             last_seq=self.last_seq,
             last_error=self.last_error,
+            compressed=self.compressed,
         )
 
     def _emit(self, envelope: Envelope, now: float) -> None:
