@@ -129,6 +129,8 @@ def serve(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # uvicorn must not buffer a WebSocket message larger than the hub accepts.
+        ws_max_size=settings.realtime_max_message_bytes + 1,
     )
     uvicorn.Server(config).run(sockets=[sock])
 
