@@ -19,7 +19,6 @@ import binascii
 import dataclasses
 import datetime as dt
 import hashlib
-import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -41,7 +40,7 @@ from innkt_analytics.server._state import (
     JSON,
     ApiError,
     ServerState,
-    check_scope,
+    authorize,
     presented_key,
     state_of,
 )
@@ -382,23 +381,12 @@ async def _authenticate(
     """
     header = request.headers.get("authorization", "")
     presented = _basic_user(header) if header else None
-    presented = presented or presented_key(request) or body_key
-    if not presented:
-        raise ApiError(401, "unauthorized", "missing write key (HTTP Basic user name or writeKey)")
-    record = await state.keys.lookup(presented)
-    if record is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked write key")
-    check_scope(record, "write")
-    limiter = state.limiter
-    # A limiter shared between instances (Redis) is asked asynchronously.
-    acquire = getattr(limiter, "acquire", None)
-    if acquire is not None:
-        wait = float(await acquire(record.key_id, time.monotonic()))
-    else:
-        wait = limiter.check(record.key_id, time.monotonic())
-    if wait:
-        raise ApiError(429, "rate_limited", "too many requests", retry_after=wait)
-    return record
+    return await authorize(
+        state,
+        presented or presented_key(request) or body_key,
+        "write",
+        missing="missing write key (HTTP Basic user name or writeKey)",
+    )
 
 
 def _cors(request: Request[Any, Any, Any], state: ServerState) -> dict[str, str]:

@@ -30,6 +30,7 @@ __all__ = [
     "RateMeter",
     "ServerState",
     "authenticate",
+    "authorize",
     "error_response",
     "state_of",
 ]
@@ -149,10 +150,25 @@ async def authenticate(
 
     ``admin`` implies every scope. Raises ``ApiError`` 401, 403 or 429.
     """
-    state = state_of(request)
-    presented = presented_key(request)
+    return await authorize(
+        state_of(request), presented_key(request), scope, rate_limited=rate_limited
+    )
+
+
+async def authorize(
+    state: ServerState,
+    presented: str | None,
+    scope: str | None,
+    *,
+    rate_limited: bool = True,
+    missing: str = "missing API key (Authorization: Bearer <key>)",
+) -> KeyRecord:
+    """Check a key however it was presented (header, Basic auth, body) and take a
+    rate-limit token. Raises ``ApiError`` 401 (``missing`` when there is no key),
+    403 or 429.
+    """
     if not presented:
-        raise ApiError(401, "unauthorized", "missing API key (Authorization: Bearer <key>)")
+        raise ApiError(401, "unauthorized", missing)
     record = await state.keys.lookup(presented)
     if record is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key")
