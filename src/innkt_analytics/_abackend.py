@@ -234,7 +234,7 @@ class AsyncAnalyticsBackendService(ServiceBase):
 
     # -- the caller's side ------------------------------------------------------------------
 
-    async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - the seed API
         """Commit everything tracked before this call, then wait up to ``timeout``
         seconds for the server to acknowledge it. Same contract as the sync ``flush``.
         """
@@ -275,7 +275,7 @@ class AsyncAnalyticsBackendService(ServiceBase):
             raise ConnectionStateError("the service is not initialized")
         return await transport.check_health()
 
-    async def shutdown(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def shutdown(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - seed API
         """Flush with a deadline, stop the sender task and the committer, close the
         queue. Returns what ``flush`` returned. Idempotent.
         """

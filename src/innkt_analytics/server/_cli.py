@@ -337,7 +337,7 @@ def export(
     sink: BinaryIO | None = None
     try:
         if fmt != "parquet":
-            sink = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
+            sink = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115 - closed in the finally below
         total = asyncio.run(_with_storage(settings.db, run))
     except (InnktError, ImportError, OSError) as exc:
         _fail(exc)
