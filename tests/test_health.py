@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+import innkt_analytics
 import pytest
 
 from innkt_analytics import __version__
@@ -44,9 +46,10 @@ def test_health_with_a_bad_key_is_still_only_ok(
     assert r.json() == {"status": "ok"}
 
 
-def test_health_with_a_write_key_shows_no_details(shared_server: ServerProcess) -> None:
+def test_health_with_a_write_key_shows_only_the_version(shared_server: ServerProcess) -> None:
+    # The SDK checks health with its write key and reports the server version.
     r = httpx.get(shared_server.url + "/v1/health", headers=shared_server.headers("write"))
-    assert r.json() == {"status": "ok"}
+    assert r.json() == {"status": "ok", "version": innkt_analytics.__version__}
 
 
 def test_health_details_for_read_and_admin_keys(server: ServerProcess) -> None:

@@ -92,7 +92,7 @@ class BackendConfig:
     #: the server, e.g. ``https://analytics.example.com`` (no trailing path needed)
     base_url: str
     #: a write key of the project
-    api_key: str
+    api_key: str = dataclasses.field(repr=False)
     #: per-request timeout (connect, read, write and pool)
     timeout: float = 10.0
     #: retries of one batch after its first attempt, before the service goes offline

@@ -110,7 +110,7 @@ class ClientConfig(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=F
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=2500)] = 50
     sync_interval: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 30.0
     sampling_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
-    disabled_event_types: list[Id] = []
+    disabled_event_types: Annotated[list[Id], msgspec.Meta(max_length=1000)] = []
     realtime_interval: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 1.0
     #: server-side retention of the project's events in days; 0 = the server default
     retention_days: Annotated[int, msgspec.Meta(ge=0, le=36500)] = 0

@@ -54,9 +54,10 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
         body["storage"] = {"status": storage.status.value, "reason": storage.reason}
     presented = presented_key(request)
     record = await state.keys.lookup(presented) if presented else None
+    if record is not None:  # any valid key may know the version (SDK health checks)
+        body["version"] = state.version
     if record is not None and record.scopes & {"read", "admin"}:
         body.update(
-            version=state.version,
             uptimeSeconds=round(time.monotonic() - state.started, 3),
             storage={
                 "backend": storage.backend,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,23 @@ def _settings(
         raise typer.Exit(2) from None
 
 
+def _run(db: str, fn: Callable[[Storage], Awaitable[T]], *, must_exist: bool = True) -> T:
+    """Run ``fn`` on the database; any storage problem is a one-line error.
+
+    With ``must_exist`` a SQLite path that does not exist is refused rather than
+    created: a mistyped ``--db`` must not look like an empty database.
+    """
+    path = db[len("sqlite:///") :] if db.startswith("sqlite:///") else db
+    if must_exist and "://" not in path and not os.path.exists(path):
+        typer.echo(f"error: no database at {path}", err=True)
+        raise typer.Exit(1)
+    try:
+        return asyncio.run(_with_storage(db, fn))
+    except (InnktError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 async def _with_storage(db: str, fn: Callable[[Storage], Awaitable[T]]) -> T:
     storage = make_storage(db)
     await storage.open()
@@ -97,11 +115,7 @@ def serve(
     from innkt_analytics.server import build_app
 
     settings = _settings(host=host, port=port, db=db)
-    try:
-        created = asyncio.run(_with_storage(settings.db, _bootstrap_keys))
-    except InnktError as exc:
-        typer.echo(f"error: cannot open storage {settings.db!r}: {exc}", err=True)
-        raise typer.Exit(1) from None
+    # Bind first: keys created by a start that then fails would never be shown.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -112,6 +126,12 @@ def serve(
         sock.listen(2048)
     except OSError as exc:
         typer.echo(f"error: cannot bind {settings.host}:{settings.port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        created = asyncio.run(_with_storage(settings.db, _bootstrap_keys))
+    except InnktError as exc:
+        sock.close()
+        typer.echo(f"error: cannot open storage {settings.db!r}: {exc}", err=True)
         raise typer.Exit(1) from None
     bound_port = sock.getsockname()[1]
     shown_host = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
@@ -157,7 +177,7 @@ def keys_create(
     async def run(storage: Storage) -> None:
         await storage.create_key(key.record)
 
-    asyncio.run(_with_storage(settings.db, run))
+    _run(settings.db, run, must_exist=False)
     typer.echo(f"created {key.record.key_id} scopes={','.join(sorted(key.record.scopes))}")
     typer.echo(key.secret)
 
@@ -173,7 +193,7 @@ def keys_list(
     async def run(storage: Storage) -> list[KeyRecord]:
         return await storage.list_keys(project)
 
-    records = asyncio.run(_with_storage(settings.db, run))
+    records = _run(settings.db, run)
     for r in records:
         created = dt.datetime.fromtimestamp(r.created_at / 1000, dt.UTC).isoformat()
         state = "revoked" if r.revoked_at else "active"
@@ -192,7 +212,7 @@ def keys_revoke(key_id: str, db: DbOption = None) -> None:
     async def run(storage: Storage) -> bool:
         return await storage.revoke_key(key_id, now)
 
-    if not asyncio.run(_with_storage(settings.db, run)):
+    if not _run(settings.db, run):
         typer.echo(f"error: no active key {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
@@ -237,7 +257,7 @@ def backup_list(db: DbOption = None) -> None:
 
     try:
         manifests = _backup.list_backups(backup_dir(settings))
-        deleted_at = asyncio.run(_with_storage(settings.db, deletions)) if manifests else []
+        deleted_at = _run(settings.db, deletions) if manifests else []
     except InnktError as exc:
         _fail(exc)
     for m in manifests:
@@ -338,7 +358,7 @@ def export(
     try:
         if fmt != "parquet":
             sink = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115 - closed in the finally below
-        total = asyncio.run(_with_storage(settings.db, run))
+        total = _run(settings.db, run)
     except (InnktError, ImportError, OSError) as exc:
         _fail(exc)
     finally:

@@ -19,7 +19,16 @@ __all__ = ["get_config", "list_events", "put_config", "row_to_json", "stats"]
 BUCKETS: Final = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
 MAX_PAGE: Final = 1000
 _encoder = msgspec.json.Encoder()
-_config_decoder = msgspec.json.Decoder(ClientConfig)
+
+
+class _StrictClientConfig(ClientConfig, forbid_unknown_fields=True):
+    """A PUT body: a misspelt option must be an error, not a silent reset to defaults.
+
+    (Clients reading ``GET /v1/config`` stay lenient, so servers can add options.)
+    """
+
+
+_config_decoder = msgspec.json.Decoder(_StrictClientConfig)
 
 
 def _iso(ms: int | None) -> str | None:
@@ -136,7 +145,7 @@ async def put_config(request: Request[Any, Any, Any]) -> Response[bytes]:
     key = await authenticate(request, "admin")
     body = await read_json_body(request, state)
     try:
-        config = _config_decoder.decode(body)
+        config = ClientConfig(**msgspec.structs.asdict(_config_decoder.decode(body)))
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_config", str(exc)) from None
     stored = await state.storage.put_config(key.project, config)
