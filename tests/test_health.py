@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-import innkt_analytics
 import pytest
 
 from innkt_analytics import __version__
@@ -49,7 +47,7 @@ def test_health_with_a_bad_key_is_still_only_ok(
 def test_health_with_a_write_key_shows_only_the_version(shared_server: ServerProcess) -> None:
     # The SDK checks health with its write key and reports the server version.
     r = httpx.get(shared_server.url + "/v1/health", headers=shared_server.headers("write"))
-    assert r.json() == {"status": "ok", "version": innkt_analytics.__version__}
+    assert r.json() == {"status": "ok", "version": __version__}
 
 
 def test_health_details_for_read_and_admin_keys(server: ServerProcess) -> None:
@@ -179,3 +177,9 @@ def test_health_recovers_after_a_full_disk_even_without_new_writes(
     filler.unlink()
     health = httpx.get(server.url + "/v1/health")
     assert health.status_code == 200, health.text
+
+
+def test_head_health_for_load_balancers(shared_server: ServerProcess) -> None:
+    r = httpx.head(shared_server.url + "/v1/health")
+    assert r.status_code == 200
+    assert r.content == b""

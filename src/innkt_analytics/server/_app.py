@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, get, head
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
@@ -78,6 +78,14 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
         media_type=JSON,
         headers=headers,
     )
+
+
+@head("/v1/health", include_in_schema=False)
+async def health_head(request: Request[Any, Any, Any]) -> Response[None]:
+    """For load balancers that probe with HEAD: 200, or 503 when storage is unusable."""
+    state = state_of(request)
+    ok = (await state.storage.health()).status is StorageStatus.OK
+    return Response(None, status_code=200 if ok else 503)
 
 
 _BODIES = {
@@ -229,6 +237,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             health,
+            health_head,
             ingest_batch,
             ingest_event,
             list_events,
