@@ -61,3 +61,14 @@ def test_schemathesis_finds_no_server_errors(server_factory: ServerFactory, tmp_
     assert counts is not None, output[-3000:]
     assert counts.group(1) == counts.group(2)  # every operation was exercised
     assert int(counts.group(1)) >= 7
+
+
+def test_no_page_that_loads_assets_from_elsewhere(shared_server: ServerProcess) -> None:
+    # Litestar's HTML schema viewers fetch scripts from a CDN; only JSON is served.
+    r = httpx.get(shared_server.url + "/schema")
+    assert r.status_code == 200
+    assert r.json()["openapi"].startswith("3.")
+    for path in ("/schema/swagger", "/schema/redoc", "/schema/elements", "/schema/rapidoc"):
+        r = httpx.get(shared_server.url + path)
+        assert r.status_code != 200, path
+        assert "<script" not in r.text, path

@@ -13,6 +13,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, head
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import ControllerRouterHandler
 
 from innkt_analytics._exceptions import StorageError
@@ -261,7 +262,13 @@ def create_app(
             StorageError: _storage_error,
             Exception: _internal_error,
         },
-        openapi_config=OpenAPIConfig(title="innkt-analytics", version=__version__, path="/schema"),
+        # Only the JSON document: Litestar's HTML viewers load their assets from a CDN.
+        openapi_config=OpenAPIConfig(
+            title="innkt-analytics",
+            version=__version__,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+        ),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
