@@ -42,6 +42,8 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _load
+from _load import http_request
 from tests._server import ServerProcess
 
 from innkt_analytics._ids import uuid7
@@ -53,23 +55,10 @@ BATCH = 100
 
 
 def make_events(n: int, random_ids: bool = False) -> list[dict[str, Any]]:
-    """SDK-shaped events: a UUIDv7 id as the SDK makes them (time-ordered), a
-    session and user, a few properties and context. ``random_ids``: UUIDv4 ids,
-    which scatter the dedup index inserts (a client that is not our SDK)."""
-    now = dt.datetime.now(dt.UTC)
-    types = ["page_view", "click", "purchase", "signup", "search"]
-    return [
-        {
-            "eventId": str(uuid.uuid4()) if random_ids else uuid7(),
-            "eventType": types[i % len(types)],
-            "sessionId": f"s{i // 50}",
-            "userId": f"u{i % 997}",
-            "timestamp": (now - dt.timedelta(milliseconds=i)).isoformat(),
-            "properties": {"path": f"/products/{i % 321}", "referrer": "search", "n": i},
-            "context": {"app": {"version": "1.4.2"}, "locale": "en-GB"},
-        }
-        for i in range(n)
-    ]
+    """SDK-shaped events with UUIDv7 ids as the SDK makes them (time-ordered);
+    ``random_ids``: UUIDv4 ids, which scatter the dedup index inserts (a client
+    that is not our SDK)."""
+    return _load.make_events(n, (lambda: str(uuid.uuid4())) if random_ids else uuid7)
 
 
 def batch_bodies(events: list[dict[str, Any]]) -> list[bytes]:
@@ -78,15 +67,6 @@ def batch_bodies(events: list[dict[str, Any]]) -> list[bytes]:
         msgspec.json.encode({"events": events[i : i + BATCH], "sentAt": sent})
         for i in range(0, len(events), BATCH)
     ]
-
-
-def http_request(body: bytes, port: int, key: str) -> bytes:
-    head = (
-        f"POST /v1/events/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
 
 
 def cpu_seconds(pid: int) -> float:

@@ -34,42 +34,19 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _load
+from _load import http_request
 from tests._server import ServerProcess
 
+from innkt_analytics.server.storage._pg_ingest import EVENT_COLUMNS
 from innkt_analytics.server.storage._postgres import PostgresStorage
 
 BATCH = 100
-COLUMNS = [
-    "project",
-    "event_id",
-    "event_type",
-    "session_id",
-    "user_id",
-    "anonymous_id",
-    "ts",
-    "sent_at",
-    "received_at",
-    "corrected",
-    "future",
-    "payload",
-]
+COLUMNS = list(EVENT_COLUMNS)
 
 
 def make_events(n: int, tag: str) -> list[dict[str, object]]:
-    now = dt.datetime.now(dt.UTC)
-    types = ["page_view", "click", "purchase", "signup", "search"]
-    return [
-        {
-            "eventId": f"{tag}-{uuid.uuid4().hex}",
-            "eventType": types[i % len(types)],
-            "sessionId": f"s{i // 50}",
-            "userId": f"u{i % 997}",
-            "timestamp": (now - dt.timedelta(milliseconds=i)).isoformat(),
-            "properties": {"path": f"/products/{i % 321}", "referrer": "search", "n": i},
-            "context": {"app": {"version": "1.4.2"}, "locale": "en-GB"},
-        }
-        for i in range(n)
-    ]
+    return _load.make_events(n, lambda: f"{tag}-{uuid.uuid4().hex}")
 
 
 def bodies(events: list[dict[str, object]]) -> list[bytes]:
@@ -78,16 +55,6 @@ def bodies(events: list[dict[str, object]]) -> list[bytes]:
         msgspec.json.encode({"events": events[start : start + BATCH]})
         for start in range(0, len(events), BATCH)
     ]
-
-
-def request(body: bytes, port: int, key: str) -> bytes:
-    """A complete HTTP request, ready to write to a socket."""
-    head = (
-        f"POST /v1/events/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
 
 
 async def sender(port: int, queue: asyncio.Queue[bytes], done: list[int]) -> None:
@@ -251,8 +218,8 @@ def serve_and_send(
         warm, timed = batches[:warmup_count], batches[warmup_count:]
         targets = []
         for i, server in enumerate(servers):
-            mine = [request(b, server.port, key) for b in timed[i :: len(servers)]]
-            warmup = [request(b, server.port, key) for b in warm[i :: len(servers)]]
+            mine = [http_request(b, server.port, key) for b in timed[i :: len(servers)]]
+            warmup = [http_request(b, server.port, key) for b in warm[i :: len(servers)]]
             targets.append((server.port, mine, warmup))
         asyncio.run(blast([(p, w) for p, _, w in targets], senders))  # pools grow here
         with psycopg.connect(url, autocommit=True) as conn:
