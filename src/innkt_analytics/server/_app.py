@@ -17,7 +17,14 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import ControllerRouterHandler
 
 from innkt_analytics._exceptions import StorageError
-from innkt_analytics._protocol import Batch, ClientConfig, ErrorBody, Event, IngestResponse
+from innkt_analytics._protocol import (
+    Batch,
+    ClientConfig,
+    ErrorBody,
+    Event,
+    IngestResponse,
+    ProtocolError,
+)
 from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import KeyCache
 from innkt_analytics.server._backups import BackupScheduler, sqlite_path
@@ -129,6 +136,11 @@ async def openapi_json(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[bytes]:
     return error_response(exc.status, exc.code, exc.message, exc.retry_after, exc.rejected)
+
+
+def _protocol_error(_: Request[Any, Any, Any], exc: ProtocolError) -> Response[bytes]:
+    # The sans-I/O core says which 4xx a body deserves; handlers let it through.
+    return error_response(exc.status, exc.code, exc.message)
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -258,6 +270,7 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,
+            ProtocolError: _protocol_error,
             HTTPException: _http_error,
             StorageError: _storage_error,
             Exception: _internal_error,

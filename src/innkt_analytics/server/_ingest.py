@@ -118,10 +118,7 @@ async def ingest_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
     key = await authenticate(request, "write")
     body = await read_json_body(request, state)
     received = dt.datetime.now(dt.UTC)
-    try:
-        parsed = parse_batch(body, state.settings.limits, received)
-    except ProtocolError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    parsed = parse_batch(body, state.settings.limits, received)  # ProtocolError: 4xx
     if parsed.rejected and not parsed.valid:
         raise ApiError(
             400, "invalid_batch", "no event in the batch is valid", rejected=parsed.rejected
@@ -136,9 +133,6 @@ async def ingest_event(request: Request[Any, Any, Any]) -> Response[bytes]:
     key = await authenticate(request, "write")
     body = await read_json_body(request, state)
     received = dt.datetime.now(dt.UTC)
-    try:
-        valid = parse_event(body, state.settings.limits, received)
-    except ProtocolError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    valid = parse_event(body, state.settings.limits, received)  # ProtocolError: 4xx
     parsed = ParsedBatch(valid=[valid])
     return _answer(await store_parsed(state, key.project, parsed, received))
