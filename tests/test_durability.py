@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -123,42 +125,73 @@ def test_acknowledged_batches_survive_sigkill(server_factory: ServerFactory) -> 
 def test_a_failing_write_never_undoes_its_neighbours_in_a_group(tmp_path: Path) -> None:
     """Group commit puts concurrent writes in one transaction; one failing job must
     fail alone, and what it wrote before failing must not stay."""
-    storage = SQLiteStorage(str(tmp_path / "group.db"))
+    path = tmp_path / "group.db"
+    storage = SQLiteStorage(str(path))
     storage.open_sync()
-    gate = threading.Event()
+    # Another connection holds the write lock: the writer process waits for it with
+    # its first job, and everything sent meanwhile queues into the next group.
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
     try:
         with ThreadPoolExecutor(8) as pool:
-            # Hold the writer in a first group, so everything below queues into the next.
-            blocker = pool.submit(storage.write_sync, lambda conn: gate.wait(10))
-            time.sleep(0.05)
 
             def insert(name: str) -> set[str]:
                 rows = [row(f"{name}-{i}") for i in range(3)]
                 return asyncio.run(storage.insert_events("p", rows))
 
-            def half_done_then_fails(conn: sqlite3.Connection) -> None:
-                conn.execute("INSERT INTO project_config (project, config) VALUES ('x', x'')")
-                raise ValueError("a bug in a job")
-
-            def bad_sql(conn: sqlite3.Connection) -> None:
-                conn.execute("INSERT INTO no_such_table VALUES (1)")
-
+            first = pool.submit(insert, "first")
+            time.sleep(0.2)
             before = [pool.submit(insert, f"a{i}") for i in range(3)]
-            failing = pool.submit(storage.write_sync, half_done_then_fails)
-            broken = pool.submit(storage.write_sync, bad_sql)
+            half_done_then_fails = pool.submit(
+                storage.write_sync,
+                "sql",
+                [
+                    ("INSERT INTO project_config (project, config) VALUES ('x', x'')", ()),
+                    ("INSERT INTO no_such_table VALUES (1)", ()),
+                ],
+            )
+            unknown_op = pool.submit(storage.write_sync, "no_such_op")
             after = [pool.submit(insert, f"b{i}") for i in range(3)]
-            time.sleep(0.05)
-            gate.set()
-            blocker.result()
-            for f in before + after:
+            time.sleep(0.2)
+            holder.execute("COMMIT")
+            for f in [first, *before, *after]:
                 assert len(f.result()) == 3
-            with pytest.raises(ValueError, match="a bug in a job"):
-                failing.result()
-            with pytest.raises(StorageError):
-                broken.result()
+            with pytest.raises(StorageError, match="no such table"):
+                half_done_then_fails.result()
+            with pytest.raises(StorageError, match="no_such_op"):
+                unknown_op.result()
         page = asyncio.run(storage.query_events("p", EventFilter(), None, 100))
-        assert len(page.rows) == 18
+        assert len(page.rows) == 21
         assert asyncio.run(storage.get_config("x")) is None  # the failed job left nothing
+    finally:
+        holder.close()
+        storage.close_sync()
+
+
+def test_a_killed_writer_process_fails_its_jobs_and_a_new_one_takes_over(
+    tmp_path: Path,
+) -> None:
+    storage = SQLiteStorage(str(tmp_path / "killed.db"))
+    storage.open_sync()
+    try:
+        assert asyncio.run(storage.insert_events("p", [row("a")])) == {"a"}
+        pid = storage.writer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:
+            # A write sent before the death was noticed fails (its client retries);
+            # the next one starts a new writer process.
+            try:
+                assert asyncio.run(storage.insert_events("p", [row("b")])) == {"b"}
+                break
+            except StorageError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert storage.writer_pid not in (None, pid)
+        assert asyncio.run(storage.insert_events("p", [row("b"), row("c")])) == {"c"}
+        page = asyncio.run(storage.query_events("p", EventFilter(), None, 100))
+        assert sorted(r.event_id for r in page.rows) == ["a", "b", "c"]
     finally:
         storage.close_sync()
 

@@ -1,10 +1,13 @@
 """SQLite storage: the zero-setup default.
 
-One writer thread owns the only write connection and commits in groups: every
-job submitted while the previous transaction was being committed is run in the
-next one, so N concurrent requests cost one fsync, not N. ``synchronous=FULL``
-in WAL mode makes each commit durable before any caller is answered. Reads go
-through per-thread connections in a small thread pool, never blocking the writer.
+One writer *process* (``_sqlite_writer.py``) owns the only write connection and
+commits in groups: every job sent while the previous transaction was being
+committed runs in the next one, so N concurrent requests cost one fsync, not N.
+``synchronous=FULL`` in WAL mode makes each commit durable before any caller is
+answered. A process, not a thread: the event loop parses on one core while the
+writer binds, steps and fsyncs on the other, instead of both taking turns on one
+GIL. Reads go through per-thread connections in a small thread pool, never
+blocking the writer.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import itertools
 import os
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +31,7 @@ import msgspec
 
 from innkt_analytics._exceptions import StorageError, StorageFullError
 from innkt_analytics._protocol import ClientConfig
+from innkt_analytics.server.storage import _sqlite_writer as _w
 from innkt_analytics.server.storage._base import (
     AuditEntry,
     EventFilter,
@@ -39,68 +47,11 @@ from innkt_analytics.server.storage._base import (
     event_row,
     key_record,
 )
+from innkt_analytics.server.storage._sqlite_schema import migrate
 
 __all__ = ["SQLiteStorage"]
 
 T = TypeVar("T")
-
-SCHEMA_VERSION: Final = 2
-
-_MIGRATIONS: Final[dict[int, str]] = {
-    1: """
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY,
-        project TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        event_type TEXT NOT NULL,
-        session_id TEXT,
-        user_id TEXT,
-        anonymous_id TEXT,
-        ts INTEGER NOT NULL,
-        sent_at INTEGER,
-        received_at INTEGER NOT NULL,
-        corrected INTEGER NOT NULL,
-        future INTEGER NOT NULL DEFAULT 0,
-        payload BLOB NOT NULL
-    );
-    CREATE UNIQUE INDEX events_dedup ON events (project, event_id);
-    CREATE INDEX events_time ON events (project, corrected);
-    CREATE INDEX events_type ON events (project, event_type, corrected);
-    CREATE INDEX events_session ON events (project, session_id) WHERE session_id IS NOT NULL;
-    CREATE INDEX events_user ON events (project, user_id) WHERE user_id IS NOT NULL;
-    CREATE TABLE api_keys (
-        key_id TEXT PRIMARY KEY,
-        project TEXT NOT NULL,
-        name TEXT NOT NULL,
-        scopes TEXT NOT NULL,
-        key_hash TEXT NOT NULL UNIQUE,
-        created_at INTEGER NOT NULL,
-        revoked_at INTEGER
-    );
-    CREATE TABLE project_config (
-        project TEXT PRIMARY KEY,
-        config BLOB NOT NULL
-    );
-    """,
-    2: """
-    CREATE TABLE suppressed_users (
-        project TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        deleted_at INTEGER NOT NULL,
-        PRIMARY KEY (project, user_id)
-    );
-    CREATE TABLE audit_log (
-        seq INTEGER PRIMARY KEY,
-        project TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        detail BLOB NOT NULL
-    );
-    CREATE INDEX audit_project ON audit_log (project, seq);
-""",
-}
 
 _COLUMNS: Final = (
     "project, event_id, event_type, session_id, user_id, anonymous_id,"
@@ -112,34 +63,120 @@ _SELECT: Final = (
     "SELECT seq, event_id, event_type, session_id, user_id, anonymous_id,"
     " ts, sent_at, received_at, corrected, future, payload FROM events"
 )
+Statement = tuple[str, tuple[Any, ...]]
 
 
 def _convert_error(exc: sqlite3.Error) -> StorageError:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or "full" in str(exc):
-        return StorageFullError(f"storage full: {exc}")
-    return StorageError(f"storage error: {exc}")
+    kind, message = _w.error_of(exc)
+    return StorageFullError(message) if kind == "full" else StorageError(message)
 
 
-class _Job:
-    __slots__ = ("fn", "future")
+def _error(value: tuple[str, str]) -> StorageError:
+    kind, message = value
+    return StorageFullError(message) if kind == "full" else StorageError(message)
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
-        self.fn = fn
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+class _WriterProcess:
+    """The writer process and the socket to it; answers arrive on a thread of ours."""
+
+    def __init__(self, path: str, on_group: Callable[[StorageError | None], None]) -> None:
+        parent, child = socket.socketpair()
+        # Big buffers: a burst of requests never blocks the event loop on a send.
+        for sock in (parent, child):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        with child:
+            self.proc = subprocess.Popen(  # noqa: S603 (our interpreter, our file)
+                [sys.executable, "-I", "-S", _w.__file__, str(child.fileno()), path],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        self._sock = parent
+        self._on_group = on_group
+        self._futures: dict[int, concurrent.futures.Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._alive = True
+        self._receiver = threading.Thread(
+            target=self._receive, name="innkt-sqlite-answers", daemon=True
+        )
+        self._receiver.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    def submit(self, op: str, args: tuple[Any, ...]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if not self._alive:
+                future.set_exception(StorageError("the storage writer process has exited"))
+                return future
+            job_id = next(self._ids)
+            self._futures[job_id] = future
+            try:
+                _w.send_frame(self._sock, (job_id, op, args))
+            except OSError as exc:
+                del self._futures[job_id]
+                future.set_exception(StorageError(f"storage writer unreachable: {exc}"))
+        return future
+
+    def _receive(self) -> None:
+        reader = _w.FrameReader(self._sock)
+        try:
+            while (frames := reader.read()) is not None:
+                for results in frames:
+                    self._resolve(results)
+        except OSError:
+            pass
+        code = self.proc.wait()
+        error = StorageError(f"the storage writer process has exited (status {code})")
+        with self._lock:
+            self._alive = False
+            pending, self._futures = self._futures, {}
+            self._sock.close()
+        for future in pending.values():
+            future.set_exception(error)
+        if pending:
+            self._on_group(error)
+
+    def _resolve(self, results: list[_w.Result]) -> None:
+        group_error: StorageError | None = None
+        with self._lock:
+            futures = [self._futures.pop(job_id) for job_id, _, _ in results]
+        for future, (_, status, value) in zip(futures, results, strict=True):
+            if status == _w.OK:
+                future.set_result(value)
+            else:
+                error = _error(value)
+                if status == _w.GROUP_FAILED:
+                    group_error = error
+                future.set_exception(error)
+        self._on_group(group_error)
+
+    def close(self) -> None:
+        """Let the process commit what it was sent, then wait for it to exit."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        self._receiver.join()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._sock.close()
 
 
 class SQLiteStorage(Storage):
-    """Embedded storage in one SQLite file (WAL, group commit)."""
+    """Embedded storage in one SQLite file (WAL, group commit in a writer process)."""
 
     backend = "sqlite"
 
     def __init__(self, path: str, *, readers: int = 2) -> None:
         self.path = os.path.abspath(path)
-        self._pending: list[_Job] = []
-        self._cond = threading.Condition()
         self._closed = False
-        self._writer: threading.Thread | None = None
+        self._writer: _WriterProcess | None = None
+        self._writer_lock = threading.Lock()
         self._local = threading.local()
         self._readers = concurrent.futures.ThreadPoolExecutor(
             max_workers=readers, thread_name_prefix="innkt-sqlite-read"
@@ -149,53 +186,31 @@ class SQLiteStorage(Storage):
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
-
     def open_sync(self) -> None:
-        """Create or migrate the database and start the writer thread."""
+        """Create or migrate the database and start the writer process."""
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
         try:
-            conn = self._connect()
-            self._migrate(conn)
-            self._event_count = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            conn = _w.connect_writer(self.path)
+            try:
+                migrate(conn)
+                self._event_count = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            finally:
+                conn.close()
         except sqlite3.Error as exc:
             raise _convert_error(exc) from exc
-        self._writer = threading.Thread(
-            target=self._run_writer, args=(conn,), name="innkt-sqlite-writer", daemon=True
-        )
-        self._writer.start()
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        for target in sorted(v for v in _MIGRATIONS if v > version):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={target}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        self._writer = _WriterProcess(self.path, self._group_done)
 
     async def open(self) -> None:
         await asyncio.to_thread(self.open_sync)
 
     def close_sync(self) -> None:
-        with self._cond:
+        with self._writer_lock:
             self._closed = True
-            self._cond.notify_all()
-        if self._writer is not None:
-            self._writer.join()
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         self._readers.shutdown(wait=True)
 
     async def close(self) -> None:
@@ -203,101 +218,44 @@ class SQLiteStorage(Storage):
 
     # -- the writer ----------------------------------------------------------------
 
-    def _run_writer(self, conn: sqlite3.Connection) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._pending and not self._closed:
-                        self._cond.wait()
-                    jobs, self._pending = self._pending, []
-                    if not jobs and self._closed:
-                        return
-                self._commit_group(conn, jobs)
-        finally:
-            conn.close()
+    def _group_done(self, error: StorageError | None) -> None:
+        self._last_error = error
 
-    def _commit_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        # Optimistic first: every job in one transaction without savepoints. Each
-        # statement costs this thread, the one serial stage of ingest, a GIL round
-        # trip with the event loop, and a savepoint and release per job tripled the
-        # statements. Should a job fail, all is rolled back and the group runs again with
-        # a savepoint per job, so one failing job never undoes another.
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            values = [job.fn(conn) for job in jobs]
-            conn.execute("COMMIT")
-        except Exception:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            self._commit_isolated(conn, jobs)
-            return
-        self._last_error = None
-        for job, value in zip(jobs, values, strict=True):
-            job.future.set_result(value)
-
-    def _commit_isolated(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in jobs:
-                # A savepoint per job: one failing job must not undo its neighbours.
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = job.fn(conn)
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    if isinstance(_convert_error(exc), StorageFullError):
-                        raise
-                    results.append((job, None, _convert_error(exc)))
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    results.append((job, value, None))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            error = _convert_error(exc)
-            self._last_error = error
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            for job in jobs:
-                job.future.set_exception(error)
-            return
-        self._last_error = None
-        for job, value, err in results:
-            if err is not None:
-                job.future.set_exception(err)
-            else:
-                job.future.set_result(value)
-
-    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
-        job = _Job(fn)
-        with self._cond:
+    def _submit(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
+        with self._writer_lock:
             if self._closed:
                 raise StorageError("storage is closed")
-            self._pending.append(job)
-            self._cond.notify()
-        return job.future
+            if self._writer is None or not self._writer.alive:
+                # Killed (out of memory, say): a new one takes over; the old one's
+                # jobs were answered with errors, so their clients retry.
+                self._writer = _WriterProcess(self.path, self._group_done)
+            writer = self._writer
+        return writer.submit(op, args)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.wrap_future(self._submit(fn))
+    async def _write(self, op: str, *args: Any) -> Any:
+        return await asyncio.wrap_future(self._submit(op, *args))
 
-    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in the next group transaction and wait for its commit."""
-        return self._submit(fn).result()
+    async def _sql(self, *statements: Statement) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        """Run statements in one job of the next group: ``(rowcount, rows)`` each."""
+        result: list[tuple[int, list[tuple[Any, ...]]]] = await self._write("sql", list(statements))
+        return result
+
+    def write_sync(self, op: str, *args: Any) -> Any:
+        """Run ``op`` (see ``_sqlite_writer.OPS``) in the next group and wait for its commit."""
+        return self._submit(op, *args).result()
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process, for operators and tests."""
+        writer = self._writer
+        return None if writer is None else writer.proc.pid
 
     # -- reads ---------------------------------------------------------------------
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = _w.connect(self.path)
             self._local.conn = conn
         return conn
 
@@ -316,10 +274,10 @@ class SQLiteStorage(Storage):
     async def insert_events(self, project: str, rows: Sequence[EventRow]) -> set[str]:
         if not rows:
             return set()
-        # The parameters are built here, on the caller's thread: the writer thread is
-        # the one serial stage of ingest, so it only binds and steps.
-        chunks = _insert_chunks(project, rows)
-        stored = await self._write(lambda conn: _insert(conn, chunks))
+        # The parameters are built here: the writer process is the one serial stage
+        # of ingest, so it only binds and steps.
+        answer: list[str] | None = await self._write("insert", _insert_chunks(project, rows))
+        stored = {r.event_id for r in rows} if answer is None else set(answer)
         self._event_count += len(stored)
         return stored
 
@@ -373,16 +331,14 @@ class SQLiteStorage(Storage):
         return await self._read(run)
 
     async def delete_events_before(self, project: str | None, before: int) -> int:
-        def run(conn: sqlite3.Connection) -> int:
-            if project is None:
-                cur = conn.execute("DELETE FROM events WHERE corrected < ?", (before,))
-            else:
-                cur = conn.execute(
-                    "DELETE FROM events WHERE project = ? AND corrected < ?", (project, before)
-                )
-            return cur.rowcount
-
-        deleted = await self._write(run)
+        if project is None:
+            statement: Statement = ("DELETE FROM events WHERE corrected < ?", (before,))
+        else:
+            statement = (
+                "DELETE FROM events WHERE project = ? AND corrected < ?",
+                (project, before),
+            )
+        [(deleted, _)] = await self._sql(statement)
         self._event_count -= deleted
         return deleted
 
@@ -398,26 +354,25 @@ class SQLiteStorage(Storage):
         return await self._read(run)
 
     async def put_config(self, project: str, config: ClientConfig) -> ClientConfig:
-        def run(conn: sqlite3.Connection) -> ClientConfig:
-            row = conn.execute(
-                "SELECT config FROM project_config WHERE project = ?", (project,)
-            ).fetchone()
-            old = 0 if row is None else msgspec.json.decode(row[0], type=ClientConfig).version
-            stored = msgspec.structs.replace(config, version=old + 1)
-            conn.execute(
-                "INSERT INTO project_config (project, config) VALUES (?, ?)"
-                " ON CONFLICT (project) DO UPDATE SET config = excluded.config",
-                (project, msgspec.json.encode(stored)),
+        # The version is counted up inside the writer's transaction, so two
+        # concurrent updates never hand out the same version.
+        [(_, [(stored,)])] = await self._sql(
+            (
+                "INSERT INTO project_config (project, config) VALUES (?1, json_set(?2,"
+                " '$.version', coalesce((SELECT json_extract(config, '$.version')"
+                " FROM project_config WHERE project = ?1), 0) + 1))"
+                " ON CONFLICT (project) DO UPDATE SET config = excluded.config"
+                " RETURNING config",
+                (project, msgspec.json.encode(config)),
             )
-            return stored
-
-        return await self._write(run)
+        )
+        return msgspec.json.decode(stored, type=ClientConfig)
 
     # -- keys ----------------------------------------------------------------------
 
     async def create_key(self, record: KeyRecord) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        await self._sql(
+            (
                 "INSERT INTO api_keys (key_id, project, name, scopes, key_hash, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -429,8 +384,7 @@ class SQLiteStorage(Storage):
                     record.created_at,
                 ),
             )
-
-        await self._write(run)
+        )
 
     async def find_key(self, key_hash: str) -> KeyRecord | None:
         def run(conn: sqlite3.Connection) -> KeyRecord | None:
@@ -460,14 +414,13 @@ class SQLiteStorage(Storage):
         return await self._read(run)
 
     async def revoke_key(self, key_id: str, at: int) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
+        [(changed, _)] = await self._sql(
+            (
                 "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
                 (at, key_id),
             )
-            return cur.rowcount > 0
-
-        return await self._write(run)
+        )
+        return changed > 0
 
     async def count_keys(self) -> int:
         return await self._read(
@@ -477,18 +430,15 @@ class SQLiteStorage(Storage):
     # -- privacy -------------------------------------------------------------------
 
     async def delete_user(self, project: str, user_id: str, at: int) -> int:
-        def run(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "DELETE FROM events WHERE project = ? AND user_id = ?", (project, user_id)
-            )
-            conn.execute(
+        where, params = _where(project, EventFilter(user_id=user_id))
+        [(deleted, _), _] = await self._sql(
+            (f"DELETE FROM events WHERE {where}", tuple(params)),
+            (
                 "INSERT INTO suppressed_users (project, user_id, deleted_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (project, user_id) DO UPDATE SET deleted_at = excluded.deleted_at",
                 (project, user_id, at),
-            )
-            return cur.rowcount
-
-        deleted = await self._write(run)
+            ),
+        )
         self._event_count -= deleted
         return deleted
 
@@ -505,8 +455,8 @@ class SQLiteStorage(Storage):
         return await self._read(run)
 
     async def append_audit(self, entry: AuditEntry) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        await self._sql(
+            (
                 "INSERT INTO audit_log (project, at, actor, action, subject, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -518,8 +468,7 @@ class SQLiteStorage(Storage):
                     msgspec.json.encode(entry.detail),
                 ),
             )
-
-        await self._write(run)
+        )
 
     async def list_audit(self, project: str, limit: int, before: int | None) -> list[AuditEntry]:
         def run(conn: sqlite3.Connection) -> list[AuditEntry]:
@@ -561,21 +510,12 @@ class SQLiteStorage(Storage):
             # Nothing else clears the error until a client writes, and clients wait
             # for health: so find out now whether a write commits again.
             with contextlib.suppress(StorageError):
-                await self._write(_probe_write)
+                await self._write("probe")
         if self._last_error is not None:
             full = isinstance(self._last_error, StorageFullError)
             result.status = StorageStatus.FULL if full else StorageStatus.UNAVAILABLE
             result.reason = str(self._last_error)
         return result
-
-
-def _probe_write(conn: sqlite3.Connection) -> None:
-    # Dirties a page without leaving a trace, so the commit really has to write.
-    conn.execute("INSERT INTO project_config (project, config) VALUES ('', x'')")
-    conn.execute("DELETE FROM project_config WHERE project = ''")
-
-
-_Chunk = tuple[str, list[object], list[str]]  # (SQL, parameters, event ids)
 
 
 @functools.lru_cache(maxsize=64)
@@ -587,8 +527,8 @@ def _insert_sql(n: int) -> str:
     )
 
 
-def _insert_chunks(project: str, rows: Sequence[EventRow]) -> list[_Chunk]:
-    chunks: list[_Chunk] = []
+def _insert_chunks(project: str, rows: Sequence[EventRow]) -> list[_w.Chunk]:
+    chunks: list[_w.Chunk] = []
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start : start + _CHUNK]
         params: list[object] = []
@@ -611,38 +551,25 @@ def _insert_chunks(project: str, rows: Sequence[EventRow]) -> list[_Chunk]:
     return chunks
 
 
-def _insert(conn: sqlite3.Connection, chunks: list[_Chunk]) -> set[str]:
-    # No RETURNING: it would step once per row, and every step gives up and takes
-    # back the GIL, which the busy event loop holds. One step inserts the chunk.
-    stored: set[str] = set()
-    for sql, params, ids in chunks:
-        cur = conn.execute(sql, params)
-        inserted = cur.rowcount
-        wanted = set(ids)
-        if inserted == len(wanted):
-            stored |= wanted  # the usual case: none of the ids was stored before
-        elif inserted > 0 and cur.lastrowid is not None:
-            # Some were duplicates. The new rows took the rowids after the old
-            # maximum, in one run ending at lastrowid: read their ids back.
-            last = cur.lastrowid
-            found = conn.execute(
-                "SELECT event_id FROM events WHERE seq > ? AND seq <= ?", (last - inserted, last)
-            )
-            stored.update(r[0] for r in found)
-    return stored
-
-
 def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:
     clauses = ["project = ?"]
     params: list[object] = [project]
-    for column, value in (
-        ("event_type", flt.event_type),
-        ("session_id", flt.session_id),
-        ("user_id", flt.user_id),
+    if flt.event_type is not None:
+        clauses.append("event_type = ?")
+        params.append(flt.event_type)
+    for column, table, value in (
+        ("session_id", "events_by_session", flt.session_id),
+        ("user_id", "events_by_user", flt.user_id),
     ):
         if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
+            # The index table holds the events up to index_state.hwm; the few newer
+            # ones are found by their seq, which the writer hands out in order.
+            clauses.append(
+                f"{column} = ? AND seq IN (SELECT seq FROM {table}"
+                f" WHERE project = ? AND {column} = ? UNION ALL SELECT seq FROM events"
+                f" WHERE seq > (SELECT hwm FROM index_state) AND project = ? AND {column} = ?)"
+            )
+            params += (value, project, value, project, value)
     if flt.since is not None:
         clauses.append("corrected >= ?")
         params.append(flt.since)

@@ -1,0 +1,134 @@
+"""The SQLite schema and its migrations; ``PRAGMA user_version`` is the version.
+
+Version 3 moved the indexes by user and by session out of the events table into
+``events_by_user`` and ``events_by_session``, which the writer process fills in
+sorted bulk (see ``_sqlite_writer.py``): per insert, those two indexes touched a
+page for nearly every distinct user and session of the group, and cost half the
+time of an insert.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+__all__ = ["SCHEMA_VERSION", "migrate"]
+
+SCHEMA_VERSION: Final = 3
+
+_MIGRATIONS: Final[dict[int, str]] = {
+    1: """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        session_id TEXT,
+        user_id TEXT,
+        anonymous_id TEXT,
+        ts INTEGER NOT NULL,
+        sent_at INTEGER,
+        received_at INTEGER NOT NULL,
+        corrected INTEGER NOT NULL,
+        future INTEGER NOT NULL DEFAULT 0,
+        payload BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX events_dedup ON events (project, event_id);
+    CREATE INDEX events_time ON events (project, corrected);
+    CREATE INDEX events_type ON events (project, event_type, corrected);
+    CREATE INDEX events_session ON events (project, session_id) WHERE session_id IS NOT NULL;
+    CREATE INDEX events_user ON events (project, user_id) WHERE user_id IS NOT NULL;
+    CREATE TABLE api_keys (
+        key_id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE TABLE project_config (
+        project TEXT PRIMARY KEY,
+        config BLOB NOT NULL
+    );
+    """,
+    2: """
+    CREATE TABLE suppressed_users (
+        project TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        deleted_at INTEGER NOT NULL,
+        PRIMARY KEY (project, user_id)
+    );
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail BLOB NOT NULL
+    );
+    CREATE INDEX audit_project ON audit_log (project, seq);
+""",
+    3: """
+    CREATE TABLE events_by_user (
+        project TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (project, user_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE events_by_session (
+        project TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (project, session_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE index_state (hwm INTEGER NOT NULL);
+    INSERT INTO events_by_user SELECT project, user_id, seq FROM events
+        WHERE user_id IS NOT NULL;
+    INSERT INTO events_by_session SELECT project, session_id, seq FROM events
+        WHERE session_id IS NOT NULL;
+    INSERT INTO index_state (hwm) SELECT coalesce(max(seq), 0) FROM events;
+    DROP INDEX events_session;
+    DROP INDEX events_user;
+    CREATE TRIGGER events_unindex AFTER DELETE ON events BEGIN
+        DELETE FROM events_by_user
+            WHERE project = old.project AND user_id = old.user_id AND seq = old.seq;
+        DELETE FROM events_by_session
+            WHERE project = old.project AND session_id = old.session_id AND seq = old.seq;
+        -- Deleting the newest rows lets SQLite hand their seqs out again: those
+        -- must count as not indexed yet.
+        UPDATE index_state SET hwm = (SELECT coalesce(max(seq), 0) FROM events)
+            WHERE hwm > (SELECT coalesce(max(seq), 0) FROM events);
+    END;
+""",
+}
+
+
+def statements(script: str) -> list[str]:
+    """Split a script into statements; a trigger body's semicolons stay inside."""
+    out: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            out.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        out.append(buffer.strip())
+    return out
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database to ``SCHEMA_VERSION``, one transaction per version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for target in sorted(v for v in _MIGRATIONS if v > version):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements(_MIGRATIONS[target]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,309 @@
+"""The SQLite writer process: the only connection that writes to the database.
+
+``SQLiteStorage`` starts this file as a process of its own (``python -I -S
+_sqlite_writer.py FD PATH``) and talks to it over a socket pair. The server's
+event loop parses requests on one core while this process binds, steps and
+fsyncs on the other: in one process the two would take turns on the GIL.
+
+Frames both ways are a 4-byte big-endian length and a pickle. A job is
+``(job_id, op, args)`` with ``op`` one of ``OPS``; every job that arrived while
+the previous transaction was committing runs in the next one (group commit), so N
+concurrent requests cost one fsync. The answer to a group is one frame: a list of
+``(job_id, status, value)``; ``status`` is ``OK``, ``FAILED`` (this job alone
+failed and was rolled back; ``value`` is ``(kind, message)``) or ``GROUP_FAILED``
+(the transaction itself failed: nothing of the group was stored).
+
+The two secondary indexes whose inserts scatter over the whole tree, by user and
+by session, are not maintained per insert: this process adds the new events to
+``events_by_user`` and ``events_by_session`` in sorted bulk every ``INDEX_BATCH``
+events, or when idle, and moves ``index_state.hwm`` past them. Queries find newer
+events by scanning the few rows above ``hwm`` (see ``_sqlite.py``).
+
+Standard library only, and importable as a module too: the process starts in
+a few tens of milliseconds and imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import socket
+import sqlite3
+import struct
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+HEADER: Final = struct.Struct("!I")
+OK: Final = 0
+FAILED: Final = 1
+GROUP_FAILED: Final = 2
+#: events added to the user and session indexes in one bulk step
+INDEX_BATCH: Final = 20_000
+#: seconds without jobs after which the indexes catch up with what is left
+INDEX_IDLE: Final = 0.2
+
+Job = tuple[int, str, tuple[Any, ...]]
+Result = tuple[int, int, Any]
+Chunk = tuple[str, list[object], list[str]]  # (SQL, parameters, event ids)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection with the pragmas every connection of the storage uses."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout=30000")
+    # Index pages stay in memory between groups: 64 MiB of cache, reads through mmap.
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA mmap_size=268435456")
+    return conn
+
+
+def connect_writer(path: str) -> sqlite3.Connection:
+    conn = connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL in WAL mode: every commit is on disk before any caller is answered.
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def send_frame(sock: socket.socket, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(HEADER.pack(len(data)) + data)
+
+
+class FrameReader:
+    """Reads length-prefixed pickles from a stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def read(self) -> list[Any] | None:
+        """Every complete frame, waiting for at least one; ``None`` at end of stream."""
+        while True:
+            frames = self._complete()
+            if frames:
+                return frames
+            chunk = self._sock.recv(1 << 20)
+            if not chunk:
+                return None
+            self._buf += chunk
+
+    def _complete(self) -> list[Any]:
+        frames = []
+        view = memoryview(self._buf)
+        pos = 0
+        while len(view) - pos >= HEADER.size:
+            (size,) = HEADER.unpack_from(view, pos)
+            end = pos + HEADER.size + size
+            if len(view) < end:
+                break
+            # Trusted: the only peer is our own process at the other end of a socketpair.
+            frames.append(pickle.loads(view[pos + HEADER.size : end]))  # noqa: S301
+            pos = end
+        view.release()
+        del self._buf[:pos]
+        return frames
+
+
+def error_of(exc: BaseException) -> tuple[str, str]:
+    """``(kind, message)``; kind ``full`` for a full disk, else ``error``."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL or "full" in str(exc):
+            return "full", f"storage full: {exc}"
+        return "error", f"storage error: {exc}"
+    return "error", f"storage writer failed: {exc!r}"
+
+
+# -- the operations ---------------------------------------------------------------------
+
+
+def op_insert(conn: sqlite3.Connection, chunks: list[Chunk]) -> list[str] | None:
+    """Insert events; ``None`` when all were new, else the ids that were stored."""
+    # No RETURNING: it would step once per row. One step inserts the whole chunk.
+    stored: list[str] = []
+    all_new = True
+    for sql, params, ids in chunks:
+        cur = conn.execute(sql, params)
+        inserted = cur.rowcount
+        if inserted == len(ids):
+            stored += ids  # the usual case: none of the ids was stored before
+            continue
+        all_new = False
+        if inserted > 0 and cur.lastrowid is not None:
+            # Some were duplicates. The new rows took the rowids after the old
+            # maximum, in one run ending at lastrowid: read their ids back.
+            last = cur.lastrowid
+            found = conn.execute(
+                "SELECT event_id FROM events WHERE seq > ? AND seq <= ?", (last - inserted, last)
+            )
+            stored += [r[0] for r in found]
+    return None if all_new else stored
+
+
+def op_sql(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+    """Run statements in order: for each, ``(rowcount, rows)``."""
+    out = []
+    for sql, params in statements:
+        cur = conn.execute(sql, params)
+        rows = cur.fetchall()
+        out.append((cur.rowcount, rows))
+    return out
+
+
+def op_probe(conn: sqlite3.Connection) -> None:
+    # Dirties a page without leaving a trace, so the commit really has to write.
+    conn.execute("INSERT INTO project_config (project, config) VALUES ('', x'')")
+    conn.execute("DELETE FROM project_config WHERE project = ''")
+
+
+OPS: Final[dict[str, Callable[..., Any]]] = {
+    "insert": op_insert,
+    "sql": op_sql,
+    "probe": op_probe,
+}
+
+
+def index_catch_up(conn: sqlite3.Connection) -> int:
+    """Add the events above ``hwm`` to the user and session indexes; how many."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        hwm = int(conn.execute("SELECT hwm FROM index_state").fetchone()[0])
+        top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        if top > hwm:
+            for table, column in (
+                ("events_by_user", "user_id"),
+                ("events_by_session", "session_id"),
+            ):
+                conn.execute(
+                    f"INSERT OR IGNORE INTO {table} (project, {column}, seq)"
+                    f" SELECT project, {column}, seq FROM events"
+                    f" WHERE seq > ? AND seq <= ? AND {column} IS NOT NULL ORDER BY 1, 2, 3",
+                    (hwm, top),
+                )
+        conn.execute("UPDATE index_state SET hwm = ?", (top,))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return max(0, top - hwm)
+
+
+# -- group commit -------------------------------------------------------------------------
+
+
+def commit_group(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
+    """Run the jobs in one transaction. Should one fail, run them again with a
+    savepoint each, so one failing job never undoes another."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        values = [OPS[op](conn, *args) for _, op, args in jobs]
+        conn.execute("COMMIT")
+    except Exception:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        return _commit_isolated(conn, jobs)
+    return [(job_id, OK, value) for (job_id, _, _), value in zip(jobs, values, strict=True)]
+
+
+def _commit_isolated(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
+    results: list[Result] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for job_id, op, args in jobs:
+            conn.execute("SAVEPOINT job")
+            try:
+                value = OPS[op](conn, *args)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                kind, message = error_of(exc)
+                if kind == "full":
+                    raise
+                results.append((job_id, FAILED, (kind, message)))
+            else:
+                conn.execute("RELEASE job")
+                results.append((job_id, OK, value))
+        conn.execute("COMMIT")
+    except Exception as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        error = error_of(exc)
+        return [(job_id, GROUP_FAILED, error) for job_id, _, _ in jobs]
+    return results
+
+
+class Writer:
+    """Reads jobs on one thread, commits them in groups on another."""
+
+    def __init__(self, conn: sqlite3.Connection, sock: socket.socket) -> None:
+        self._conn = conn
+        self._sock = sock
+        self._pending: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._eof = False
+        self._unindexed = 0
+
+    def _read(self) -> None:
+        reader = FrameReader(self._sock)
+        try:
+            while (frames := reader.read()) is not None:
+                with self._cond:
+                    self._pending.extend(frames)
+                    self._cond.notify()
+        except OSError:
+            pass
+        with self._cond:
+            self._eof = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        threading.Thread(target=self._read, name="innkt-writer-read", daemon=True).start()
+        while True:
+            with self._cond:
+                if not self._pending and not self._eof:
+                    self._cond.wait(INDEX_IDLE if self._unindexed else None)
+                jobs = list(self._pending)
+                self._pending.clear()
+                eof = self._eof
+            if not jobs:
+                if eof:
+                    return
+                if self._unindexed:
+                    self._catch_up()
+                continue
+            results = commit_group(self._conn, jobs)
+            for (_, op, args), (_, status, _) in zip(jobs, results, strict=True):
+                if op == "insert" and status == OK:
+                    self._unindexed += sum(len(chunk[2]) for chunk in args[0])
+            send_frame(self._sock, results)
+            if self._unindexed >= INDEX_BATCH:
+                self._catch_up()
+
+    def _catch_up(self) -> None:
+        try:
+            index_catch_up(self._conn)
+        except sqlite3.Error:
+            return  # a full disk, say: the rows stay findable above hwm; try again later
+        self._unindexed = 0
+
+
+def main(argv: list[str]) -> None:
+    fd, path = int(argv[1]), argv[2]
+    sock = socket.socket(fileno=fd)
+    conn = connect_writer(path)
+    try:
+        Writer(conn, sock).run()
+    finally:
+        conn.close()
+        sock.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
