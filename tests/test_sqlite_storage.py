@@ -1,0 +1,142 @@
+"""SQLite specifics: the user and session indexes the writer process fills in bulk,
+and the migration that introduced them (schema version 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
+from innkt_analytics.server.storage._sqlite_schema import _MIGRATIONS, SCHEMA_VERSION, statements
+
+
+def row(event_id: str, user: str | None, session: str | None) -> EventRow:
+    return EventRow(
+        event_id=event_id,
+        event_type="t",
+        session_id=session,
+        user_id=user,
+        anonymous_id=None,
+        timestamp=1_700_000_000_000,
+        sent_at=None,
+        received_at=1_700_000_000_000,
+        corrected=1_700_000_000_000,
+        future=False,
+        payload=b"{}",
+    )
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[SQLiteStorage]:
+    s = SQLiteStorage(str(tmp_path / "s.db"))
+    s.open_sync()
+    yield s
+    s.close_sync()
+
+
+def insert(storage: SQLiteStorage, *rows: EventRow) -> set[str]:
+    return asyncio.run(storage.insert_events("p", list(rows)))
+
+
+def ids(storage: SQLiteStorage, flt: EventFilter) -> list[str]:
+    page = asyncio.run(storage.query_events("p", flt, None, 1000))
+    return [r.event_id for r in page.rows]
+
+
+def index_state(path: str) -> tuple[int, int]:
+    """(hwm, newest seq)."""
+    with sqlite3.connect(path) as conn:
+        hwm = conn.execute("SELECT hwm FROM index_state").fetchone()[0]
+        top = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+    return int(hwm), int(top)
+
+
+def wait_indexed(path: str) -> None:
+    """Until the writer, idle, has moved every event into the bulk indexes."""
+    deadline = time.monotonic() + 10
+    while (state := index_state(path))[0] != state[1]:
+        assert time.monotonic() < deadline, f"index never caught up: {state}"
+        time.sleep(0.02)
+
+
+def test_filters_find_events_both_in_the_bulk_index_and_above_it(
+    storage: SQLiteStorage,
+) -> None:
+    insert(storage, row("a1", "u1", "s1"), row("a2", "u1", "s2"), row("b1", "u2", "s1"))
+    wait_indexed(storage.path)
+    with sqlite3.connect(storage.path) as conn:
+        indexed = conn.execute("SELECT count(*) FROM events_by_user").fetchone()[0]
+    assert indexed == 3
+    insert(storage, row("a3", "u1", "s1"), row("b2", "u2", "s2"))
+    # Hold the write lock so the writer cannot index the new rows while we look.
+    holder = sqlite3.connect(storage.path, isolation_level=None, timeout=30)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        hwm, top = index_state(storage.path)
+        assert hwm < top  # the two new rows are not in the bulk index yet
+        assert ids(storage, EventFilter(user_id="u1")) == ["a1", "a2", "a3"]
+        assert ids(storage, EventFilter(session_id="s1")) == ["a1", "b1", "a3"]
+        assert ids(storage, EventFilter(user_id="u2", session_id="s2")) == ["b2"]
+        stats = asyncio.run(storage.stats("p", EventFilter(user_id="u2"), 60_000))
+        assert stats.total == 2
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_indexed(storage.path)
+    assert ids(storage, EventFilter(user_id="u1")) == ["a1", "a2", "a3"]
+    assert ids(storage, EventFilter(session_id="s2")) == ["a2", "b2"]
+
+
+def test_deleting_a_user_removes_their_events_from_both_places(storage: SQLiteStorage) -> None:
+    insert(storage, row("a1", "u1", "s1"), row("b1", "u2", "s1"))
+    wait_indexed(storage.path)
+    insert(storage, row("a2", "u1", "s2"))
+    assert asyncio.run(storage.delete_user("p", "u1", 1)) == 2
+    assert ids(storage, EventFilter(user_id="u1")) == []
+    assert ids(storage, EventFilter(session_id="s1")) == ["b1"]
+    with sqlite3.connect(storage.path) as conn:
+        left = conn.execute("SELECT user_id FROM events_by_user").fetchall()
+    assert left == [("u2",)]
+
+
+def test_deleting_the_newest_events_never_hides_the_next_ones(storage: SQLiteStorage) -> None:
+    # SQLite hands out the seqs of deleted newest rows again; had the bulk index's
+    # high-water mark stayed above them, the new rows would never be indexed.
+    insert(storage, row("a1", "u1", "s1"), row("a2", "u1", "s1"), row("a3", "u1", "s1"))
+    wait_indexed(storage.path)
+    assert asyncio.run(storage.delete_user("p", "u1", 1)) == 3
+    insert(storage, row("b1", "u2", "s2"), row("b2", "u2", "s2"))
+    wait_indexed(storage.path)
+    assert ids(storage, EventFilter(user_id="u2")) == ["b1", "b2"]
+    assert ids(storage, EventFilter(session_id="s2")) == ["b1", "b2"]
+
+
+def test_a_version_2_database_is_migrated_with_its_events_indexed(tmp_path: Path) -> None:
+    path = str(tmp_path / "v2.db")
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        for version in (1, 2):
+            for statement in statements(_MIGRATIONS[version]):
+                conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO events (project, event_id, event_type, session_id, user_id, ts,"
+            " received_at, corrected, payload) VALUES ('p', ?, 't', ?, ?, 1, 1, 1, x'7b7d')",
+            [("e1", "s1", "u1"), ("e2", "s2", "u1"), ("e3", "s1", None)],
+        )
+        conn.execute("PRAGMA user_version=2")
+    storage = SQLiteStorage(path)
+    storage.open_sync()
+    try:
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+            assert index_state(path) == (3, 3)
+        assert ids(storage, EventFilter(user_id="u1")) == ["e1", "e2"]
+        assert ids(storage, EventFilter(session_id="s1")) == ["e1", "e3"]
+        insert(storage, row("e4", "u1", "s1"))
+        assert ids(storage, EventFilter(user_id="u1")) == ["e1", "e2", "e4"]
+    finally:
+        storage.close_sync()
