@@ -21,6 +21,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 __all__ = [
+    "EPOCH",
     "MAX_NESTING_DEPTH",
     "Batch",
     "ClientConfig",
@@ -37,6 +38,7 @@ __all__ = [
     "encode_batch",
     "parse_batch",
     "parse_event",
+    "to_ms",
 ]
 
 MAX_NESTING_DEPTH: Final = 64
@@ -151,13 +153,34 @@ class Limits:
 
 @dataclass(slots=True)
 class ValidEvent:
-    """An event that passed validation, with its raw JSON bytes kept for storage."""
+    """An event that passed validation, with its raw JSON bytes kept for storage.
+
+    Times are integer milliseconds since the epoch (UTC), computed once here:
+    storage, live aggregates and alerts all want them so."""
 
     index: int
     event: Event
     raw: bytes
-    corrected: dt.datetime
+    timestamp_ms: int
+    corrected_ms: int
     future: bool
+
+    @property
+    def corrected(self) -> dt.datetime:
+        """The corrected timestamp: ``receivedAt - (sentAt - timestamp)``, in UTC."""
+        return EPOCH + dt.timedelta(milliseconds=self.corrected_ms)
+
+
+EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_ONE_MS: Final = dt.timedelta(milliseconds=1)
+_MIN_MS: Final = (dt.datetime.min.replace(tzinfo=dt.UTC) - EPOCH) // _ONE_MS
+_MAX_MS: Final = (dt.datetime.max.replace(tzinfo=dt.UTC) - EPOCH) // _ONE_MS
+_FUTURE_MS: Final = FUTURE_TOLERANCE // _ONE_MS
+
+
+def to_ms(value: dt.datetime) -> int:
+    """An aware datetime as integer milliseconds since the epoch (exact, no float)."""
+    return (value - EPOCH) // _ONE_MS
 
 
 @dataclass(slots=True)
@@ -215,7 +238,7 @@ def _event_id_of(raw: bytes) -> str | None:
 
 
 def _validate(
-    index: int, raw: bytes, limits: Limits, sent_at: dt.datetime | None, received: dt.datetime
+    index: int, raw: bytes, limits: Limits, sent_ms: int | None, received_ms: int
 ) -> ValidEvent | Rejection:
     if len(raw) > limits.max_event_bytes:
         return Rejection(
@@ -244,19 +267,20 @@ def _validate(
         # No id may hold U+0000: PostgreSQL text cannot store it, and ids must
         # mean the same on every backend.
         return Rejection(index=index, event_id=None, error="ids must not contain U+0000")
-    try:
-        # Normalised to UTC here so every stored time can be served back as a UTC
-        # datetime: "0001-01-01T00:00+23:59" is valid RFC 3339 but not a UTC datetime.
-        timestamp = event.timestamp.astimezone(dt.UTC)
-        corrected = received - (sent_at - timestamp) if sent_at is not None else timestamp
-    except OverflowError:
+    # Every stored time must be servable back as a UTC datetime:
+    # "0001-01-01T00:00+23:59" is valid RFC 3339 but before datetime.min in UTC, and
+    # a corrected time can fall outside the range that timestamp and sentAt are in.
+    timestamp_ms = to_ms(event.timestamp)
+    corrected_ms = received_ms - (sent_ms - timestamp_ms) if sent_ms is not None else timestamp_ms
+    if not (_MIN_MS <= timestamp_ms <= _MAX_MS and _MIN_MS <= corrected_ms <= _MAX_MS):
         return Rejection(index=index, event_id=event.event_id, error="timestamp out of range")
     return ValidEvent(
         index=index,
         event=event,
         raw=bytes(raw),
-        corrected=corrected,
-        future=timestamp - received > FUTURE_TOLERANCE,
+        timestamp_ms=timestamp_ms,
+        corrected_ms=corrected_ms,
+        future=timestamp_ms - received_ms > _FUTURE_MS,
     )
 
 
@@ -293,8 +317,10 @@ def parse_batch(body: bytes, limits: Limits, received: dt.datetime) -> ParsedBat
     except OverflowError:
         raise ProtocolError(400, "invalid_batch", "sentAt out of range") from None
     result = ParsedBatch(sent_at=sent_at)
+    sent_ms = None if sent_at is None else to_ms(sent_at)
+    received_ms = to_ms(received)
     for index, raw in enumerate(batch.events):
-        outcome = _validate(index, bytes(raw), limits, sent_at, received)
+        outcome = _validate(index, bytes(raw), limits, sent_ms, received_ms)
         if isinstance(outcome, Rejection):
             result.rejected.append(outcome)
         else:
@@ -305,7 +331,7 @@ def parse_batch(body: bytes, limits: Limits, received: dt.datetime) -> ParsedBat
 def parse_event(body: bytes, limits: Limits, received: dt.datetime) -> ValidEvent:
     """Parse a body that holds one bare event; any problem raises ``ProtocolError``."""
     _check_body_size(body, limits)
-    outcome = _validate(0, body, limits, None, received)
+    outcome = _validate(0, body, limits, None, to_ms(received))
     if isinstance(outcome, Rejection):
         status = 413 if len(body) > limits.max_event_bytes else 400
         code = "payload_too_large" if status == 413 else "invalid_event"

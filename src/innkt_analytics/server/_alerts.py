@@ -210,15 +210,21 @@ class AlertEngine:
 
     def observe(self, project: str, events: list[tuple[str, float]], now: float) -> None:
         """Record events received at ``now``: (eventType, ingest lag in seconds) each."""
-        if not events:
+        self.observe_batch(project, [t for t, _ in events], [lag for _, lag in events], now)
+
+    def observe_batch(self, project: str, types: list[str], lags: list[float], now: float) -> None:
+        """``observe`` with the types and the lags in two lists (the ingest path)."""
+        if not types:
             return
         second = int(now)
         total = self._totals.get(project)
         if total is None:
             total = self._totals[project] = _Window()
-        total.add(second, len(events), sum(lag for _, lag in events))
+        total.add(second, len(types), sum(lags))
         self._last_seen[(project, None)] = now
-        for event_type, lag in events:
+        if not self._watched:
+            return  # no rule looks at event types: nothing per event to do
+        for event_type, lag in zip(types, lags, strict=True):
             key = (project, event_type)
             if key in self._watched:
                 window = self._by_type.get(key)
@@ -333,9 +339,10 @@ class AlertService:
 
     def on_events(self, project: str, events: list[ValidEvent]) -> None:
         now = time.time()
-        self.engine.observe(
+        self.engine.observe_batch(
             project,
-            [(v.event.event_type, now - v.corrected.timestamp()) for v in events],
+            [v.event.event_type for v in events],
+            [now - v.corrected_ms / 1000 for v in events],
             now,
         )
 

@@ -21,6 +21,7 @@ from innkt_analytics._protocol import (
     decode_gzip_bounded,
     parse_batch,
     parse_event,
+    to_ms,
 )
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
 from innkt_analytics.server._suppress import suppressions_of
@@ -31,15 +32,6 @@ __all__ = ["ingest_batch", "ingest_event", "read_json_body", "store_parsed", "to
 _encoder = msgspec.json.Encoder()
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_ONE_MS = dt.timedelta(milliseconds=1)
-
-
-def _ms(value: dt.datetime) -> int:
-    # Integer arithmetic: float timestamps can round a stored time 1 ms off.
-    return (value - _EPOCH) // _ONE_MS
-
-
 def to_row(valid: ValidEvent, received_ms: int, sent_ms: int | None) -> EventRow:
     event = valid.event
     return EventRow(
@@ -48,10 +40,10 @@ def to_row(valid: ValidEvent, received_ms: int, sent_ms: int | None) -> EventRow
         session_id=event.session_id,
         user_id=event.user_id,
         anonymous_id=event.anonymous_id,
-        timestamp=_ms(event.timestamp),
+        timestamp=valid.timestamp_ms,
         sent_at=sent_ms,
         received_at=received_ms,
-        corrected=_ms(valid.corrected),
+        corrected=valid.corrected_ms,
         future=valid.future,
         payload=valid.raw,
     )
@@ -86,8 +78,8 @@ async def store_parsed(
 ) -> IngestResponse:
     """Store the valid events durably and build the answer. Raises ``ApiError`` 503."""
     await suppressions_of(state).filter(project, parsed)
-    received_ms = _ms(received)
-    sent_ms = None if parsed.sent_at is None else _ms(parsed.sent_at)
+    received_ms = to_ms(received)
+    sent_ms = None if parsed.sent_at is None else to_ms(parsed.sent_at)
     rows = [to_row(v, received_ms, sent_ms) for v in parsed.valid]
     try:
         stored = await state.storage.insert_events(project, rows)

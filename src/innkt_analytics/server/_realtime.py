@@ -302,7 +302,7 @@ class Hub:
         at_ms = int(at * 1000)
         types = [v.event.event_type for v in events]
         sessions = [v.event.session_id for v in events]
-        lags = [at_ms - int(v.corrected.timestamp() * 1000) for v in events]
+        lags = [at_ms - v.corrected_ms for v in events]
         raws = [v.raw for v in events]
         self.windows[project].add(at, types, sessions, lags)
         self._fan_events(project, raws, types)

@@ -70,10 +70,11 @@ class ProjectWindow:
         bucket.count += len(types)
         self.total += len(types)
         by_type = bucket.by_type
-        for t in types:
-            by_type[t] = by_type.get(t, 0) + 1
+        # Counted per distinct value: a batch has a few types and sessions, many times.
+        for t, n in collections.Counter(types).items():
+            by_type[t] = by_type.get(t, 0) + n
         seen = self._sessions
-        for s in sessions:
+        for s in dict.fromkeys(sessions):
             if s is not None:
                 seen[s] = second
                 seen.move_to_end(s)
