@@ -4,7 +4,11 @@ and the migration that introduced them (schema version 3)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,3 +167,57 @@ def test_batches_with_duplicates_are_indexed_exactly(storage: SQLiteStorage) -> 
     insert(storage, row("f", "u1", "s1"))
     wait_indexed(storage.path)
     assert ids(storage, EventFilter(user_id="u1")) == ["a", "e", "f"]
+
+
+def test_the_writer_process_ignores_ctrl_c_and_stops_when_the_storage_closes(
+    tmp_path: Path,
+) -> None:
+    storage = SQLiteStorage(str(tmp_path / "s.db"))
+    storage.open_sync()
+    pid = storage.writer_pid
+    assert pid is not None
+    try:
+        assert insert(storage, row("a", "u1", "s1")) == {"a"}  # the writer is up
+        os.kill(pid, signal.SIGINT)  # what a Ctrl-C in the terminal sends it too
+        os.kill(pid, signal.SIGTERM)
+        assert insert(storage, row("b", "u1", "s1")) == {"b"}
+        assert storage.writer_pid == pid
+    finally:
+        storage.close_sync()
+    assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid)
+
+
+def test_the_writer_process_exits_when_its_server_is_killed(tmp_path: Path) -> None:
+    # The server side here is a child Python that opens the storage and hangs.
+    script = (
+        "import sys, time\n"
+        "from innkt_analytics.server.storage import SQLiteStorage\n"
+        "s = SQLiteStorage(sys.argv[1]); s.open_sync()\n"
+        "s.write_sync('probe')\n"
+        "print(s.writer_pid, flush=True); time.sleep(60)\n"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "s.db")], stdout=subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        writer = int(server.stdout.readline())
+        server.kill()
+        server.wait()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{writer}") and not _is_zombie(writer):
+            assert time.monotonic() < deadline, "the writer outlived its server"
+            time.sleep(0.05)
+    finally:
+        server.kill()
+        server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

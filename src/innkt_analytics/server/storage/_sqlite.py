@@ -16,12 +16,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import itertools
 import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +43,7 @@ from innkt_analytics.server.storage._base import (
     event_row,
     key_record,
 )
+from innkt_analytics.server.storage._sqlite_client import WriterClient
 from innkt_analytics.server.storage._sqlite_schema import migrate
 
 __all__ = ["SQLiteStorage"]
@@ -71,102 +68,6 @@ def _convert_error(exc: sqlite3.Error) -> StorageError:
     return StorageFullError(message) if kind == "full" else StorageError(message)
 
 
-def _error(value: tuple[str, str]) -> StorageError:
-    kind, message = value
-    return StorageFullError(message) if kind == "full" else StorageError(message)
-
-
-class _WriterProcess:
-    """The writer process and the socket to it; answers arrive on a thread of ours."""
-
-    def __init__(self, path: str, on_group: Callable[[StorageError | None], None]) -> None:
-        parent, child = socket.socketpair()
-        # Big buffers: a burst of requests never blocks the event loop on a send.
-        for sock in (parent, child):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        with child:
-            self.proc = subprocess.Popen(  # noqa: S603 (our interpreter, our file)
-                [sys.executable, "-I", "-S", _w.__file__, str(child.fileno()), path],
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-        self._sock = parent
-        self._on_group = on_group
-        self._futures: dict[int, concurrent.futures.Future[Any]] = {}
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self._alive = True
-        self._receiver = threading.Thread(
-            target=self._receive, name="innkt-sqlite-answers", daemon=True
-        )
-        self._receiver.start()
-
-    @property
-    def alive(self) -> bool:
-        return self._alive
-
-    def submit(self, op: str, args: tuple[Any, ...]) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        with self._lock:
-            if not self._alive:
-                future.set_exception(StorageError("the storage writer process has exited"))
-                return future
-            job_id = next(self._ids)
-            self._futures[job_id] = future
-            try:
-                _w.send_frame(self._sock, (job_id, op, args))
-            except OSError as exc:
-                del self._futures[job_id]
-                future.set_exception(StorageError(f"storage writer unreachable: {exc}"))
-        return future
-
-    def _receive(self) -> None:
-        reader = _w.FrameReader(self._sock)
-        try:
-            while (frames := reader.read()) is not None:
-                for results in frames:
-                    self._resolve(results)
-        except OSError:
-            pass
-        code = self.proc.wait()
-        error = StorageError(f"the storage writer process has exited (status {code})")
-        with self._lock:
-            self._alive = False
-            pending, self._futures = self._futures, {}
-            self._sock.close()
-        for future in pending.values():
-            future.set_exception(error)
-        if pending:
-            self._on_group(error)
-
-    def _resolve(self, results: list[_w.Result]) -> None:
-        group_error: StorageError | None = None
-        with self._lock:
-            futures = [self._futures.pop(job_id) for job_id, _, _ in results]
-        for future, (_, status, value) in zip(futures, results, strict=True):
-            if status == _w.OK:
-                future.set_result(value)
-            else:
-                error = _error(value)
-                if status == _w.GROUP_FAILED:
-                    group_error = error
-                future.set_exception(error)
-        self._on_group(group_error)
-
-    def close(self) -> None:
-        """Let the process commit what it was sent, then wait for it to exit."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_WR)
-        self._receiver.join()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._sock.close()
-
-
 class SQLiteStorage(Storage):
     """Embedded storage in one SQLite file (WAL, group commit in a writer process)."""
 
@@ -175,7 +76,8 @@ class SQLiteStorage(Storage):
     def __init__(self, path: str, *, readers: int = 2) -> None:
         self.path = os.path.abspath(path)
         self._closed = False
-        self._writer: _WriterProcess | None = None
+        self._writer: WriterClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._writer_lock = threading.Lock()
         self._local = threading.local()
         self._readers = concurrent.futures.ThreadPoolExecutor(
@@ -200,9 +102,12 @@ class SQLiteStorage(Storage):
                 conn.close()
         except sqlite3.Error as exc:
             raise _convert_error(exc) from exc
-        self._writer = _WriterProcess(self.path, self._group_done)
+        self._writer = WriterClient(self.path, self._group_done, self._loop)
 
     async def open(self) -> None:
+        """``open_sync``, and bind the storage to the running loop, which then
+        reads the writer's answers itself (use it from this loop, as with PostgreSQL)."""
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.open_sync)
 
     def close_sync(self) -> None:
@@ -221,19 +126,18 @@ class SQLiteStorage(Storage):
     def _group_done(self, error: StorageError | None) -> None:
         self._last_error = error
 
-    def _submit(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
+    def _client(self) -> WriterClient:
         with self._writer_lock:
             if self._closed:
                 raise StorageError("storage is closed")
             if self._writer is None or not self._writer.alive:
                 # Killed (out of memory, say): a new one takes over; the old one's
                 # jobs were answered with errors, so their clients retry.
-                self._writer = _WriterProcess(self.path, self._group_done)
-            writer = self._writer
-        return writer.submit(op, args)
+                self._writer = WriterClient(self.path, self._group_done, self._loop)
+            return self._writer
 
     async def _write(self, op: str, *args: Any) -> Any:
-        return await asyncio.wrap_future(self._submit(op, *args))
+        return await self._client().call(op, args)
 
     async def _sql(self, *statements: Statement) -> list[tuple[int, list[tuple[Any, ...]]]]:
         """Run statements in one job of the next group: ``(rowcount, rows)`` each."""
@@ -242,7 +146,9 @@ class SQLiteStorage(Storage):
 
     def write_sync(self, op: str, *args: Any) -> Any:
         """Run ``op`` (see ``_sqlite_writer.OPS``) in the next group and wait for its commit."""
-        return self._submit(op, *args).result()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._client().submit(op, args, future)
+        return future.result()
 
     @property
     def writer_pid(self) -> int | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import marshal
+import signal
 import socket
 import sqlite3
 import struct
@@ -91,6 +92,11 @@ class FrameReader:
             if not chunk:
                 return None
             self._buf += chunk
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        """Every frame completed by ``chunk`` (read by someone else)."""
+        self._buf += chunk
+        return self._complete()
 
     def _complete(self) -> list[Any]:
         frames = []
@@ -283,7 +289,10 @@ class Writer:
             for (_, op, args), (_, status, _) in zip(jobs, results, strict=True):
                 if op == "insert" and status == OK:
                     self._unindexed += sum(len(chunk[2]) for chunk in args[0])
-            send_frame(self._sock, results)
+            try:
+                send_frame(self._sock, results)
+            except OSError:
+                return  # the server is gone; what was committed stays committed
             if self._unindexed >= INDEX_BATCH:
                 self._catch_up()
 
@@ -296,6 +305,11 @@ class Writer:
 
 
 def main(argv: list[str]) -> None:
+    # A Ctrl-C reaches the whole process group, a service manager's SIGTERM maybe
+    # too: the writer stops when the server closes the socket, after committing
+    # and answering what it was sent, never in the middle.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd, path = int(argv[1]), argv[2]
     sock = socket.socket(fileno=fd)
     conn = connect_writer(path)
