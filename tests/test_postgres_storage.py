@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from innkt_analytics._exceptions import ConfigError, StorageError
+from innkt_analytics.server._settings import ServerSettings, storage_for
 from innkt_analytics.server.storage import EventFilter, StorageStatus, make_storage
 from innkt_analytics.server.storage._pg_partitions import retire
 from innkt_analytics.server.storage._pg_schema import (
@@ -309,3 +310,29 @@ def test_month_arithmetic() -> None:
     assert month_start(-1) == -31 * DAY  # 1969-12
     low, high = PartitionWindow(past_months=2, future_months=1).bounds(feb + DAY)
     assert (partition_name(low), partition_name(high)) == ("events_p202312", "events_p202404")
+
+
+def test_pool_size_and_insert_concurrency_come_from_the_settings(pg_database: str) -> None:
+    settings = ServerSettings.from_env(
+        {
+            "INNKT_DB": pg_database,
+            "INNKT_PG_POOL_SIZE": "3",
+            "INNKT_PG_INSERT_CONCURRENCY": "2",
+        }
+    )
+    storage = storage_for(settings)
+    assert isinstance(storage, PostgresStorage)
+
+    async def body() -> None:
+        await storage.open()
+        try:
+            assert storage._pool.get_max_size() == 3
+            assert storage._inserter._max_inflight == 2
+            assert await storage.insert_events("p", [row("e1")]) == {"e1"}
+        finally:
+            await storage.close()
+
+    asyncio.run(body())
+    for name in ("INNKT_PG_POOL_SIZE", "INNKT_PG_INSERT_CONCURRENCY"):
+        with pytest.raises(ConfigError, match=name.removeprefix("INNKT_").lower()):
+            ServerSettings.from_env({name: "0"})

@@ -35,7 +35,7 @@ from innkt_analytics.server._privacy import delete_user, export_user, list_audit
 from innkt_analytics.server._query import get_config, list_events, put_config, stats
 from innkt_analytics.server._ratelimit import RateLimiter
 from innkt_analytics.server._ratelimit_redis import use_shared_rate_limits
-from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.server._settings import ServerSettings, storage_for
 from innkt_analytics.server._state import (
     JSON,
     ApiError,
@@ -44,7 +44,7 @@ from innkt_analytics.server._state import (
     presented_key,
     state_of,
 )
-from innkt_analytics.server.storage import Storage, StorageStatus, make_storage
+from innkt_analytics.server.storage import Storage, StorageStatus
 
 __all__ = ["create_app"]
 
@@ -213,12 +213,12 @@ def create_app(
     extra_handlers: Sequence[ControllerRouterHandler] = (),
     on_state: Sequence[Callable[[ServerState, Litestar], None]] = (),
 ) -> Litestar:
-    """Build the application. ``storage`` defaults to ``make_storage(settings.db)``.
+    """Build the application. ``storage`` defaults to ``storage_for(settings)``.
 
     ``extra_handlers`` and ``on_state`` let subsystems (real-time hub, dashboard)
     add routes and hook into the shared state without this module knowing them.
     """
-    store = storage if storage is not None else make_storage(settings.db)
+    store = storage if storage is not None else storage_for(settings)
     state = ServerState(
         settings=settings,
         storage=store,

@@ -10,12 +10,15 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from innkt_analytics._exceptions import ConfigError
 from innkt_analytics._protocol import Limits
 
-__all__ = ["ServerSettings"]
+if TYPE_CHECKING:
+    from innkt_analytics.server.storage import Storage
+
+__all__ = ["ServerSettings", "storage_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,10 @@ class ServerSettings:
     realtime_fanout_frames_per_second: float = 1_000.0
     realtime_fanout_burst_frames: int = 2_000
     realtime_fanout_bytes_per_second: float = 4.0 * 1024 * 1024
+    #: PostgreSQL: connections in this instance's event-storage pool, and ingest
+    #: transactions it runs at once (concurrent batches beyond that are merged)
+    pg_pool_size: int = 10
+    pg_insert_concurrency: int = 4
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -103,6 +110,8 @@ class ServerSettings:
             "realtime_fanout_frames_per_second",
             "realtime_fanout_burst_frames",
             "realtime_fanout_bytes_per_second",
+            "pg_pool_size",
+            "pg_insert_concurrency",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")
@@ -141,3 +150,14 @@ class ServerSettings:
                 raise ConfigError("INNKT_" + f.name.upper(), f"cannot parse {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def storage_for(settings: ServerSettings) -> Storage:
+    """The (unopened) storage these settings describe."""
+    from innkt_analytics.server.storage import make_storage
+
+    return make_storage(
+        settings.db,
+        pool_size=settings.pg_pool_size,
+        insert_concurrency=settings.pg_insert_concurrency,
+    )

@@ -33,10 +33,11 @@ __all__ = [
 ]
 
 
-def make_storage(url: str) -> Storage:
+def make_storage(url: str, *, pool_size: int = 10, insert_concurrency: int = 4) -> Storage:
     """Build (not open) the storage for ``url``: a path, ``sqlite:///path`` or ``postgresql://``.
 
-    Raises ``ConfigError`` for an unknown scheme.
+    ``pool_size`` and ``insert_concurrency`` apply to PostgreSQL (see
+    ``PostgresStorage``). Raises ``ConfigError`` for an unknown scheme.
     """
     if url.startswith(("postgresql://", "postgres://")):
         try:
@@ -45,7 +46,9 @@ def make_storage(url: str) -> Storage:
             )
         except ImportError as exc:  # the optional dependency is missing
             raise ConfigError("db", f"PostgreSQL support needs asyncpg: {exc}") from exc
-        storage: Storage = PostgresStorage(url)
+        storage: Storage = PostgresStorage(
+            url, pool_size=pool_size, insert_concurrency=insert_concurrency
+        )
         return storage
     if url.startswith("sqlite:///"):
         return SQLiteStorage(url[len("sqlite:///") :])
