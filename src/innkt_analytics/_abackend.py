@@ -17,21 +17,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from innkt_analytics._backend import (
-    DropCallback,
-    ServiceBase,
-    ServiceState,
-    abandoned_transports,
-)
 from innkt_analytics._config import BackendConfig
 from innkt_analytics._exceptions import ConnectionStateError, StorageError
 from innkt_analytics._queue import QueuedChunk
+from innkt_analytics._service import DropCallback, ServiceBase, abandoned_transports
 from innkt_analytics._transport import (
     AsyncHttpTransport,
     AsyncTransport,
     HealthStatus,
     NetworkState,
     Send,
+    ServiceState,
     TransportCore,
     Verdict,
 )
