@@ -43,7 +43,7 @@ from innkt_analytics.server.storage._base import (
     event_row,
     key_record,
 )
-from innkt_analytics.server.storage._sqlite_client import WriterClient
+from innkt_analytics.server.storage._sqlite_client import WriterClient, storage_error
 from innkt_analytics.server.storage._sqlite_schema import migrate
 
 __all__ = ["SQLiteStorage"]
@@ -64,8 +64,7 @@ Statement = tuple[str, tuple[Any, ...]]
 
 
 def _convert_error(exc: sqlite3.Error) -> StorageError:
-    kind, message = _w.error_of(exc)
-    return StorageFullError(message) if kind == "full" else StorageError(message)
+    return storage_error(_w.error_of(exc))
 
 
 class SQLiteStorage(Storage):

@@ -27,12 +27,13 @@ from typing import Any
 from innkt_analytics._exceptions import StorageError, StorageFullError
 from innkt_analytics.server.storage import _sqlite_writer as _w
 
-__all__ = ["WriterClient"]
+__all__ = ["WriterClient", "storage_error"]
 
 AnyFuture = concurrent.futures.Future[Any] | asyncio.Future[Any]
 
 
-def _error(value: tuple[str, str]) -> StorageError:
+def storage_error(value: tuple[str, str]) -> StorageError:
+    """The exception for a ``(kind, message)`` from ``_sqlite_writer.error_of``."""
     kind, message = value
     return StorageFullError(message) if kind == "full" else StorageError(message)
 
@@ -161,7 +162,7 @@ class WriterClient:
             futures = [self._futures.pop(job_id) for job_id, _, _ in results]
         for future, (_, status, value) in zip(futures, results, strict=True):
             if status != _w.OK:
-                error = _error(value)
+                error = storage_error(value)
                 if status == _w.GROUP_FAILED:
                     group_error = error
             if future.done():

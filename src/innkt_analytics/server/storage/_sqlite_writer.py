@@ -174,8 +174,8 @@ OPS: Final[dict[str, Callable[..., Any]]] = {
 }
 
 
-def index_catch_up(conn: sqlite3.Connection) -> int:
-    """Add the events above ``hwm`` to the user and session indexes; how many."""
+def index_catch_up(conn: sqlite3.Connection) -> None:
+    """Add the events above ``hwm`` to the user and session indexes."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         hwm = int(conn.execute("SELECT hwm FROM index_state").fetchone()[0])
@@ -197,7 +197,6 @@ def index_catch_up(conn: sqlite3.Connection) -> int:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    return max(0, top - hwm)
 
 
 # -- group commit -------------------------------------------------------------------------
