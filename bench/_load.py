@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 from collections.abc import Callable
@@ -29,14 +30,35 @@ def make_events(n: int, new_id: Callable[[], str]) -> list[dict[str, Any]]:
     ]
 
 
-def http_request(body: bytes, port: int, key: str) -> bytes:
-    """A complete ``POST /v1/events/batch`` request, ready to write to a socket."""
+def http_request(body: bytes, port: int, key: str, path: str = "/v1/events/batch") -> bytes:
+    """A complete ``POST`` request (by default a batch), ready to write to a socket."""
     head = (
-        f"POST /v1/events/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response from a keep-alive connection: (status line, body)."""
+    status = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) of one process; None once it has exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -46,13 +68,14 @@ def cpu_seconds(pid: int) -> float:
     stack = [pid]
     while stack:
         current = stack.pop()
+        own = process_cpu_seconds(current)
+        if own is None:
+            continue  # exited
+        total += own
         try:
-            stat = Path(f"/proc/{current}/stat").read_text()
             tasks = list(Path(f"/proc/{current}/task").iterdir())
         except (FileNotFoundError, ProcessLookupError):
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         for task in tasks:
             try:
                 stack += [int(c) for c in (task / "children").read_text().split()]

@@ -43,7 +43,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _load
-from _load import cpu_seconds, http_request
+from _load import cpu_seconds, http_request, read_response
 from tests._server import ServerProcess
 
 from innkt_analytics._ids import uuid7
@@ -132,16 +132,7 @@ async def _send(
             for req in pending:
                 start = time.perf_counter()
                 writer.write(req)
-                status = await reader.readline()
-                length = 0
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b""):
-                        break
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                body = await reader.readexactly(length)
+                status, body = await read_response(reader)
                 latencies.append(time.perf_counter() - start)
                 if b" 200 " not in status:
                     raise RuntimeError(f"server answered {status!r}: {body[:200]!r}")

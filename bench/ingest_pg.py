@@ -35,7 +35,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _load
-from _load import http_request
+from _load import http_request, process_cpu_seconds, read_response
 from tests._server import ServerProcess
 
 from innkt_analytics.server.storage._pg_ingest import EVENT_COLUMNS
@@ -66,16 +66,7 @@ async def sender(port: int, queue: asyncio.Queue[bytes], done: list[int]) -> Non
             except asyncio.QueueEmpty:
                 return
             writer.write(req)
-            status_line = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            await reader.readexactly(length)
+            status_line, _ = await read_response(reader)
             if b" 200 " not in status_line:
                 raise RuntimeError(f"server answered {status_line!r}")
             done[0] += 1
@@ -178,15 +169,8 @@ class Run:
 
 
 def cpu_seconds(pids: set[int]) -> dict[int, float]:
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited
-        out[pid] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    """CPU seconds of each process still alive (PostgreSQL backends come and go)."""
+    return {pid: cpu for pid in pids if (cpu := process_cpu_seconds(pid)) is not None}
 
 
 def postgres_pids(url: str) -> set[int]:

@@ -41,7 +41,7 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _load import cpu_seconds
+from _load import cpu_seconds, http_request, read_response
 from tests._server import ServerProcess
 
 BATCH = 100
@@ -156,23 +156,8 @@ class Subscribers:
 # -- HTTP load ----------------------------------------------------------------------------
 
 
-def request(path: str, body: bytes, port: int, key: str) -> bytes:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
 async def read_answer(reader: asyncio.StreamReader) -> None:
-    status = await reader.readline()
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    await reader.readexactly(length)
+    status, _ = await read_response(reader)
     if b" 200 " not in status:
         raise RuntimeError(f"server answered {status!r}")
 
@@ -195,7 +180,9 @@ async def post_paced(server: ServerProcess, n: int, interval: float) -> dict[str
     for i in range(n):
         event = make_event(i, "lat")
         writer.write(
-            request("/v1/events", msgspec.json.encode(event), server.port, server.write_key)
+            http_request(
+                msgspec.json.encode(event), server.port, server.write_key, path="/v1/events"
+            )
         )
         await read_answer(reader)
         acks[event["eventId"]] = time.monotonic()
@@ -265,8 +252,7 @@ def throughput(tmp: Path, mode: str, n: int, senders: int) -> tuple[float, float
             subs = Subscribers(server, 1000, events=mode == "events", latency=False)
         events = [make_event(i, mode) for i in range(n)]
         bodies = [
-            request(
-                "/v1/events/batch",
+            http_request(
                 msgspec.json.encode({"events": events[i : i + BATCH]}),
                 server.port,
                 server.write_key,
