@@ -18,9 +18,10 @@ import httpx
 import pytest
 
 from innkt_analytics import StorageError
-from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
+from innkt_analytics.server.storage import EventFilter, SQLiteStorage
 from tests._server import ServerProcess
 from tests.conftest import ServerFactory
+from tests.test_storage_contract import row
 
 BATCH = 50
 
@@ -209,19 +210,3 @@ def test_a_batch_mixing_new_and_stored_ids_reports_only_the_new(tmp_path: Path) 
         assert [r.event_id for r in page.rows] == ["a", "c", "b", "d"]
     finally:
         storage.close_sync()
-
-
-def row(event_id: str) -> EventRow:
-    return EventRow(
-        event_id=event_id,
-        event_type="t",
-        session_id=None,
-        user_id=None,
-        anonymous_id=None,
-        timestamp=1_700_000_000_000,
-        sent_at=None,
-        received_at=1_700_000_000_000,
-        corrected=1_700_000_000_000,
-        future=False,
-        payload=b'{"eventId":"' + event_id.encode() + b'"}',
-    )

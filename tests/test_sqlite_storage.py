@@ -17,22 +17,11 @@ import pytest
 
 from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
 from innkt_analytics.server.storage._sqlite_schema import _MIGRATIONS, SCHEMA_VERSION, statements
+from tests.test_storage_contract import row
 
 
-def row(event_id: str, user: str | None, session: str | None) -> EventRow:
-    return EventRow(
-        event_id=event_id,
-        event_type="t",
-        session_id=session,
-        user_id=user,
-        anonymous_id=None,
-        timestamp=1_700_000_000_000,
-        sent_at=None,
-        received_at=1_700_000_000_000,
-        corrected=1_700_000_000_000,
-        future=False,
-        payload=b"{}",
-    )
+def ev(event_id: str, user: str | None, session: str | None) -> EventRow:
+    return row(event_id, user_id=user, session_id=session)
 
 
 @pytest.fixture
@@ -79,12 +68,12 @@ def wait_indexed(path: str) -> None:
 def test_filters_find_events_both_in_the_bulk_index_and_above_it(
     storage: SQLiteStorage,
 ) -> None:
-    insert(storage, row("a1", "u1", "s1"), row("a2", "u1", "s2"), row("b1", "u2", "s1"))
+    insert(storage, ev("a1", "u1", "s1"), ev("a2", "u1", "s2"), ev("b1", "u2", "s1"))
     wait_indexed(storage.path)
     with sqlite3.connect(storage.path) as conn:
         indexed = conn.execute("SELECT count(*) FROM events_by_user").fetchone()[0]
     assert indexed == 3
-    insert(storage, row("a3", "u1", "s1"), row("b2", "u2", "s2"))
+    insert(storage, ev("a3", "u1", "s1"), ev("b2", "u2", "s2"))
     # Hold the write lock so the writer cannot index the new rows while we look.
     holder = sqlite3.connect(storage.path, isolation_level=None, timeout=30)
     holder.execute("BEGIN IMMEDIATE")
@@ -105,9 +94,9 @@ def test_filters_find_events_both_in_the_bulk_index_and_above_it(
 
 
 def test_deleting_a_user_removes_their_events_from_both_places(storage: SQLiteStorage) -> None:
-    insert(storage, row("a1", "u1", "s1"), row("b1", "u2", "s1"))
+    insert(storage, ev("a1", "u1", "s1"), ev("b1", "u2", "s1"))
     wait_indexed(storage.path)
-    insert(storage, row("a2", "u1", "s2"))
+    insert(storage, ev("a2", "u1", "s2"))
     assert asyncio.run(storage.delete_user("p", "u1", 1)) == 2
     assert ids(storage, EventFilter(user_id="u1")) == []
     assert ids(storage, EventFilter(session_id="s1")) == ["b1"]
@@ -119,10 +108,10 @@ def test_deleting_a_user_removes_their_events_from_both_places(storage: SQLiteSt
 def test_deleting_the_newest_events_never_hides_the_next_ones(storage: SQLiteStorage) -> None:
     # SQLite hands out the seqs of deleted newest rows again; had the bulk index's
     # high-water mark stayed above them, the new rows would never be indexed.
-    insert(storage, row("a1", "u1", "s1"), row("a2", "u1", "s1"), row("a3", "u1", "s1"))
+    insert(storage, ev("a1", "u1", "s1"), ev("a2", "u1", "s1"), ev("a3", "u1", "s1"))
     wait_indexed(storage.path)
     assert asyncio.run(storage.delete_user("p", "u1", 1)) == 3
-    insert(storage, row("b1", "u2", "s2"), row("b2", "u2", "s2"))
+    insert(storage, ev("b1", "u2", "s2"), ev("b2", "u2", "s2"))
     wait_indexed(storage.path)
     assert ids(storage, EventFilter(user_id="u2")) == ["b1", "b2"]
     assert ids(storage, EventFilter(session_id="s2")) == ["b1", "b2"]
@@ -148,7 +137,7 @@ def test_a_version_2_database_is_migrated_with_its_events_indexed(tmp_path: Path
             assert index_state(path) == (3, 3)
         assert ids(storage, EventFilter(user_id="u1")) == ["e1", "e2"]
         assert ids(storage, EventFilter(session_id="s1")) == ["e1", "e3"]
-        insert(storage, row("e4", "u1", "s1"))
+        insert(storage, ev("e4", "u1", "s1"))
         assert ids(storage, EventFilter(user_id="u1")) == ["e1", "e2", "e4"]
     finally:
         storage.close_sync()
@@ -157,14 +146,14 @@ def test_a_version_2_database_is_migrated_with_its_events_indexed(tmp_path: Path
 def test_batches_with_duplicates_are_indexed_exactly(storage: SQLiteStorage) -> None:
     # The writer indexes from what it inserted; a batch with replayed ids takes
     # another path (the new rows are read back): both must index exactly.
-    insert(storage, row("a", "u1", "s1"), row("b", "u2", "s1"))
-    insert(storage, row("a", "u1", "s1"), row("c", "u3", None), row("b", "u2", "s1"))
-    insert(storage, row("d", None, "s2"), row("d", None, "s2"), row("e", "u1", "s2"))
-    insert(storage, row("g", "u4", "s3"))
+    insert(storage, ev("a", "u1", "s1"), ev("b", "u2", "s1"))
+    insert(storage, ev("a", "u1", "s1"), ev("c", "u3", None), ev("b", "u2", "s1"))
+    insert(storage, ev("d", None, "s2"), ev("d", None, "s2"), ev("e", "u1", "s2"))
+    insert(storage, ev("g", "u4", "s3"))
     wait_indexed(storage.path)
     assert ids(storage, EventFilter(user_id="u1")) == ["a", "e"]
     assert ids(storage, EventFilter(session_id="s2")) == ["d", "e"]
-    insert(storage, row("f", "u1", "s1"))
+    insert(storage, ev("f", "u1", "s1"))
     wait_indexed(storage.path)
     assert ids(storage, EventFilter(user_id="u1")) == ["a", "e", "f"]
 
@@ -177,10 +166,10 @@ def test_the_writer_process_ignores_ctrl_c_and_stops_when_the_storage_closes(
     pid = storage.writer_pid
     assert pid is not None
     try:
-        assert insert(storage, row("a", "u1", "s1")) == {"a"}  # the writer is up
+        assert insert(storage, ev("a", "u1", "s1")) == {"a"}  # the writer is up
         os.kill(pid, signal.SIGINT)  # what a Ctrl-C in the terminal sends it too
         os.kill(pid, signal.SIGTERM)
-        assert insert(storage, row("b", "u1", "s1")) == {"b"}
+        assert insert(storage, ev("b", "u1", "s1")) == {"b"}
         assert storage.writer_pid == pid
     finally:
         storage.close_sync()
