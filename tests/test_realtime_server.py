@@ -411,6 +411,54 @@ def test_event_stream_filters_by_type_and_project(shared_server: ServerProcess) 
     asyncio.run(main())
 
 
+def test_direct_and_asgi_sends_share_one_sequence(shared_server: ServerProcess) -> None:
+    # A batch reaches an idle subscriber from the dispatcher itself (framed by the hub,
+    # or by websockets on a compressed connection); replies go through ASGI. Either
+    # way every message of a connection carries the next seq, in order.
+    keys = fresh_project(shared_server, "write", "read")
+
+    async def main() -> None:
+        url = ws_url(shared_server)
+        plain = await Client.open(url, keys["read"])
+        deflate = await Client.open(url, keys["read"], compression="deflate")
+        buys = await Client.open(url, keys["read"])
+        clients = (plain, deflate, buys)
+        for client in clients:
+            mid = await client.send("unsubscribe", {"streams": ["analytics_update"]})
+            await client.expect("subscribed", lambda m, mid=mid: m["id"] == mid)
+        await plain.subscribe(["event"])
+        await deflate.subscribe(["event"])
+        await buys.subscribe(["event"], ["buy"])
+        before = health_of(shared_server)["realtime"]["framesSentDirect"]
+        sent: list[dict[str, Any]] = []
+        # frames under 126 bytes, under 64 KiB and over: each length encoding of RFC 6455
+        batches = [
+            [event("login", session=None)],
+            [event("buy", pad=150)],
+            [event("login", pad=30_000) for _ in range(3)],
+        ]
+        for i, batch in enumerate(batches):
+            post_events(shared_server, batch, key=keys["write"])
+            sent += batch
+            for client in clients:
+                # the batch was dispatched before the ping is read
+                await client.send("ping", id=f"p{i}")
+                await client.expect("pong", lambda m, i=i: m["id"] == f"p{i}")
+        after = health_of(shared_server)["realtime"]["framesSentDirect"]
+        # every batch went out directly: three each to plain and deflate, one to buys
+        assert after - before == 7
+        for client in (plain, deflate):
+            got = [e for m in client.seen if m["type"] == "event" for e in m["payload"]["events"]]
+            assert got == sent
+        assert [m["payload"]["events"] for m in buys.seen if m["type"] == "event"] == [batches[1]]
+        for client in clients:
+            seqs = [m["seq"] for m in client.seen]
+            assert seqs == list(range(1, len(seqs) + 1)), [m["type"] for m in client.seen]
+            await client.close()
+
+    asyncio.run(main())
+
+
 def test_analytics_update_pushes_live_aggregates_at_the_project_interval(
     shared_server: ServerProcess,
 ) -> None:

@@ -162,3 +162,36 @@ def test_send_budget_burst_can_exceed_a_second_of_rate() -> None:
     budget = SendBudget(frames_per_second=10, bytes_per_second=1e9, now=0.0, burst_frames=30)
     assert [budget.take_frame(0.0) for _ in range(30)] == [0.0] * 30
     assert budget.take_frame(0.0) == pytest.approx(0.1)
+
+
+def test_only_newest_is_the_last_entry_when_nothing_else_is_pending() -> None:
+    log = EventLog(max_entries=2, max_bytes=1 << 20)
+    reader = Reader()
+    log.attach(reader)
+    assert log.only_newest(reader) is None  # nothing to read
+    log.append(*batch("a"))
+    entry = log.only_newest(reader)
+    assert entry is not None
+    assert ids_of(entry.text) == ["a"]
+    log.advance(reader, entry)
+    assert not log.pending(reader)
+    assert reader.cursor_events == 1
+    log.append(*batch("b"))
+    log.append(*batch("c"))
+    assert log.only_newest(reader) is None  # two entries pending: the writer merges them
+    log.append(*batch("d"))  # "b" is evicted: the reader lost one event
+    assert log.only_newest(reader) is None  # a loss must be announced first
+    lost, entries = log.read(reader)
+    assert lost == 1
+    assert [ids_of(e.text) for e in entries] == [["c"], ["d"]]
+
+
+def test_try_take_charges_only_what_needs_no_wait() -> None:
+    budget = SendBudget(frames_per_second=10, bytes_per_second=100, now=0.0, burst_frames=2)
+    assert budget.try_take(0.0, 60)
+    assert not budget.try_take(0.0, 60)  # 40 bytes left: nothing is charged
+    assert budget.try_take(0.0, 40)
+    assert not budget.try_take(0.0, 0)  # no frame left
+    assert budget.waited == 0.0
+    assert budget.try_take(0.1, 10)  # a frame and 10 bytes came back
+    assert budget.take_frame(0.1) == pytest.approx(0.1)  # the debt-based path still works

@@ -114,6 +114,7 @@ def serve(
     import uvicorn
 
     from innkt_analytics.server import build_app
+    from innkt_analytics.server._ws_protocol import FastSendProtocol
 
     settings = _settings(host=host, port=port, db=db)
     # Bind first: keys created by a start that then fails would never be shown.
@@ -152,6 +153,9 @@ def serve(
         timeout_graceful_shutdown=5,
         # uvicorn must not buffer a WebSocket message larger than the hub accepts.
         ws_max_size=settings.realtime_max_message_bytes + 1,
+        # uvicorn's sans-I/O WebSocket protocol, with a synchronous send for the hub's
+        # event fan-out (see _ws_protocol).
+        ws=FastSendProtocol,
     )
     _tune_gc()
     uvicorn.Server(config).run(sockets=[sock])

@@ -74,7 +74,8 @@ class Reader(Protocol):
     cursor: int
     cursor_events: int
 
-    def wake_up(self) -> None: ...
+    def wake_up(self) -> None:
+        """Something new was appended; the reader may read it right away."""
 
 
 class EventLog:
@@ -133,6 +134,17 @@ class EventLog:
         for i in range(first, len(self.entries)):
             yield self.entries[i]
 
+    def only_newest(self, reader: Reader) -> Entry | None:
+        """The newest entry, if it is all ``reader`` has to read and nothing was lost."""
+        if reader.cursor != self.end - 1 or not self.entries:
+            return None
+        return self.entries[-1]
+
+    def advance(self, reader: Reader, entry: Entry) -> None:
+        """Move ``reader`` past ``entry`` (which it has sent or had no use for)."""
+        reader.cursor = entry.index + 1
+        reader.cursor_events = entry.first_event + len(entry.raws)
+
     def read(self, reader: Reader, limit: int = MERGE_BYTES) -> tuple[int, list[Entry]]:
         """Advance ``reader``: (events it lost to eviction, entries to send now).
 
@@ -151,9 +163,7 @@ class EventLog:
             taken.append(entry)
             size += entry.size
         if taken:
-            last = taken[-1]
-            reader.cursor = last.index + 1
-            reader.cursor_events = last.first_event + len(last.raws)
+            self.advance(reader, taken[-1])
         return lost, taken
 
 
@@ -166,11 +176,14 @@ class _Bucket:
         self.tokens = burst
         self.updated = now
 
-    def take(self, now: float, cost: float) -> float:
-        # Debt-based: the cost is always taken; a negative balance is the wait.
+    def refill(self, now: float) -> float:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        self.tokens -= cost
+        return self.tokens
+
+    def take(self, now: float, cost: float) -> float:
+        # Debt-based: the cost is always taken; a negative balance is the wait.
+        self.tokens = self.refill(now) - cost
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
@@ -197,6 +210,14 @@ class SendBudget:
         wait = self._frames.take(now, 1)
         self.waited += wait
         return wait
+
+    def try_take(self, now: float, size: int) -> bool:
+        """Charge one frame of ``size`` bytes if that needs no wait; else charge nothing."""
+        if self._frames.refill(now) < 1 or self._bytes.refill(now) < size:
+            return False
+        self._frames.tokens -= 1
+        self._bytes.tokens -= size
+        return True
 
     def take_bytes(self, now: float, size: int) -> float:
         """Charge a built frame's bytes; returns how long to wait before sending it."""
