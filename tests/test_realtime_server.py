@@ -617,7 +617,7 @@ def _raise_fd_limit(needed: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_thousand_concurrent_connections_all_get_the_config_update(
+def test_a_thousand_concurrent_connections_all_get_the_config_update_and_the_events(
     server_factory: ServerFactory,
 ) -> None:
     _raise_fd_limit(4096)
@@ -636,6 +636,25 @@ def test_a_thousand_concurrent_connections_all_get_the_config_update(
         stored = put_config(server, batchSize=123)
         updates = await asyncio.gather(*(c.expect("config_update") for c in clients))
         assert all(u["payload"]["config"] == stored for u in updates)
+
+        # The event stream: the dispatcher sends a batch directly to a few hundred
+        # subscribers per turn of the event loop, then comes back for the others.
+        async def subscribe(client: Client) -> None:
+            mid = await client.send("unsubscribe", {"streams": ["analytics_update"]})
+            await client.expect("subscribed", lambda m: m["id"] == mid)
+            await client.subscribe(["event"])
+
+        await asyncio.gather(*(subscribe(c) for c in clients))
+        before = (await asyncio.to_thread(health_of, server))["realtime"]["framesSentDirect"]
+        batch = [event("login"), event("view")]
+        await asyncio.to_thread(post_events, server, batch)
+        got = await asyncio.gather(*(c.events(2) for c in clients))
+        assert all(g == batch for g in got)
+        after = (await asyncio.to_thread(health_of, server))["realtime"]["framesSentDirect"]
+        assert after - before == n
+        for client in clients:
+            seqs = [m["seq"] for m in client.seen]
+            assert seqs == list(range(1, len(seqs) + 1))
         await asyncio.gather(*(c.close() for c in clients))
 
     asyncio.run(main())

@@ -17,7 +17,7 @@ class Reader:
         self.cursor_events = 0
         self.woken = 0
 
-    def wake_up(self) -> None:
+    def on_append(self) -> None:
         self.woken += 1
 
 

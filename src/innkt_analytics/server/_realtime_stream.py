@@ -74,8 +74,8 @@ class Reader(Protocol):
     cursor: int
     cursor_events: int
 
-    def wake_up(self) -> None:
-        """Something new was appended; the reader may read it right away."""
+    def on_append(self) -> None:
+        """A batch was appended while the reader was idle; it may read it right away."""
 
 
 class EventLog:
@@ -116,7 +116,7 @@ class EventLog:
         if self.idle:
             idle, self.idle = self.idle, set()
             for reader in idle:
-                reader.wake_up()
+                reader.on_append()
 
     def pending(self, reader: Reader) -> bool:
         return reader.cursor < self.end
