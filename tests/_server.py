@@ -63,7 +63,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self._starts += 1
-        log = self.log_dir / f"server-{self.port or 'new'}-{self._starts}.log"
+        #: what the running server process prints (stdout and stderr)
+        self.log = log = self.log_dir / f"server-{self.port or 'new'}-{self._starts}.log"
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(

@@ -177,6 +177,7 @@ def fresh_project(server: ServerProcess, *scopes: str) -> dict[str, str]:
 
 def test_handshake_auth_refusals_happen_before_accept(shared_server: ServerProcess) -> None:
     url = ws_url(shared_server)
+    logged = shared_server.log.stat().st_size
 
     async def main() -> None:
         assert await refused(url, None) == (
@@ -192,6 +193,10 @@ def test_handshake_auth_refusals_happen_before_accept(shared_server: ServerProce
         assert status == 401
 
     asyncio.run(main())
+    # A refusal is the hub working as designed, not a server error.
+    with shared_server.log.open("rb") as out:
+        out.seek(logged)
+        assert b"ERROR" not in out.read()
 
 
 def test_browser_subprotocol_auth_never_echoes_the_key(shared_server: ServerProcess) -> None:

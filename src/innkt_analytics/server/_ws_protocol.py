@@ -13,6 +13,10 @@ sending when the ASGI path must be used instead: the handshake is not done,
 a close was sent, the peer is gone, or the socket's write buffer is over its
 high-water mark (the ASGI path waits for it to drain; this one never waits).
 
+It also records that a refusal sent as an HTTP response (ASGI's
+``websocket.http.response``) completes the handshake, which uvicorn's class
+does not, so a refused client no longer logs an error.
+
 ``serve`` runs uvicorn with this class. Under another ASGI server the
 extension is absent and the hub sends everything through ASGI.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
@@ -47,6 +52,16 @@ class FastSendProtocol(WebSocketsSansIOProtocol):
             extensions = scope.get("extensions") or {}
             extensions[SEND_TEXT_NOW] = self.send_text_now
             scope["extensions"] = extensions
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get(
+            "more_body", False
+        ):
+            # A refusal (401, 403, 429, 503) answers the handshake. uvicorn's sans-I/O
+            # protocol does not record that, and logs an error for every refusal
+            # ("ASGI callable returned without completing handshake").
+            self.handshake_complete = True
 
     def send_text_now(self, text: str) -> bool:
         if (
