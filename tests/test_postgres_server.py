@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import uuid
@@ -107,6 +108,49 @@ def test_postgres_outage_answers_503_and_recovers_by_itself(
     assert r.json() == {"accepted": 2, "duplicates": 1, "rejected": []}
     assert httpx.get(server.url + "/v1/health").json() == {"status": "ok"}
     assert server.event_ids() == ["b1", "b2", "b3"]
+
+
+def test_a_server_started_before_postgresql_waits_for_it(
+    pg_database: str, outage: Callable[[bool], None], tmp_path: Path
+) -> None:
+    outage(True)
+    # Told not to wait, it gives up at once with the reason.
+    impatient = ServerProcess(
+        pg_database, log_dir=tmp_path / "logs", env={"INNKT_STORAGE_STARTUP_WAIT": "0"}
+    )
+    with pytest.raises(RuntimeError, match="cannot open storage"):
+        impatient.start(timeout=30)
+    # By default it keeps trying, says so, and starts once PostgreSQL lets it in.
+    server = ServerProcess(pg_database, log_dir=tmp_path / "logs")
+    started: list[BaseException | None] = []
+    starter = threading.Thread(
+        target=lambda: started.append(_start_or_error(server, timeout=60)), daemon=True
+    )
+    starter.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            log = server.log.read_text(errors="replace") if hasattr(server, "log") else ""
+            if "waiting for storage" in log:
+                break
+            time.sleep(0.1)
+        assert "PostgreSQL unavailable" in log
+        assert server.running  # still waiting, not exited
+        outage(False)
+        starter.join(60)
+        assert started == [None]
+        assert post(server, events("w1")).status_code == 200
+        assert server.event_ids() == ["w1"]
+    finally:
+        server.kill()
+
+
+def _start_or_error(server: ServerProcess, timeout: float) -> BaseException | None:
+    try:
+        server.start(timeout=timeout)
+    except BaseException as exc:  # reported to the test's thread
+        return exc
+    return None
 
 
 @pytest.mark.postgres

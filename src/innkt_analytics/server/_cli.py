@@ -6,8 +6,10 @@ import asyncio
 import datetime as dt
 import gc
 import os
+import random
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, BinaryIO, NoReturn, TypeVar
 
@@ -23,7 +25,8 @@ from rich.progress import (
 )
 
 from innkt_analytics import _backup
-from innkt_analytics._exceptions import ConfigError, InnktError
+from innkt_analytics._exceptions import ConfigError, InnktError, StorageError, StorageFullError
+from innkt_analytics._retry import backoff
 from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import SCOPES, new_key_record
 from innkt_analytics.server._backups import backup_dir, sqlite_path
@@ -89,6 +92,26 @@ async def _with_storage(db: str, fn: Callable[[Storage], Awaitable[T]]) -> T:
         await storage.close()
 
 
+async def _bootstrap_when_reachable(settings: ServerSettings) -> list[tuple[str, str]]:
+    """``_bootstrap_keys``, retried while PostgreSQL cannot be reached.
+
+    Containers and services often start before their database: keep trying, with
+    backoff, for ``storage_startup_wait`` seconds. Raises the last ``StorageError``.
+    """
+    patient = settings.db.startswith(("postgresql://", "postgres://"))
+    deadline = time.monotonic() + settings.storage_startup_wait
+    delays = backoff(0.5, 5.0, jitter=lambda: 0.5 + random.random() / 2)
+    while True:
+        try:
+            return await _with_storage(settings.db, _bootstrap_keys)
+        except StorageError as exc:
+            left = deadline - time.monotonic()
+            if not patient or left <= 0 or isinstance(exc, StorageFullError):
+                raise
+            typer.echo(f"waiting for storage: {exc} (giving up in {left:.0f} s)", err=True)
+            await asyncio.sleep(min(next(delays), left))
+
+
 async def _bootstrap_keys(storage: Storage) -> list[tuple[str, str]]:
     """On an empty database, create an admin, a write and a read key for project 'default'."""
     if await storage.count_keys():
@@ -130,7 +153,7 @@ def serve(
         typer.echo(f"error: cannot bind {settings.host}:{settings.port}: {exc}", err=True)
         raise typer.Exit(1) from None
     try:
-        created = asyncio.run(_with_storage(settings.db, _bootstrap_keys))
+        created = asyncio.run(_bootstrap_when_reachable(settings))
     except InnktError as exc:
         sock.close()
         typer.echo(f"error: cannot open storage {settings.db!r}: {exc}", err=True)

@@ -76,6 +76,9 @@ class ServerSettings:
     #: transactions it runs at once (concurrent batches beyond that are merged)
     pg_pool_size: int = 10
     pg_insert_concurrency: int = 4
+    #: seconds ``serve`` keeps trying to reach PostgreSQL when it starts first (0 gives
+    #: up at once); SQLite errors are never retried
+    storage_startup_wait: float = 30.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
