@@ -245,23 +245,9 @@ class ServiceBase(PrivacyControls):
         network, never raises for transport problems. ``properties`` is encoded
         by the worker within ``commit_interval``: do not mutate it afterwards.
         """
-        if not self._open and not self._reopen():
-            return False
-        try:
-            if event_type in self._disabled:
-                return self._count_drop("disabled_type")
-        except TypeError:
-            pass  # unhashable, so not a type name: the worker reports it as invalid
-        if self._sampling < 1.0 and random.random() >= self._sampling:
-            return self._count_drop("sampled")
-        ring = self._ring
-        if len(ring) >= self._wake_at:
-            if len(ring) >= self._buffer_size:
-                return self._count_drop("buffer_full")
-            if not self._commit_wake.is_set():  # set() takes a lock: only once
-                self._commit_wake.set()
-        ring.append((time.time(), event_type, properties, session_id, user_id))
-        return True
+        return self._hand_over(
+            event_type, (time.time(), event_type, properties, session_id, user_id)
+        )
 
     def send_event(self, event: Event) -> bool:
         """Queue a complete ``Event`` (the seed's ``sendEvent``); same contract as ``track``."""
@@ -271,12 +257,13 @@ class ServiceBase(PrivacyControls):
         return self._hand_over(candidate.event_type, candidate)
 
     def _hand_over(self, event_type: str, record: Tracked | Event) -> bool:
-        # ``track`` inlines this same sequence: it is the hot path.
         if not self._open and not self._reopen():
             return False
-        with contextlib.suppress(TypeError):  # unhashable: reported as invalid later
+        try:  # not contextlib.suppress: building a context manager per event costs µs
             if event_type in self._disabled:
                 return self._count_drop("disabled_type")
+        except TypeError:
+            pass  # unhashable, so not a type name: the worker reports it as invalid
         if self._sampling < 1.0 and random.random() >= self._sampling:
             return self._count_drop("sampled")
         ring = self._ring
