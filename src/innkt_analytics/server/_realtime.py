@@ -126,24 +126,29 @@ class Connection:
         # The event log calls this when a batch arrives while the writer sleeps. If
         # nothing else waits to go out, the batch is sent from here: no task switch and
         # no ASGI layers per subscriber, which is most of what a fan-out costs.
-        log, hub = self.log, self.hub
-        if log is not None and not self.wake.is_set() and self.send_text_now is not None:
+        stream, hub, send_now = self.log, self.hub, self.send_text_now
+        if stream is not None and not self.wake.is_set() and send_now is not None:
             if hub.direct_left <= 0:
                 hub.deferred.append(self)  # after the loop had a turn (Hub._send_deferred)
                 return
-            if self._send_newest(log):
+            try:
+                sent = self._send_newest(stream, send_now)
+            except Exception:
+                # Never leave a reader neither served nor woken: the event log forgot it.
+                log.exception("real-time direct send failed")
+                sent = False
+            if sent:
                 hub.direct_left -= 1
-                if log.pending(self):
+                if stream.pending(self):
                     self.wake.set()
                 else:
-                    log.idle.add(self)  # the writer still sleeps
+                    stream.idle.add(self)  # the writer still sleeps
                 return
         self.wake.set()
 
-    def _send_newest(self, log: EventLog) -> bool:
+    def _send_newest(self, log: EventLog, send_now: SendTextNow) -> bool:
         """Send the log's newest batch right now if that is all there is to send."""
-        send_now = self.send_text_now
-        if send_now is None or self.control or self.analytics is not None:
+        if self.control or self.analytics is not None:
             return False
         entry = log.only_newest(self)
         if entry is None:
@@ -367,11 +372,7 @@ class Hub:
             del self.deferred[:DIRECT_SENDS_PER_TURN]
             self.direct_left = DIRECT_SENDS_PER_TURN
             for conn in turn:
-                try:
-                    conn.on_append()
-                except Exception:
-                    log.exception("real-time dispatch failed")
-                    conn.wake_up()
+                conn.on_append()
             await asyncio.sleep(0)
 
     def _local_batch(self, project: str, events: list[ValidEvent], at: float) -> None:
