@@ -180,7 +180,8 @@ async def _sansio_subscribers(
     url: str, key: str, n: int, sent: list[str], tally: Tally
 ) -> list[asyncio.Transport]:
     loop = asyncio.get_running_loop()
-    host, port = parse_uri(url).host, parse_uri(url).port
+    uri = parse_uri(url)
+    host, port = uri.host, uri.port
 
     async def one() -> asyncio.Transport:
         transport, sub = await loop.create_connection(
