@@ -33,13 +33,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, Final, Protocol, TypeVar
+from typing import Any, ClassVar, Final, Protocol, TypeVar, cast
 
 from websockets.asyncio.client import ClientConnection as AsyncConnection
 from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
+from websockets.typing import Origin, Subprotocol
 
 from innkt_analytics._bus import EventBus, default_bus
 from innkt_analytics._exceptions import ConnectionStateError
@@ -356,7 +357,7 @@ class RealTimeSyncService(_ServiceBase):
     def _writer(self, ws: SyncConnection, out: queue.SimpleQueue[object]) -> None:
         while (frame := out.get()) is not _STOP:
             try:
-                ws.send(frame)  # type: ignore[arg-type]
+                ws.send(cast(str, frame))
             except Exception:
                 return  # the reader notices the dead connection and reconnects
 
@@ -387,13 +388,13 @@ class RealTimeSyncService(_ServiceBase):
             with sync_connect(
                 cfg.websocket_url,
                 additional_headers={"Authorization": f"Bearer {cfg.api_key}"},
-                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                subprotocols=[Subprotocol(SUBPROTOCOL)],
                 compression="deflate" if cfg.enable_compression else None,
                 open_timeout=cfg.connection_timeout,
                 ping_interval=None,  # the session's own heartbeat measures RTT
                 close_timeout=min(cfg.connection_timeout, 2.0),
                 max_size=cfg.max_message_bytes,
-                origin=cfg.origin,  # type: ignore[arg-type]
+                origin=None if cfg.origin is None else Origin(cfg.origin),
                 user_agent_header=_USER_AGENT,
             ) as ws:
                 out: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -542,7 +543,7 @@ class AsyncRealTimeSyncService(_ServiceBase):
     async def _writer(self, ws: AsyncConnection, out: asyncio.Queue[object]) -> None:
         while (frame := await out.get()) is not _STOP:
             try:
-                await ws.send(frame)  # type: ignore[arg-type]
+                await ws.send(cast(str, frame))
             except Exception:
                 return
 
@@ -572,13 +573,13 @@ class AsyncRealTimeSyncService(_ServiceBase):
             async with async_connect(
                 cfg.websocket_url,
                 additional_headers={"Authorization": f"Bearer {cfg.api_key}"},
-                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                subprotocols=[Subprotocol(SUBPROTOCOL)],
                 compression="deflate" if cfg.enable_compression else None,
                 open_timeout=cfg.connection_timeout,
                 ping_interval=None,
                 close_timeout=min(cfg.connection_timeout, 2.0),
                 max_size=cfg.max_message_bytes,
-                origin=cfg.origin,  # type: ignore[arg-type]
+                origin=None if cfg.origin is None else Origin(cfg.origin),
                 user_agent_header=_USER_AGENT,
             ) as ws:
                 if self._stop is not None and self._stop.is_set():

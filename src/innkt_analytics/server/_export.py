@@ -99,8 +99,8 @@ async def write_parquet(
 
     Raises ``ImportError`` when pyarrow (the ``parquet`` extra) is not installed.
     """
-    import pyarrow as pa  # type: ignore[import-untyped]  # optional extra
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    import pyarrow as pa  # optional extra
+    import pyarrow.parquet as pq
 
     schema = pa.schema([(c, pa.bool_() if c == "future" else pa.string()) for c in CSV_COLUMNS])
     total = 0

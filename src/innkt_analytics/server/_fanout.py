@@ -251,7 +251,7 @@ class RedisFanout(_Queued):
             import redis.asyncio as aioredis
         except ImportError as exc:  # the optional dependency is missing
             raise ConfigError("channels", f"Redis fan-out needs the redis package: {exc}") from exc
-        self._redis = aioredis
+        self._redis: Any = aioredis  # typed loosely: redis' own annotations change between releases
         self._pub: Any = None
 
     async def _listen(self) -> None:
@@ -268,7 +268,7 @@ class RedisFanout(_Queued):
         finally:
             self.connected = False
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
             with contextlib.suppress(Exception):
                 await client.aclose()
 
@@ -302,7 +302,7 @@ class PostgresFanout(_Queued):
     def __init__(self, channel: str, url: str) -> None:
         super().__init__(channel, url)
         try:
-            import asyncpg  # type: ignore[import-untyped]
+            import asyncpg
         except ImportError as exc:  # the optional dependency is missing
             raise ConfigError("channels", f"PostgreSQL fan-out needs asyncpg: {exc}") from exc
         self._asyncpg = asyncpg

@@ -156,7 +156,7 @@ class SQLiteKV(KVStore):
 def _asyncpg() -> Any:
     """The asyncpg module, imported on first use (it is an optional dependency)."""
     try:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
     except ImportError as exc:
         raise ConfigError("db", f"PostgreSQL support needs asyncpg: {exc}") from exc
     return asyncpg

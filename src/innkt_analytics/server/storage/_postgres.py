@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import msgspec
 
 from innkt_analytics._exceptions import ConfigError, StorageError, StorageFullError
