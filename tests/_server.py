@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import httpx
 __all__ = ["ServerProcess"]
 
 _KEY = re.compile(r"created (\w+) key \(project '[^']+'\): (\S+)")
-_URL = re.compile(r"listening on (http://\S+)")
+_URL = re.compile(r"listening on (https?://\S+)")
 
 
 class ServerProcess:
@@ -34,7 +35,12 @@ class ServerProcess:
         log_dir: str | Path,
         env: dict[str, str] | None = None,
         port: int = 0,
+        args: tuple[str, ...] = (),
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
+        #: extra ``serve`` options (e.g. TLS), and what the health wait verifies TLS with
+        self.args = args
+        self.verify = verify
         self.db = str(db)
         self.port = port
         self.env = dict(env or {})
@@ -79,6 +85,7 @@ class ServerProcess:
                     str(self.port),
                     "--db",
                     self.db,
+                    *self.args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -106,7 +113,8 @@ class ServerProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{log.read_text()}")
             try:
-                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
+                health = httpx.get(self.url + "/v1/health", timeout=1, verify=self.verify)
+                if health.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

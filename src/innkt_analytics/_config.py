@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import hashlib
 import os
+import ssl
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any, Final
 from innkt_analytics._exceptions import ConfigError
 from innkt_analytics._privacy import PrivacyConfig
 from innkt_analytics._protocol import ClientConfig
+from innkt_analytics._tls import check_tls_options
 
 __all__ = ["BackendConfig", "OverflowPolicy", "QueueMode", "default_queue_path"]
 
@@ -145,9 +147,15 @@ class BackendConfig:
     privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
     #: where opt-out and consent choices persist; None: beside the queue file
     consent_path: Path | None = None
+    #: TLS: a PEM file of the CAs to trust instead of the system's (a private CA)
+    ca_bundle: Path | None = None
+    #: TLS: a complete client context (client certificates, pinning); wins over ca_bundle.
+    #: Certificates are always verified; there is no plain-HTTP fallback.
+    ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._check_url()
+        object.__setattr__(self, "ca_bundle", check_tls_options(self.ca_bundle, self.ssl_context))
         if not isinstance(self.api_key, str) or not self.api_key.strip():
             raise ConfigError("api_key", "must be a non-empty string")
         if any(c in self.api_key for c in "\r\n"):

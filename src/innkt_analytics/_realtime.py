@@ -56,6 +56,7 @@ from innkt_analytics._realtime_core import (
     config_of,
     make_envelope,
 )
+from innkt_analytics._tls import client_ssl_context, tls_failure
 from innkt_analytics._version import __version__
 
 __all__ = [
@@ -96,7 +97,15 @@ def _failure_of(exc: BaseException) -> Failure:
         return Failure("timeout", reason="connection timed out")
     if isinstance(exc, InvalidURI | InvalidHandshake):
         return Failure("refused", reason=str(exc))
-    return Failure("network", reason=f"{type(exc).__name__}: {exc}")
+    return Failure("network", reason=tls_failure(exc) or f"{type(exc).__name__}: {exc}")
+
+
+def _tls_options(cfg: RealTimeConfig) -> dict[str, Any]:
+    """``ssl=`` for a wss:// URL with a CA bundle or context (websockets refuses it for ws://)."""
+    context = client_ssl_context(cfg.ca_bundle, cfg.ssl_context)
+    if context is None or not cfg.websocket_url.startswith("wss://"):
+        return {}
+    return {"ssl": context}
 
 
 def _deflate(ws: SyncConnection | AsyncConnection) -> bool:
@@ -387,6 +396,7 @@ class RealTimeSyncService(_ServiceBase):
         try:
             with sync_connect(
                 cfg.websocket_url,
+                **_tls_options(cfg),
                 additional_headers={"Authorization": f"Bearer {cfg.api_key}"},
                 subprotocols=[Subprotocol(SUBPROTOCOL)],
                 compression="deflate" if cfg.enable_compression else None,
@@ -572,6 +582,7 @@ class AsyncRealTimeSyncService(_ServiceBase):
         try:
             async with async_connect(
                 cfg.websocket_url,
+                **_tls_options(cfg),
                 additional_headers={"Authorization": f"Bearer {cfg.api_key}"},
                 subprotocols=[Subprotocol(SUBPROTOCOL)],
                 compression="deflate" if cfg.enable_compression else None,

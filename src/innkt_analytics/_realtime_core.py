@@ -28,9 +28,11 @@ import datetime as dt
 import enum
 import itertools
 import random
+import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -38,6 +40,7 @@ import msgspec
 from innkt_analytics._exceptions import ConfigError, ConnectionStateError
 from innkt_analytics._ids import uuid7
 from innkt_analytics._protocol import ClientConfig, Envelope, ProtocolError
+from innkt_analytics._tls import check_tls_options
 
 __all__ = [
     "BEARER_PREFIX",
@@ -329,8 +332,13 @@ class RealTimeConfig:
     event_types: frozenset[str] | None = None
     #: sent as the Origin header (browsers set it themselves)
     origin: str | None = None
+    #: TLS (``wss://``): a PEM file of the CAs to trust instead of the system's
+    ca_bundle: Path | None = None
+    #: TLS: a complete client context; wins over ca_bundle. Always verified.
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ca_bundle", check_tls_options(self.ca_bundle, self.ssl_context))
         url = self.websocket_url
         if not isinstance(url, str):
             raise ConfigError("websocket_url", "must be a string")

@@ -56,6 +56,7 @@ _UTC: Final = dt.UTC
 #: options that need a new transport when they change at runtime
 _TRANSPORT_OPTIONS: Final = frozenset(
     {"base_url", "api_key", "timeout", "compression", "compression_level"}
+    | {"ca_bundle", "ssl_context"}
 )
 _QUEUE_OPTIONS: Final = frozenset({"queue_mode", "queue_path", "queue_fsync"})
 #: most records encoded and committed in one transaction

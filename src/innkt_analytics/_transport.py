@@ -29,6 +29,7 @@ import enum
 import gzip
 import math
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -43,6 +44,7 @@ from innkt_analytics._exceptions import ConnectionStateError
 from innkt_analytics._protocol import ClientConfig, ErrorBody, IngestResponse, Rejection
 from innkt_analytics._queue import Dropped, event_ids_of, split_chunk
 from innkt_analytics._retry import backoff, parse_retry_after, with_floor
+from innkt_analytics._tls import client_ssl_context, tls_failure
 from innkt_analytics._version import __version__
 
 __all__ = [
@@ -141,8 +143,11 @@ class TransportCore:
         *,
         compression: bool = True,
         compression_level: int = 1,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: what httpx verifies the server's certificate with (True: its default bundle)
+        self.verify = verify
         self.compression = compression
         self.compression_level = compression_level
         self.auth_headers: Final = {
@@ -157,6 +162,7 @@ class TransportCore:
             config.api_key,
             compression=config.compression,
             compression_level=config.compression_level,
+            verify=client_ssl_context(config.ca_bundle, config.ssl_context) or True,
         )
 
     def batch_request(self, body: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -227,9 +233,8 @@ class TransportCore:
     def network_error(exc: BaseException, latency: float) -> SendResult:
         """Classify an exception raised while sending (converted at the edge)."""
         reason = "timeout" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "network"
-        return SendResult(
-            Outcome.RETRY, None, reason, latency=latency, error=f"{type(exc).__name__}: {exc}"
-        )
+        error = tls_failure(exc) or f"{type(exc).__name__}: {exc}"
+        return SendResult(Outcome.RETRY, None, reason, latency=latency, error=error)
 
     def health_request(self) -> tuple[str, dict[str, str]]:
         return self.base_url + HEALTH_PATH, dict(self.auth_headers)
@@ -252,9 +257,8 @@ class TransportCore:
 
     @staticmethod
     def unreachable(exc: BaseException, latency: float) -> HealthStatus:
-        return HealthStatus(
-            False, "unreachable", latency * 1000.0, error=f"{type(exc).__name__}: {exc}"
-        )
+        error = tls_failure(exc) or f"{type(exc).__name__}: {exc}"
+        return HealthStatus(False, "unreachable", latency * 1000.0, error=error)
 
     def config_request(self) -> tuple[str, dict[str, str]]:
         return self.base_url + CONFIG_PATH, dict(self.auth_headers)
@@ -711,7 +715,9 @@ class HttpTransport:
 
     def __init__(self, core: TransportCore, timeout: float) -> None:
         self.core = core
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout), limits=_limits())
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout), limits=_limits(), verify=core.verify
+        )
 
     def send_batch(self, body: bytes) -> SendResult:
         url, headers, content = self.core.batch_request(body)
@@ -752,7 +758,9 @@ class AsyncHttpTransport:
 
     def __init__(self, core: TransportCore, timeout: float) -> None:
         self.core = core
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=_limits())
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), limits=_limits(), verify=core.verify
+        )
 
     async def send_batch(self, body: bytes) -> SendResult:
         url, headers, content = self.core.batch_request(body)

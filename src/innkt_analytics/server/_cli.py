@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, BinaryIO, NoReturn, TypeVar
+from typing import Annotated, Any, BinaryIO, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -57,10 +57,10 @@ DbOption = Annotated[
 
 
 def _settings(
-    *, host: str | None = None, port: int | None = None, db: str | None = None
+    *, host: str | None = None, port: int | None = None, db: str | None = None, **more: Any
 ) -> ServerSettings:
     try:
-        return ServerSettings.from_env(host=host, port=port, db=db)
+        return ServerSettings.from_env(host=host, port=port, db=db, **more)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -132,14 +132,37 @@ def serve(
     ] = None,
     db: DbOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+    tls_certfile: Annotated[
+        str | None,
+        typer.Option(help="PEM certificate chain: serve HTTPS/WSS (env INNKT_TLS_CERTFILE)"),
+    ] = None,
+    tls_keyfile: Annotated[
+        str | None, typer.Option(help="PEM private key of the certificate (env INNKT_TLS_KEYFILE)")
+    ] = None,
 ) -> None:
     """Run the server. On the first start of an empty database, print new API keys."""
     import uvicorn
 
     from innkt_analytics.server import build_app
+    from innkt_analytics.server._tls import server_ssl_context
     from innkt_analytics.server._ws_protocol import FastSendProtocol
 
     settings = _settings(host=host, port=port, db=db)
+    if tls_certfile is not None or tls_keyfile is not None:
+        settings = _settings(
+            host=host,
+            port=port,
+            db=db,
+            tls_certfile=tls_certfile or settings.tls_certfile,
+            tls_keyfile=tls_keyfile or settings.tls_keyfile,
+        )
+    ssl_context = None
+    if settings.tls_certfile:
+        try:  # before anything else: a bad certificate must not leave new keys unseen
+            ssl_context = server_ssl_context(settings.tls_certfile, settings.tls_keyfile)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     # Bind first: keys created by a start that then fails would never be shown.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -160,7 +183,7 @@ def serve(
         raise typer.Exit(1) from None
     bound_port = sock.getsockname()[1]
     shown_host = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
-    url = f"http://{shown_host}:{bound_port}"
+    url = f"{'https' if ssl_context else 'http'}://{shown_host}:{bound_port}"
     typer.echo(f"innkt-analytics {__version__}  storage: {settings.db}")
     for scope, secret in created:
         typer.echo(f"created {scope} key (project 'default'): {secret}")
@@ -180,6 +203,10 @@ def serve(
         # event fan-out (see _ws_protocol).
         ws=FastSendProtocol,
     )
+    if ssl_context is not None:
+        # uvicorn wraps the sockets in config.ssl; ours holds the TLS 1.2 floor.
+        config.load()
+        config.ssl = ssl_context
     _tune_gc()
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -79,6 +79,10 @@ class ServerSettings:
     #: seconds ``serve`` keeps trying to reach PostgreSQL when it starts first (0 gives
     #: up at once); SQLite errors are never retried
     storage_startup_wait: float = 30.0
+    #: TLS: a PEM certificate chain and its private key; with both, ``serve`` speaks
+    #: only HTTPS and WSS (TLS 1.2 or newer)
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -118,6 +122,8 @@ class ServerSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ConfigError("tls_certfile", "TLS needs both a certificate and a key file")
         channel = self.realtime_channel
         # It becomes a PostgreSQL identifier and a Redis key: keep it to a safe alphabet.
         if not (channel.isascii() and channel.replace("_", "").isalnum() and len(channel) <= 63):
