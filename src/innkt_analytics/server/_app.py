@@ -195,6 +195,15 @@ async def _retention_loop(state: ServerState) -> None:
         await asyncio.sleep(state.settings.retention_interval)
 
 
+async def _key_use_loop(state: ServerState) -> None:
+    while True:
+        await asyncio.sleep(state.settings.key_use_interval)
+        try:
+            await state.keys.flush_use()
+        except StorageError as exc:
+            log.warning("recording API key use failed: %s", exc)
+
+
 def _retention_health(state: ServerState) -> Callable[[], Awaitable[dict[str, Any]]]:
     async def section() -> dict[str, Any]:
         return {
@@ -229,7 +238,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await store.open()
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Task[None]] = [asyncio.create_task(_key_use_loop(state))]
         if settings.retention_interval > 0:
             tasks.append(asyncio.create_task(_retention_loop(state)))
         if settings.backup_interval > 0:
@@ -239,6 +248,8 @@ def create_app(
         finally:
             for task in tasks:
                 task.cancel()
+            with contextlib.suppress(StorageError):
+                await state.keys.flush_use()  # the uses since the last periodic write
             await store.close()
 
     backups = BackupScheduler(state)

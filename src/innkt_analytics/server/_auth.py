@@ -7,6 +7,7 @@ hashed and looked up by its hash; the final comparison uses
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -16,7 +17,16 @@ from typing import Final
 
 from innkt_analytics.server.storage import KeyRecord, Storage
 
-__all__ = ["SCOPES", "KeyCache", "NewKey", "generate_key", "hash_key", "new_key_record"]
+__all__ = [
+    "SCOPES",
+    "KeyCache",
+    "KeyRefused",
+    "NewKey",
+    "generate_key",
+    "hash_key",
+    "new_key_record",
+    "parse_duration",
+]
 
 SCOPES: Final = frozenset({"write", "read", "admin"})
 KEY_PREFIX: Final = "ik_"
@@ -36,7 +46,9 @@ class NewKey:
     secret: str
 
 
-def new_key_record(project: str, scopes: frozenset[str], name: str = "") -> NewKey:
+def new_key_record(
+    project: str, scopes: frozenset[str], name: str = "", *, expires_at: int | None = None
+) -> NewKey:
     """Make a fresh key; ``secret`` must be shown to the user once and never stored."""
     unknown = scopes - SCOPES
     if unknown or not scopes:
@@ -49,20 +61,93 @@ def new_key_record(project: str, scopes: frozenset[str], name: str = "") -> NewK
         scopes=scopes,
         key_hash=hash_key(secret),
         created_at=time.time_ns() // 1_000_000,
+        expires_at=expires_at,
     )
     return NewKey(record=record, secret=secret)
 
 
+_DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"``, ``"2w"`` or a bare number of
+    seconds. Raises ``ValueError``.
+    """
+    value = text.strip().lower()
+    factor = _DURATION_UNITS.get(value[-1:], 0)
+    number = value[:-1] if factor else value
+    try:
+        seconds = float(number) * (factor or 1)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 30m, 12h, 7d)") from None
+    if not 0 <= seconds < 100 * 365 * 86_400:
+        raise ValueError(f"duration out of range: {text!r}")
+    return seconds
+
+
+class KeyRefused(Exception):
+    """Why a presented key is not accepted: ``code`` is the API error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class KeyCache:
-    """Looks keys up by hash, caching hits for ``ttl`` seconds."""
+    """Looks keys up by hash, caching hits for ``ttl`` seconds, and notes their use.
+
+    Uses are kept in memory (one dict store per request) and written by
+    ``flush_use()`` in one batch: the server calls it periodically and on
+    shutdown, so ``last_used_at`` is exact to that period.
+    """
 
     def __init__(self, storage: Storage, ttl: float) -> None:
         self._storage = storage
         self._ttl = ttl
         self._cache: dict[str, tuple[float, KeyRecord]] = {}
+        self._used: dict[str, int] = {}
 
     async def lookup(self, presented: str) -> KeyRecord | None:
-        """The active key record for a presented key, or None (unknown or revoked)."""
+        """The active key record for a presented key, or None (unknown, revoked, expired)."""
+        try:
+            return await self.check(presented)
+        except KeyRefused:
+            return None
+
+    async def check(self, presented: str) -> KeyRecord:
+        """The active key record for a presented key, its use noted.
+
+        Raises ``KeyRefused``: ``key_expired`` for a key past its expiry (a rotated
+        key whose overlap ended), ``unauthorized`` for an unknown or revoked one.
+        """
+        record = await self._find(presented)
+        if record is None or record.revoked_at is not None:
+            raise KeyRefused("unauthorized", "invalid or revoked API key")
+        now_ms = time.time_ns() // 1_000_000
+        expires = record.expires_at
+        if expires is not None and expires <= now_ms:
+            at = dt.datetime.fromtimestamp(expires / 1000, dt.UTC)
+            raise KeyRefused(
+                "key_expired",
+                f"API key {record.key_id} expired at {at.isoformat(timespec='seconds')};"
+                " use the key that replaced it",
+            )
+        self._used[record.key_id] = now_ms
+        return record
+
+    async def flush_use(self) -> None:
+        """Write the noted uses (``last_used_at``). Raises ``StorageError``; the uses
+        are kept for the next attempt then."""
+        used, self._used = self._used, {}
+        try:
+            await self._storage.record_key_use(used)
+        except BaseException:
+            for key_id, at in used.items():
+                self._used[key_id] = max(at, self._used.get(key_id, 0))
+            raise
+
+    async def _find(self, presented: str) -> KeyRecord | None:
         if not presented.startswith(KEY_PREFIX) or len(presented) > 256:
             return None
         digest = hash_key(presented)
@@ -76,7 +161,7 @@ class KeyCache:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
                 self._cache[digest] = (now, record)
-        if record is None or record.revoked_at is not None:
+        if record is None:
             return None
         if not hmac.compare_digest(record.key_hash, digest):
             return None

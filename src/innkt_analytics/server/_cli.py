@@ -237,11 +237,15 @@ def keys_create(
     scope: Annotated[list[str], typer.Option(help="write, read or admin; repeatable")],
     name: Annotated[str, typer.Option(help="A label for the key")] = "",
     project: Annotated[str, typer.Option(help="The project the key belongs to")] = "default",
+    expires_in: Annotated[
+        str | None, typer.Option(help="Expire after this long: 90d, 12h, 30m, 3600s")
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Create a key; the key itself is the last line of output."""
     settings = _settings(db=db)
-    key = new_key_record(project, _scopes(scope), name)
+    expires_at = None if expires_in is None else _now_ms() + _duration_ms(expires_in)
+    key = new_key_record(project, _scopes(scope), name, expires_at=expires_at)
 
     async def run(storage: Storage) -> None:
         await storage.create_key(key.record)
@@ -263,13 +267,87 @@ def keys_list(
         return await storage.list_keys(project)
 
     records = _run(settings.db, run)
+    now = _now_ms()
     for r in records:
-        created = dt.datetime.fromtimestamp(r.created_at / 1000, dt.UTC).isoformat()
-        state = "revoked" if r.revoked_at else "active"
+        if r.revoked_at:
+            state = "revoked"
+        elif r.expires_at is not None and r.expires_at <= now:
+            state = "expired"
+        else:
+            state = "active"
         typer.echo(
             f"{r.key_id}  {r.project:<12} {','.join(sorted(r.scopes)):<18} {state:<8}"
-            f" {created}  {r.name}"
+            f" {_when(r.created_at)}  last-used={_when(r.last_used_at):<20}"
+            f" expires={_when(r.expires_at):<20}  {r.name}"
         )
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str,
+    overlap: Annotated[
+        str, typer.Option(help="How long the old key keeps working: 7d, 12h, 0 (at once)")
+    ] = "7d",
+    db: DbOption = None,
+) -> None:
+    """Replace a key: a successor with the same scopes and project; the old key
+    expires after the overlap. The new key is the last line of output."""
+    settings = _settings(db=db)
+    overlap_ms = _duration_ms(overlap)
+
+    async def run(storage: Storage) -> tuple[KeyRecord, KeyRecord, str] | None:
+        old = next((k for k in await storage.list_keys() if k.key_id == key_id), None)
+        now = _now_ms()
+        if old is None or old.revoked_at or (old.expires_at is not None and old.expires_at <= now):
+            return None
+        new = new_key_record(
+            old.project, old.scopes, old.name, expires_at=_successor_expiry(old, now)
+        )
+        # The successor first: if expiring the old key then fails, both still work.
+        await storage.create_key(new.record)
+        if not await storage.expire_key(key_id, now + overlap_ms):
+            return None
+        changed = next(k for k in await storage.list_keys(old.project) if k.key_id == key_id)
+        return changed, new.record, new.secret
+
+    done = _run(settings.db, run)
+    if done is None:
+        typer.echo(f"error: no active key {key_id}", err=True)
+        raise typer.Exit(1)
+    old, new, secret = done
+    typer.echo(f"rotated {old.key_id}: it expires at {_when(old.expires_at)}")
+    typer.echo(
+        f"created {new.key_id} scopes={','.join(sorted(new.scopes))} project={new.project}"
+        + (f" expires={_when(new.expires_at)}" if new.expires_at is not None else "")
+    )
+    typer.echo(secret)
+
+
+def _successor_expiry(old: KeyRecord, now: int) -> int | None:
+    """A key that was made to expire after some lifetime gets the same lifetime again."""
+    if old.expires_at is None:
+        return None
+    return now + max(0, old.expires_at - old.created_at)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _duration_ms(text: str) -> int:
+    from innkt_analytics.server._auth import parse_duration
+
+    try:
+        return round(parse_duration(text) * 1000)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @keys_app.command("revoke")

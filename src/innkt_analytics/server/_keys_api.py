@@ -31,6 +31,8 @@ def _public(record: KeyRecord) -> dict[str, Any]:
         "scopes": sorted(record.scopes),
         "createdAt": record.created_at,
         "revokedAt": record.revoked_at,
+        "expiresAt": record.expires_at,
+        "lastUsedAt": record.last_used_at,
     }
 
 

@@ -50,6 +50,7 @@ from innkt_analytics._realtime_core import (
     make_envelope,
     now_iso,
 )
+from innkt_analytics.server._auth import KeyRefused
 from innkt_analytics.server._fanout import FanoutBackend, FanoutMessage, make_fanout
 from innkt_analytics.server._ratelimit import TokenBucket
 from innkt_analytics.server._realtime_aggregates import ProjectWindow
@@ -580,9 +581,10 @@ class Hub:
         if not presented:
             await self._refuse(socket, 401, "unauthorized", "missing API key")
             return None
-        record = await self.state.keys.lookup(presented)
-        if record is None:
-            await self._refuse(socket, 401, "unauthorized", "invalid or revoked API key")
+        try:
+            record = await self.state.keys.check(presented)
+        except KeyRefused as refused:  # unauthorized, or key_expired after a rotation
+            await self._refuse(socket, 401, refused.code, refused.message)
             return None
         if not record.scopes & {"read", "admin", "write"}:
             await self._refuse(socket, 403, "forbidden", "this key cannot use the real-time hub")

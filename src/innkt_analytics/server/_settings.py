@@ -83,6 +83,8 @@ class ServerSettings:
     #: only HTTPS and WSS (TLS 1.2 or newer)
     tls_certfile: str = ""
     tls_keyfile: str = ""
+    #: seconds between writes of the API keys' last use (``keys list`` shows it)
+    key_use_interval: float = 10.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -119,6 +121,7 @@ class ServerSettings:
             "realtime_fanout_bytes_per_second",
             "pg_pool_size",
             "pg_insert_concurrency",
+            "key_use_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")

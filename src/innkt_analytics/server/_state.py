@@ -18,7 +18,7 @@ from litestar.connection import ASGIConnection
 
 from innkt_analytics._protocol import ClientConfig, ErrorBody, Rejection, ValidEvent
 from innkt_analytics._version import __version__
-from innkt_analytics.server._auth import KeyCache
+from innkt_analytics.server._auth import KeyCache, KeyRefused
 from innkt_analytics.server._ratelimit import RateLimiter
 from innkt_analytics.server._ratelimit_redis import RedisRateLimiter
 from innkt_analytics.server._settings import ServerSettings
@@ -169,9 +169,10 @@ async def authorize(
     """
     if not presented:
         raise ApiError(401, "unauthorized", missing)
-    record = await state.keys.lookup(presented)
-    if record is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked API key")
+    try:
+        record = await state.keys.check(presented)
+    except KeyRefused as refused:
+        raise ApiError(401, refused.code, refused.message) from None
     check_scope(record, scope)
     if rate_limited:
         limiter = state.limiter

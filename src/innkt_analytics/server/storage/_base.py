@@ -17,6 +17,7 @@ import msgspec
 from innkt_analytics._protocol import ClientConfig
 
 __all__ = [
+    "KEY_COLUMNS",
     "AuditEntry",
     "EventFilter",
     "EventPage",
@@ -84,6 +85,10 @@ class KeyRecord:
     key_hash: str
     created_at: int
     revoked_at: int | None = None
+    #: refused from this time on (a rotated key's overlap ends here); None never expires
+    expires_at: int | None = None
+    #: the last time an instance saw the key used (recorded in batches, see KeyCache)
+    last_used_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +134,14 @@ def event_row(r: Sequence[Any]) -> EventRow:
     )
 
 
+#: the api_keys columns every backend selects, in the order ``key_record`` reads
+KEY_COLUMNS = (
+    "key_id, project, name, scopes, key_hash, created_at, revoked_at, expires_at, last_used_at"
+)
+
+
 def key_record(r: Sequence[Any]) -> KeyRecord:
-    """A ``KeyRecord`` from key_id, project, name, scopes (comma-joined), key_hash,
-    created_at, revoked_at.
-    """
+    """A ``KeyRecord`` from a row of ``KEY_COLUMNS`` (scopes comma-joined)."""
     return KeyRecord(
         key_id=r[0],
         project=r[1],
@@ -141,6 +150,8 @@ def key_record(r: Sequence[Any]) -> KeyRecord:
         key_hash=r[4],
         created_at=r[5],
         revoked_at=r[6],
+        expires_at=r[7],
+        last_used_at=r[8],
     )
 
 
@@ -221,6 +232,17 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def count_keys(self) -> int: ...
+
+    @abc.abstractmethod
+    async def expire_key(self, key_id: str, at: int) -> bool:
+        """Set an active key to expire at ``at`` (never later than an expiry it has).
+
+        Returns False when there is no such key or it is revoked.
+        """
+
+    @abc.abstractmethod
+    async def record_key_use(self, used: dict[str, int]) -> None:
+        """Raise each key's ``last_used_at`` to the given time (never lower it)."""
 
     @abc.abstractmethod
     async def delete_events_before(self, project: str | None, before: int) -> int:

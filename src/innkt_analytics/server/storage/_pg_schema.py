@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "KEY_COLUMNS_DDL",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "PartitionWindow",
@@ -122,6 +123,14 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX audit_project_idx ON audit_log (project, seq)",
     ),
 }
+
+
+#: key expiry and last use (key rotation): idempotent statements run after the
+#: numbered migrations, so they compose with versions added at the same time
+KEY_COLUMNS_DDL: Final = (
+    "ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at bigint",
+    "ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS last_used_at bigint",
+)
 
 
 def month_start(ms: int) -> int:

@@ -28,6 +28,7 @@ import msgspec
 from innkt_analytics._exceptions import ConfigError, StorageError, StorageFullError
 from innkt_analytics._protocol import ClientConfig
 from innkt_analytics.server.storage._base import (
+    KEY_COLUMNS,
     AuditEntry,
     EventFilter,
     EventPage,
@@ -60,6 +61,7 @@ from innkt_analytics.server.storage._pg_partitions import (
     retire,
 )
 from innkt_analytics.server.storage._pg_schema import (
+    KEY_COLUMNS_DDL,
     MIGRATIONS,
     SCHEMA_VERSION,
     PartitionWindow,
@@ -83,7 +85,6 @@ _SELECT: Final = (
     "SELECT seq, event_id, event_type, session_id, user_id, anonymous_id,"
     " ts, sent_at, received_at, corrected, future, payload FROM events"
 )
-_KEY_COLUMNS: Final = "key_id, project, name, scopes, key_hash, created_at, revoked_at"
 
 # Errors after which the same request may succeed on a new connection.
 _CONNECTION_LOST: Final = (
@@ -218,6 +219,8 @@ class PostgresStorage(Storage):
                     await conn.execute(statement)
                 await conn.execute("DELETE FROM innkt_schema")
                 await conn.execute("INSERT INTO innkt_schema (version) VALUES ($1)", target)
+            for statement in KEY_COLUMNS_DDL:  # idempotent, outside the numbered versions
+                await conn.execute(statement)
 
     async def _maintain(self) -> None:
         while True:
@@ -410,27 +413,29 @@ class PostgresStorage(Storage):
     async def create_key(self, record: KeyRecord) -> None:
         await self._run(
             lambda conn: conn.execute(
-                "INSERT INTO api_keys (key_id, project, name, scopes, key_hash, created_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO api_keys"
+                " (key_id, project, name, scopes, key_hash, created_at, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 record.key_id,
                 record.project,
                 record.name,
                 ",".join(sorted(record.scopes)),
                 record.key_hash,
                 record.created_at,
+                record.expires_at,
             )
         )
 
     async def find_key(self, key_hash: str) -> KeyRecord | None:
         row = await self._run(
             lambda conn: conn.fetchrow(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
             )
         )
         return None if row is None else key_record(row)
 
     async def list_keys(self, project: str | None = None) -> list[KeyRecord]:
-        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        sql = f"SELECT {KEY_COLUMNS} FROM api_keys"
         if project is None:
             rows = await self._run(lambda conn: conn.fetch(sql + " ORDER BY created_at, key_id"))
         else:
@@ -454,6 +459,27 @@ class PostgresStorage(Storage):
     async def count_keys(self) -> int:
         count = await self._run(lambda conn: conn.fetchval("SELECT count(*) FROM api_keys"))
         return int(count)
+
+    async def expire_key(self, key_id: str, at: int) -> bool:
+        status = await self._run(
+            lambda conn: conn.execute(
+                "UPDATE api_keys SET expires_at = least(coalesce(expires_at, $1), $1)"
+                " WHERE key_id = $2 AND revoked_at IS NULL",
+                at,
+                key_id,
+            )
+        )
+        return bool(status != "UPDATE 0")
+
+    async def record_key_use(self, used: dict[str, int]) -> None:
+        if used:
+            await self._run(
+                lambda conn: conn.executemany(
+                    "UPDATE api_keys SET last_used_at = greatest(coalesce(last_used_at, 0), $2)"
+                    " WHERE key_id = $1",
+                    list(used.items()),
+                )
+            )
 
     # -- privacy -------------------------------------------------------------------
 

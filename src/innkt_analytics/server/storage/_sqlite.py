@@ -29,6 +29,7 @@ from innkt_analytics._exceptions import StorageError, StorageFullError
 from innkt_analytics._protocol import ClientConfig
 from innkt_analytics.server.storage import _sqlite_writer as _w
 from innkt_analytics.server.storage._base import (
+    KEY_COLUMNS,
     AuditEntry,
     EventFilter,
     EventPage,
@@ -278,8 +279,9 @@ class SQLiteStorage(Storage):
     async def create_key(self, record: KeyRecord) -> None:
         await self._sql(
             (
-                "INSERT INTO api_keys (key_id, project, name, scopes, key_hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO api_keys"
+                " (key_id, project, name, scopes, key_hash, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.key_id,
                     record.project,
@@ -287,6 +289,7 @@ class SQLiteStorage(Storage):
                     ",".join(sorted(record.scopes)),
                     record.key_hash,
                     record.created_at,
+                    record.expires_at,
                 ),
             )
         )
@@ -294,8 +297,7 @@ class SQLiteStorage(Storage):
     async def find_key(self, key_hash: str) -> KeyRecord | None:
         def run(conn: sqlite3.Connection) -> KeyRecord | None:
             row = conn.execute(
-                "SELECT key_id, project, name, scopes, key_hash, created_at, revoked_at"
-                " FROM api_keys WHERE key_hash = ?",
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?",
                 (key_hash,),
             ).fetchone()
             return None if row is None else key_record(row)
@@ -304,10 +306,7 @@ class SQLiteStorage(Storage):
 
     async def list_keys(self, project: str | None = None) -> list[KeyRecord]:
         def run(conn: sqlite3.Connection) -> list[KeyRecord]:
-            sql = (
-                "SELECT key_id, project, name, scopes, key_hash, created_at, revoked_at"
-                " FROM api_keys"
-            )
+            sql = f"SELECT {KEY_COLUMNS} FROM api_keys"
             if project is None:
                 rows = conn.execute(sql + " ORDER BY created_at").fetchall()
             else:
@@ -331,6 +330,29 @@ class SQLiteStorage(Storage):
         return await self._read(
             lambda conn: int(conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
         )
+
+    async def expire_key(self, key_id: str, at: int) -> bool:
+        [(changed, _)] = await self._sql(
+            (
+                "UPDATE api_keys SET expires_at = min(coalesce(expires_at, ?), ?)"
+                " WHERE key_id = ? AND revoked_at IS NULL",
+                (at, at, key_id),
+            )
+        )
+        return changed > 0
+
+    async def record_key_use(self, used: dict[str, int]) -> None:
+        if used:
+            await self._sql(
+                *(
+                    (
+                        "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?)"
+                        " WHERE key_id = ?",
+                        (at, key_id),
+                    )
+                    for key_id, at in used.items()
+                )
+            )
 
     # -- privacy -------------------------------------------------------------------
 

@@ -119,6 +119,30 @@ def statements(script: str) -> list[str]:
     return out
 
 
+#: key expiry and last use (key rotation). Added by a column check rather than a
+#: version number, so it composes with numbered migrations made at the same time.
+_KEY_COLUMNS_ADDED: Final = {"expires_at": "INTEGER", "last_used_at": "INTEGER"}
+
+
+def add_key_columns(conn: sqlite3.Connection) -> None:
+    """Add the api_keys columns of key rotation where missing (idempotent)."""
+
+    def missing() -> list[tuple[str, str]]:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+        return [(n, t) for n, t in _KEY_COLUMNS_ADDED.items() if n not in have]
+
+    if not missing():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for name, kind in missing():  # again under the lock: another process may have won
+            conn.execute(f"ALTER TABLE api_keys ADD COLUMN {name} {kind}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the database to ``SCHEMA_VERSION``, one transaction per version."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -132,3 +156,4 @@ def migrate(conn: sqlite3.Connection) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+    add_key_columns(conn)
