@@ -7,6 +7,7 @@ from litestar import Litestar
 from innkt_analytics.server._alerts import ALERT_HANDLERS, install_alerts
 from innkt_analytics.server._app import create_app
 from innkt_analytics.server._dashboard import DASHBOARD_HANDLERS, install_dashboard
+from innkt_analytics.server._lifecycle import LIFECYCLE_HANDLERS, install_lifecycle
 from innkt_analytics.server._realtime import install_realtime, realtime_endpoint
 from innkt_analytics.server._segment import SEGMENT_HANDLERS
 from innkt_analytics.server._settings import ServerSettings
@@ -20,6 +21,12 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
     return create_app(
         settings,
         storage,
-        extra_handlers=[*SEGMENT_HANDLERS, *DASHBOARD_HANDLERS, *ALERT_HANDLERS, realtime_endpoint],
-        on_state=[install_realtime, install_dashboard, install_alerts],
+        extra_handlers=[
+            *SEGMENT_HANDLERS,
+            *DASHBOARD_HANDLERS,
+            *ALERT_HANDLERS,
+            *LIFECYCLE_HANDLERS,
+            realtime_endpoint,
+        ],
+        on_state=[install_realtime, install_dashboard, install_alerts, install_lifecycle],
     )

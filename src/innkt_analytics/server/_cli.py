@@ -144,8 +144,12 @@ def serve(
     import uvicorn
 
     from innkt_analytics.server import build_app
+    from innkt_analytics.server._lifecycle import (
+        GracefulServer,
+        GracefulWebSocketProtocol,
+        lifecycle_of,
+    )
     from innkt_analytics.server._tls import server_ssl_context
-    from innkt_analytics.server._ws_protocol import FastSendProtocol
 
     settings = _settings(host=host, port=port, db=db)
     if tls_certfile is not None or tls_keyfile is not None:
@@ -191,24 +195,27 @@ def serve(
         typer.echo("keys are shown once; store them now")
     typer.echo(f"listening on {url}  (dashboard {url}/ , API {url}/v1/health)")
     sys.stdout.flush()
+    app = build_app(settings)
     config = uvicorn.Config(
-        build_app(settings),
+        app,
         log_level=log_level,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=5,
+        # SIGTERM: in-flight requests and WebSocket closes get this long (see _lifecycle)
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
         # uvicorn must not buffer a WebSocket message larger than the hub accepts.
         ws_max_size=settings.realtime_max_message_bytes + 1,
         # uvicorn's sans-I/O WebSocket protocol, with a synchronous send for the hub's
-        # event fan-out (see _ws_protocol).
-        ws=FastSendProtocol,
+        # event fan-out (see _ws_protocol) and a 1001 close at shutdown (_lifecycle).
+        ws=GracefulWebSocketProtocol,
     )
     if ssl_context is not None:
         # uvicorn wraps the sockets in config.ssl; ours holds the TLS 1.2 floor.
         config.load()
         config.ssl = ssl_context
     _tune_gc()
-    uvicorn.Server(config).run(sockets=[sock])
+    lifecycle = lifecycle_of(app.state.innkt)
+    GracefulServer(config, lifecycle, settings.shutdown_drain_seconds).run(sockets=[sock])
 
 
 def _tune_gc() -> None:

@@ -85,6 +85,11 @@ class ServerSettings:
     tls_keyfile: str = ""
     #: seconds between writes of the API keys' last use (``keys list`` shows it)
     key_use_interval: float = 10.0
+    #: graceful shutdown on SIGTERM: seconds to keep serving while reporting not ready
+    #: (for load balancers to notice), then the deadline for in-flight requests and
+    #: WebSocket closes before the rest is cancelled
+    shutdown_drain_seconds: float = 0.0
+    shutdown_timeout: float = 30.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,6 +130,9 @@ class ServerSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")
+        for name in ("shutdown_drain_seconds", "shutdown_timeout"):
+            if not 0 <= getattr(self, name) <= 3600:
+                raise ConfigError(name, "must be 0..3600 seconds")
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise ConfigError("tls_certfile", "TLS needs both a certificate and a key file")
         channel = self.realtime_channel
