@@ -8,6 +8,7 @@ from innkt_analytics.server._alerts import ALERT_HANDLERS, install_alerts
 from innkt_analytics.server._app import create_app
 from innkt_analytics.server._dashboard import DASHBOARD_HANDLERS, install_dashboard
 from innkt_analytics.server._lifecycle import LIFECYCLE_HANDLERS, install_lifecycle
+from innkt_analytics.server._metrics_export import METRICS_HANDLERS, install_metrics
 from innkt_analytics.server._realtime import install_realtime, realtime_endpoint
 from innkt_analytics.server._segment import SEGMENT_HANDLERS
 from innkt_analytics.server._settings import ServerSettings
@@ -26,7 +27,14 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
             *DASHBOARD_HANDLERS,
             *ALERT_HANDLERS,
             *LIFECYCLE_HANDLERS,
+            *METRICS_HANDLERS,
             realtime_endpoint,
         ],
-        on_state=[install_realtime, install_dashboard, install_alerts, install_lifecycle],
+        on_state=[
+            install_realtime,
+            install_dashboard,
+            install_alerts,
+            install_lifecycle,
+            install_metrics,
+        ],
     )

@@ -107,6 +107,9 @@ class KeyCache:
         self._ttl = ttl
         self._cache: dict[str, tuple[float, KeyRecord]] = {}
         self._used: dict[str, int] = {}
+        #: lookups answered from the cache, and those that went to storage (/metrics)
+        self.hits = 0
+        self.misses = 0
 
     async def lookup(self, presented: str) -> KeyRecord | None:
         """The active key record for a presented key, or None (unknown, revoked, expired)."""
@@ -154,8 +157,10 @@ class KeyCache:
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and now - hit[0] < self._ttl:
+            self.hits += 1
             record: KeyRecord | None = hit[1]
         else:
+            self.misses += 1
             record = await self._storage.find_key(digest)
             if record is not None:
                 if len(self._cache) > 10_000:

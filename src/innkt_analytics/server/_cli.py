@@ -149,6 +149,7 @@ def serve(
         GracefulWebSocketProtocol,
         lifecycle_of,
     )
+    from innkt_analytics.server._metrics_export import count_requests
     from innkt_analytics.server._tls import server_ssl_context
 
     settings = _settings(host=host, port=port, db=db)
@@ -197,7 +198,7 @@ def serve(
     sys.stdout.flush()
     app = build_app(settings)
     config = uvicorn.Config(
-        app,
+        count_requests(app, app.state.innkt.metrics),
         log_level=log_level,
         access_log=False,
         lifespan="on",

@@ -77,10 +77,14 @@ async def store_parsed(
     state: ServerState, project: str, parsed: ParsedBatch, received: dt.datetime
 ) -> IngestResponse:
     """Store the valid events durably and build the answer. Raises ``ApiError`` 503."""
+    valid_before = len(parsed.valid)
     await suppressions_of(state).filter(project, parsed)
+    suppressed = valid_before - len(parsed.valid)
     received_ms = to_ms(received)
     sent_ms = None if parsed.sent_at is None else to_ms(parsed.sent_at)
     rows = [to_row(v, received_ms, sent_ms) for v in parsed.valid]
+    metrics = state.metrics
+    commit = metrics.commit_started()
     try:
         stored = await state.storage.insert_events(project, rows)
     except StorageError as exc:
@@ -90,6 +94,14 @@ async def store_parsed(
             str(exc),
             retry_after=state.settings.unavailable_retry_after,
         ) from None
+    finally:
+        metrics.commit_done(commit)
+    metrics.ingested(
+        accepted=len(stored),
+        duplicate=len(rows) - len(stored),
+        rejected=len(parsed.rejected) - suppressed,
+        suppressed=suppressed,
+    )
     state.ingest_meter.add(len(stored))
     if stored and state.observers:
         fresh = [v for v in parsed.valid if v.event.event_id in stored]
@@ -112,6 +124,7 @@ async def ingest_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
     received = dt.datetime.now(dt.UTC)
     parsed = parse_batch(body, state.settings.limits, received)  # ProtocolError: 4xx
     if parsed.rejected and not parsed.valid:
+        state.metrics.ingested(accepted=0, duplicate=0, rejected=len(parsed.rejected), suppressed=0)
         raise ApiError(
             400, "invalid_batch", "no event in the batch is valid", rejected=parsed.rejected
         )

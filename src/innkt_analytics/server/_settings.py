@@ -90,6 +90,9 @@ class ServerSettings:
     #: WebSocket closes before the rest is cancelled
     shutdown_drain_seconds: float = 0.0
     shutdown_timeout: float = 30.0
+    #: also serve /metrics without a key on this host:port (a private interface only);
+    #: empty: /metrics only on the API port, with an admin key
+    metrics_address: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -133,6 +136,12 @@ class ServerSettings:
         for name in ("shutdown_drain_seconds", "shutdown_timeout"):
             if not 0 <= getattr(self, name) <= 3600:
                 raise ConfigError(name, "must be 0..3600 seconds")
+        if self.metrics_address:
+            _, sep, port = self.metrics_address.rpartition(":")
+            if not sep or not port.isdecimal() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    "metrics_address", f"expected host:port, got {self.metrics_address!r}"
+                )
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise ConfigError("tls_certfile", "TLS needs both a certificate and a key file")
         channel = self.realtime_channel

@@ -19,6 +19,7 @@ from litestar.connection import ASGIConnection
 from innkt_analytics._protocol import ClientConfig, ErrorBody, Rejection, ValidEvent
 from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import KeyCache, KeyRefused
+from innkt_analytics.server._metrics import ServerMetrics
 from innkt_analytics.server._ratelimit import RateLimiter
 from innkt_analytics.server._ratelimit_redis import RedisRateLimiter
 from innkt_analytics.server._settings import ServerSettings
@@ -118,6 +119,8 @@ class ServerState:
     retention_last: dict[str, Any] | None = None
     #: per-subsystem objects (e.g. the privacy module's suppression cache)
     extensions: dict[str, object] = field(default_factory=dict)
+    #: counters for /metrics (see _metrics_export)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     def notify_events(self, project: str, events: list[ValidEvent]) -> None:
         for observer in self.observers:
@@ -181,7 +184,9 @@ async def authorize(
         else:
             wait = limiter.check(record.key_id, time.monotonic())
         if wait:
+            state.metrics.rate_limit["limited"] += 1
             raise ApiError(429, "rate_limited", "too many requests", retry_after=wait)
+        state.metrics.rate_limit["allowed"] += 1
     return record
 
 
