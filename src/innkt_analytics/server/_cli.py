@@ -132,6 +132,10 @@ def serve(
     ] = None,
     db: DbOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text, or json: one JSON object per line (env INNKT_LOG_FORMAT)"),
+    ] = None,
     tls_certfile: Annotated[
         str | None,
         typer.Option(help="PEM certificate chain: serve HTTPS/WSS (env INNKT_TLS_CERTFILE)"),
@@ -142,6 +146,7 @@ def serve(
 ) -> None:
     """Run the server. On the first start of an empty database, print new API keys."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from innkt_analytics.server import build_app
     from innkt_analytics.server._lifecycle import (
@@ -149,18 +154,20 @@ def serve(
         GracefulWebSocketProtocol,
         lifecycle_of,
     )
-    from innkt_analytics.server._metrics_export import count_requests
+    from innkt_analytics.server._logging import configure_json_logging, observe_requests
     from innkt_analytics.server._tls import server_ssl_context
 
     settings = _settings(host=host, port=port, db=db)
-    if tls_certfile is not None or tls_keyfile is not None:
+    if tls_certfile is not None or tls_keyfile is not None or log_format is not None:
         settings = _settings(
             host=host,
             port=port,
             db=db,
             tls_certfile=tls_certfile or settings.tls_certfile,
             tls_keyfile=tls_keyfile or settings.tls_keyfile,
+            log_format=log_format or settings.log_format,
         )
+    json_logs = settings.log_format == "json"
     ssl_context = None
     if settings.tls_certfile:
         try:  # before anything else: a bad certificate must not leave new keys unseen
@@ -197,9 +204,13 @@ def serve(
     typer.echo(f"listening on {url}  (dashboard {url}/ , API {url}/v1/health)")
     sys.stdout.flush()
     app = build_app(settings)
+    if json_logs:
+        configure_json_logging(log_level)  # after the app: Litestar configures logging too
     config = uvicorn.Config(
-        count_requests(app, app.state.innkt.metrics),
+        observe_requests(app, app.state.innkt.metrics),
         log_level=log_level,
+        # json: uvicorn adds no handlers; its records reach ours (see _logging)
+        log_config=None if json_logs else LOGGING_CONFIG,
         access_log=False,
         lifespan="on",
         # SIGTERM: in-flight requests and WebSocket closes get this long (see _lifecycle)

@@ -36,7 +36,6 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from litestar import Litestar, Request, Response, get
-from litestar.types import ASGIApp, Message, Receive, Send
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -50,7 +49,7 @@ from innkt_analytics.server._metrics import ServerMetrics
 from innkt_analytics.server._state import ServerState, authenticate, state_of
 from innkt_analytics.server.storage import StorageHealth, StorageStatus
 
-__all__ = ["METRICS_HANDLERS", "count_requests", "install_metrics", "render_metrics"]
+__all__ = ["METRICS_HANDLERS", "install_metrics", "render_metrics"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 _HEAD_LIMIT: Final = 8192
@@ -265,31 +264,3 @@ def install_metrics(state: ServerState, app: Litestar) -> None:
 
         app.on_startup.append(start)
         app.on_shutdown.append(exporter.stop)
-
-
-def count_requests(app: ASGIApp, metrics: ServerMetrics) -> ASGIApp:
-    """Wrap the ASGI app so that every HTTP response is counted by route and status.
-
-    Outside Litestar, so 404s, 405s and errors raised before routing count too;
-    the route template is what Litestar's router put in the scope.
-    """
-
-    async def counted(scope: Any, receive: Receive, send: Send) -> None:
-        # scope is Any: Litestar's scope TypedDicts know neither lifespan nor path_template
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        status = 0
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_counted)
-        finally:
-            metrics.request(scope.get("path_template") or "unmatched", scope["method"], status)
-
-    return counted

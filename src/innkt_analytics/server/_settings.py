@@ -93,6 +93,8 @@ class ServerSettings:
     #: also serve /metrics without a key on this host:port (a private interface only);
     #: empty: /metrics only on the API port, with an admin key
     metrics_address: str = ""
+    #: server logs: "text", or "json" (one object per line, with request ids)
+    log_format: str = "text"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -136,6 +138,8 @@ class ServerSettings:
         for name in ("shutdown_drain_seconds", "shutdown_timeout"):
             if not 0 <= getattr(self, name) <= 3600:
                 raise ConfigError(name, "must be 0..3600 seconds")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format", f"must be text or json, got {self.log_format!r}")
         if self.metrics_address:
             _, sep, port = self.metrics_address.rpartition(":")
             if not sep or not port.isdecimal() or not 0 < int(port) < 65536:
