@@ -1,7 +1,7 @@
 """End-to-end ingest over loopback against the raw ceiling of the SQLite storage.
 
     python bench/ingest.py [--events 200000] [--rounds 3] [--processes 2] [--connections 8]
-                           [--random-ids] [--quick]
+                           [--random-ids] [--tls] [--quick]
 
 Measured in the same run:
 
@@ -16,7 +16,11 @@ Measured in the same run:
    asyncio streams. An event counts once the server answered 200 for its batch,
    which it does only after the commit.
 
-The two sides alternate for ``--rounds`` rounds and the best of each is kept.
+3. With ``--tls``: the same server over HTTPS (``serve --tls-certfile/--tls-keyfile``,
+   a certificate made with trustme, verified by the senders), in the same rounds,
+   reported as a ratio to plain HTTP: what TLS costs.
+
+The sides alternate for ``--rounds`` rounds and the best of each is kept.
 Prints accepted events/s, p50/p99 request latency, the ceiling and the ratio,
 and the CPU time per event of the server and of the senders (robust to other
 load on a shared machine, unlike wall time). Targets on a 2-core machine:
@@ -30,6 +34,7 @@ import asyncio
 import datetime as dt
 import multiprocessing as mp
 import os
+import ssl
 import statistics
 import sys
 import tempfile
@@ -119,15 +124,16 @@ def storage_ceiling(n: int, tasks: int, tmp: Path, random_ids: bool) -> tuple[fl
 
 
 async def _send(
-    port: int, requests: list[bytes], connections: int
+    port: int, requests: list[bytes], connections: int, ca_file: str | None = None
 ) -> tuple[list[float], int, float, float]:
     pending = iter(requests)
+    context = None if ca_file is None else ssl.create_default_context(cafile=ca_file)
     latencies: list[float] = []
     accepted = 0
 
     async def connection() -> None:
         nonlocal accepted
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
         try:
             for req in pending:
                 start = time.perf_counter()
@@ -146,7 +152,12 @@ async def _send(
 
 
 def sender_process(
-    port: int, requests: list[bytes], connections: int, barrier: Any, results: Any
+    port: int,
+    requests: list[bytes],
+    connections: int,
+    barrier: Any,
+    results: Any,
+    ca_file: str | None,
 ) -> None:
     """One load-generating process: waits for the start signal, then sends."""
     try:
@@ -157,12 +168,12 @@ def sender_process(
         pass
     barrier.wait()
     cpu = time.process_time()
-    latencies, accepted, began, ended = asyncio.run(_send(port, requests, connections))
+    latencies, accepted, began, ended = asyncio.run(_send(port, requests, connections, ca_file))
     results.put((latencies, accepted, began, ended, time.process_time() - cpu))
 
 
 def blast(
-    port: int, requests: list[bytes], processes: int, connections: int
+    port: int, requests: list[bytes], processes: int, connections: int, ca_file: str | None = None
 ) -> tuple[list[float], int, float, float]:
     """(latencies, events accepted, wall seconds, sender CPU seconds)."""
     ctx = mp.get_context("fork")
@@ -171,7 +182,7 @@ def blast(
     procs = [
         ctx.Process(
             target=sender_process,
-            args=(port, requests[i::processes], connections, barrier, results),
+            args=(port, requests[i::processes], connections, barrier, results, ca_file),
         )
         for i in range(processes)
     ]
@@ -186,12 +197,30 @@ def blast(
     return latencies, sum(r[1] for r in got), wall, sum(r[4] for r in got)
 
 
+def make_certificate(tmp: Path) -> tuple[tuple[str, ...], str]:
+    """``serve`` TLS options for a new certificate of 127.0.0.1, and its CA's PEM file."""
+    import trustme  # a test dependency: only --tls needs it
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp / "cert.pem", tmp / "key.pem", tmp / "ca.pem"
+    cert.write_bytes(b"".join(p.bytes() for p in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return ("--tls-certfile", str(cert), "--tls-keyfile", str(key)), str(ca_file)
+
+
 def serve_and_send(
-    n: int, processes: int, connections: int, tmp: Path, random_ids: bool
+    n: int, processes: int, connections: int, tmp: Path, random_ids: bool, tls: bool = False
 ) -> tuple[float, float, float, float, float]:
     """(events/s, p50 s, p99 s, server CPU us/event, sender CPU us/event)."""
+    args, ca_file = make_certificate(tmp) if tls else ((), None)
     server = ServerProcess(
-        tmp / "server.db", log_dir=tmp / "logs", env={"INNKT_RATE_LIMIT_PER_SECOND": "0"}
+        tmp / "server.db",
+        log_dir=tmp / "logs",
+        env={"INNKT_RATE_LIMIT_PER_SECOND": "0"},
+        args=args,
+        verify=True if ca_file is None else ssl.create_default_context(cafile=ca_file),
     ).start()
     try:
         assert server.proc is not None
@@ -199,12 +228,14 @@ def serve_and_send(
         warm = [
             http_request(b, server.port, key) for b in batch_bodies(make_events(20_000, random_ids))
         ]
-        blast(server.port, warm, processes, connections)
+        blast(server.port, warm, processes, connections, ca_file)
         timed = [
             http_request(b, server.port, key) for b in batch_bodies(make_events(n, random_ids))
         ]
         cpu_before = cpu_seconds(server.proc.pid)
-        latencies, accepted, wall, sender_cpu = blast(server.port, timed, processes, connections)
+        latencies, accepted, wall, sender_cpu = blast(
+            server.port, timed, processes, connections, ca_file
+        )
         server_cpu = cpu_seconds(server.proc.pid) - cpu_before
         if accepted != n:
             raise RuntimeError(f"{accepted} of {n} events accepted")
@@ -234,6 +265,9 @@ def main() -> None:
     parser.add_argument(
         "--random-ids", action="store_true", help="UUIDv4 event ids instead of the SDK's UUIDv7"
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="also run the server over HTTPS; print the ratio"
+    )
     args = parser.parse_args()
     n = (20_000 if args.quick else args.events) // BATCH * BATCH
     rounds = 1 if args.quick else args.rounds
@@ -243,15 +277,24 @@ def main() -> None:
         f" {args.connections} connections; {os.cpu_count()} CPUs;"
         f" {'UUIDv4' if args.random_ids else 'UUIDv7'} event ids; {rounds} rounds"
     )
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ceilings: list[tuple[float, float]] = []
     runs: list[tuple[float, float, float, float, float]] = []
-    for _ in range(rounds):  # alternate, so a burst of other load hits both sides alike
+    tls_runs: list[tuple[float, float, float, float, float]] = []
+    for _ in range(rounds):  # alternate, so a burst of other load hits all sides alike
         with tempfile.TemporaryDirectory() as tmp:
             ceilings.append(storage_ceiling(n, conns, Path(tmp), args.random_ids))
         with tempfile.TemporaryDirectory() as tmp:
             runs.append(
                 serve_and_send(n, args.processes, args.connections, Path(tmp), args.random_ids)
             )
+        if args.tls:
+            with tempfile.TemporaryDirectory() as tmp:
+                tls_runs.append(
+                    serve_and_send(
+                        n, args.processes, args.connections, Path(tmp), args.random_ids, tls=True
+                    )
+                )
     ceiling = max(c[0] for c in ceilings)
     best = max(runs)
     rate, p50, p99, _, _ = best
@@ -273,6 +316,23 @@ def main() -> None:
     )
     verdict = "meets" if rate >= 50_000 and rate >= 0.4 * ceiling else "misses"
     print(f"    {verdict} the targets (>= 50,000 events/s and >= 40 % of the ceiling)")
+    if tls_runs:
+        tls_rate, tls_p50, tls_p99, _, _ = max(tls_runs)
+        pairs = [t[0] / r[0] for t, r in zip(tls_runs, runs, strict=True)]
+        print(
+            f"server over HTTPS (TLS, verified), acknowledged: {tls_rate:10,.0f} events/s"
+            f" (best; median {statistics.median(r[0] for r in tls_runs):,.0f})"
+        )
+        print(
+            f"    = {tls_rate / rate:.1%} of plain HTTP (best of each);"
+            f" per round: {', '.join(f'{p:.1%}' for p in pairs)}"
+        )
+        print(f"    request latency: p50 {tls_p50 * 1e3:.1f} ms, p99 {tls_p99 * 1e3:.1f} ms")
+        print(
+            f"    CPU per event: server {statistics.median(r[3] for r in tls_runs):.1f} us,"
+            f" senders {statistics.median(r[4] for r in tls_runs):.1f} us (medians)"
+        )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
