@@ -251,3 +251,65 @@ def test_sdk_tls_options_are_validated(tmp_path: Path) -> None:
         BackendConfig(base_url="https://x.test", api_key="k", ssl_context="no")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="ca_bundle"):
         RealTimeConfig(websocket_url="wss://x.test/", api_key="k", ca_bundle=tmp_path / "no.pem")
+
+
+def test_the_dashboard_works_over_https_and_wss(https_server: ServerProcess, pki: Pki) -> None:
+    """Chromium trusts exactly this server's key (SPKI pin), signs in, goes live over
+    wss:// and shows an event that arrives through it."""
+    import base64
+    import hashlib
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from tests.test_dashboard import (
+        CHROMIUM,
+        CHROMIUM_ARGS,
+        HAVE_PLAYWRIGHT,
+        _event,
+        _unique,
+    )
+
+    if not HAVE_PLAYWRIGHT or not os.path.exists(CHROMIUM):
+        pytest.skip("needs playwright and /usr/bin/chromium (see test_dashboard.py)")
+    from playwright.sync_api import expect, sync_playwright
+
+    leaf = x509.load_pem_x509_certificate(pki.cert_file.read_bytes())
+    spki = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"],
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            sockets: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            page.goto(https_server.url + "/")
+            page.fill("#key-input", https_server.read_key)
+            page.click("#login-submit")
+            conn = page.locator("#conn")
+            expect(conn).to_have_attribute("data-state", "live", timeout=WAIT * 1000)
+            event = _event("tls_" + _unique())
+            _post_events_tls(https_server, pki, [event])
+            row = page.locator(f'tr[data-event-id="{event["eventId"]}"]')
+            expect(row).to_be_visible(timeout=WAIT * 1000)
+            assert sockets
+            assert all(url.startswith("wss://") for url in sockets), sockets
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def _post_events_tls(server: ServerProcess, pki: Pki, events: list[dict[str, object]]) -> None:
+    answer = httpx.post(
+        server.url + "/v1/events/batch",
+        json={"events": events},
+        headers=server.headers("write"),
+        verify=pki.context(),
+    )
+    assert answer.status_code == 200, answer.text
