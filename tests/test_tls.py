@@ -313,3 +313,56 @@ def _post_events_tls(server: ServerProcess, pki: Pki, events: list[dict[str, obj
         verify=pki.context(),
     )
     assert answer.status_code == 200, answer.text
+
+
+def test_the_asyncio_services_verify_tls_the_same_way(
+    https_server: ServerProcess, pki: Pki, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from innkt_analytics import AsyncAnalyticsBackendService
+    from innkt_analytics._realtime import AsyncRealTimeSyncService
+
+    stranger = Pki(tmp_path / "other", "127.0.0.1")
+    wss = https_server.url.replace("https://", "wss://") + "/v1/realtime"
+
+    async def main() -> None:
+        for bundle, works in ((pki.ca_file, True), (stranger.ca_file, False)):
+            service = AsyncAnalyticsBackendService()
+            await service.initialize(
+                BackendConfig(
+                    base_url=https_server.url,
+                    api_key=https_server.write_key,
+                    queue_mode=QueueMode.MEMORY,
+                    config_refresh_interval=0,
+                    ca_bundle=bundle,
+                )
+            )
+            try:
+                health = await service.check_backend_health()
+                assert health.healthy is works, health
+                if not works:
+                    assert health.error is not None
+                    assert "TLS certificate verification failed" in health.error
+            finally:
+                await service.shutdown(1)
+            live = AsyncRealTimeSyncService(
+                RealTimeConfig(
+                    websocket_url=wss,
+                    api_key=https_server.read_key,
+                    ca_bundle=bundle,
+                    reconnect_interval=0.05,
+                    max_reconnect_attempts=1,
+                    connection_timeout=5.0,
+                )
+            )
+            try:
+                assert await live.connect(within=WAIT) is works
+                if not works:
+                    error = live.get_connection_stats().last_error
+                    assert error is not None
+                    assert "TLS certificate verification failed" in error
+            finally:
+                await live.disconnect()
+
+    asyncio.run(main())
