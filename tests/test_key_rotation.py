@@ -219,3 +219,38 @@ def test_storage_expiry_never_extends_and_use_never_goes_back(storage_url: str) 
         assert not await s.expire_key("nope", 100)
 
     with_storage(storage_url, body)
+
+
+def test_rotate_over_the_http_api(server_factory: ServerFactory) -> None:
+    server = server_factory(env=FAST)
+    admin = {"Authorization": f"Bearer {server.admin_key}"}
+    old_id, old = create(server, "--scope", "write", "--name", "app")
+    url = server.url + f"/v1/keys/{old_id}/rotate"
+    assert httpx.post(url, json={}, headers=server.headers("write")).status_code == 403
+    assert httpx.post(url, json={"overlapSeconds": -1}, headers=admin).status_code == 400
+    other_id, _ = create(server, "--scope", "write", "--project", "elsewhere")
+    elsewhere = server.url + f"/v1/keys/{other_id}/rotate"
+    assert httpx.post(elsewhere, json={}, headers=admin).status_code == 404
+
+    kept = httpx.post(url, json={}, headers=admin)  # the default overlap: 7 days
+    assert kept.status_code == 201, kept.text
+    body = kept.json()
+    assert body["scopes"] == ["write"]
+    assert body["name"] == "app"
+    assert body["replaces"]["keyId"] == old_id
+    week = body["replaces"]["expiresAt"] - time.time() * 1000
+    assert 6.9 * 86_400_000 < week <= 7 * 86_400_000
+    assert post_event(server, old).is_success
+    successor = body["key"]
+    assert post_event(server, successor).is_success
+
+    now = httpx.post(
+        server.url + f"/v1/keys/{body['keyId']}/rotate", json={"overlapSeconds": 0}, headers=admin
+    )
+    assert now.status_code == 201
+    refused = post_event(server, successor)
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "key_expired"
+    assert post_event(server, now.json()["key"]).is_success
+    again = httpx.post(server.url + f"/v1/keys/{body['keyId']}/rotate", json={}, headers=admin)
+    assert again.status_code == 404

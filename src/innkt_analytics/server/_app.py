@@ -30,7 +30,7 @@ from innkt_analytics.server._auth import KeyCache
 from innkt_analytics.server._backups import BackupScheduler, sqlite_path
 from innkt_analytics.server._export import export_events
 from innkt_analytics.server._ingest import ingest_batch, ingest_event
-from innkt_analytics.server._keys_api import create_key, list_keys, revoke_key
+from innkt_analytics.server._keys_api import create_key, list_keys, revoke_key, rotate_key_route
 from innkt_analytics.server._privacy import delete_user, export_user, list_audit
 from innkt_analytics.server._query import get_config, list_events, put_config, stats
 from innkt_analytics.server._ratelimit import RateLimiter
@@ -272,6 +272,7 @@ def create_app(
             create_key,
             list_keys,
             revoke_key,
+            rotate_key_route,
             delete_user,
             export_user,
             list_audit,

@@ -22,10 +22,12 @@ __all__ = [
     "KeyCache",
     "KeyRefused",
     "NewKey",
+    "Rotation",
     "generate_key",
     "hash_key",
     "new_key_record",
     "parse_duration",
+    "rotate_key",
 ]
 
 SCOPES: Final = frozenset({"write", "read", "admin"})
@@ -64,6 +66,45 @@ def new_key_record(
         expires_at=expires_at,
     )
     return NewKey(record=record, secret=secret)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What ``rotate_key`` did: the old key as it is now, and its successor."""
+
+    old: KeyRecord
+    new: NewKey
+
+
+async def rotate_key(
+    storage: Storage, key_id: str, overlap_ms: int, *, project: str | None = None
+) -> Rotation | None:
+    """Give an active key a successor with the same project, scopes and name, and
+    make the old key expire ``overlap_ms`` from now (never later than it would).
+
+    A key that was made to expire after some lifetime gives its successor the same
+    lifetime. None when there is no such active key (in ``project``, if given).
+    Raises ``StorageError``.
+    """
+    now = time.time_ns() // 1_000_000
+    old = next((k for k in await storage.list_keys(project) if k.key_id == key_id), None)
+    if old is None or old.revoked_at is not None:
+        return None
+    if old.expires_at is not None and old.expires_at <= now:
+        return None
+    lifetime = None if old.expires_at is None else max(0, old.expires_at - old.created_at)
+    new = new_key_record(
+        old.project,
+        old.scopes,
+        old.name,
+        expires_at=None if lifetime is None else now + lifetime,
+    )
+    # The successor first: if expiring the old key then fails, both keys still work.
+    await storage.create_key(new.record)
+    if not await storage.expire_key(key_id, now + overlap_ms):
+        return None
+    changed = next(k for k in await storage.list_keys(old.project) if k.key_id == key_id)
+    return Rotation(old=changed, new=new)
 
 
 _DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}

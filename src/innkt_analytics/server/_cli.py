@@ -311,42 +311,25 @@ def keys_rotate(
 ) -> None:
     """Replace a key: a successor with the same scopes and project; the old key
     expires after the overlap. The new key is the last line of output."""
+    from innkt_analytics.server._auth import Rotation, rotate_key
+
     settings = _settings(db=db)
     overlap_ms = _duration_ms(overlap)
 
-    async def run(storage: Storage) -> tuple[KeyRecord, KeyRecord, str] | None:
-        old = next((k for k in await storage.list_keys() if k.key_id == key_id), None)
-        now = _now_ms()
-        if old is None or old.revoked_at or (old.expires_at is not None and old.expires_at <= now):
-            return None
-        new = new_key_record(
-            old.project, old.scopes, old.name, expires_at=_successor_expiry(old, now)
-        )
-        # The successor first: if expiring the old key then fails, both still work.
-        await storage.create_key(new.record)
-        if not await storage.expire_key(key_id, now + overlap_ms):
-            return None
-        changed = next(k for k in await storage.list_keys(old.project) if k.key_id == key_id)
-        return changed, new.record, new.secret
+    async def run(storage: Storage) -> Rotation | None:
+        return await rotate_key(storage, key_id, overlap_ms)
 
     done = _run(settings.db, run)
     if done is None:
         typer.echo(f"error: no active key {key_id}", err=True)
         raise typer.Exit(1)
-    old, new, secret = done
+    old, new = done.old, done.new.record
     typer.echo(f"rotated {old.key_id}: it expires at {_when(old.expires_at)}")
     typer.echo(
         f"created {new.key_id} scopes={','.join(sorted(new.scopes))} project={new.project}"
         + (f" expires={_when(new.expires_at)}" if new.expires_at is not None else "")
     )
-    typer.echo(secret)
-
-
-def _successor_expiry(old: KeyRecord, now: int) -> int | None:
-    """A key that was made to expire after some lifetime gets the same lifetime again."""
-    if old.expires_at is None:
-        return None
-    return now + max(0, old.expires_at - old.created_at)
+    typer.echo(done.new.secret)
 
 
 def _now_ms() -> int:

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, delete, get, post
 
-from innkt_analytics.server._auth import SCOPES, new_key_record
+from innkt_analytics.server._auth import SCOPES, new_key_record, rotate_key
 from innkt_analytics.server._ingest import read_json_body
 from innkt_analytics.server._state import JSON, ApiError, authenticate, state_of
 from innkt_analytics.server.storage import KeyRecord
 
-__all__ = ["create_key", "list_keys", "revoke_key"]
+__all__ = ["create_key", "list_keys", "revoke_key", "rotate_key_route"]
 
 _encoder = msgspec.json.Encoder()
 
@@ -56,6 +56,43 @@ async def create_key(request: Request[Any, Any, Any]) -> Response[bytes]:
         status_code=201,
         media_type=JSON,
     )
+
+
+class RotateRequest(msgspec.Struct, kw_only=True, rename="camel"):
+    #: how long the old key keeps working (0: it expires at once)
+    overlap_seconds: Annotated[int, msgspec.Meta(ge=0, le=365 * 86_400)] = 7 * 86_400
+
+
+@post(
+    "/v1/keys/{key_id:str}/rotate",
+    status_code=201,
+    summary="Replace a key: a successor now, the old key expires after the overlap",
+    tags=["keys"],
+)
+async def rotate_key_route(request: Request[Any, Any, Any], key_id: str) -> Response[bytes]:
+    """The answer holds the successor (``key``, shown once) and the old key's ``expiresAt``.
+
+    The successor has the same scopes and name; 404 for a key of another project
+    or one that is revoked or already expired."""
+    state = state_of(request)
+    admin = await authenticate(request, "admin")
+    body = await read_json_body(request, state)
+    try:
+        wanted = msgspec.json.decode(body or b"{}", type=RotateRequest)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ApiError(400, "invalid_rotate_request", str(exc)) from None
+    done = await rotate_key(
+        state.storage, key_id, wanted.overlap_seconds * 1000, project=admin.project
+    )
+    if done is None:
+        raise ApiError(404, "not_found", f"no active key {key_id} in this project")
+    state.keys.forget()  # the old key's expiry applies here at once
+    answer = {
+        **_public(done.new.record),
+        "key": done.new.secret,
+        "replaces": _public(done.old),
+    }
+    return Response(_encoder.encode(answer), status_code=201, media_type=JSON)
 
 
 @get("/v1/keys", summary="List the project's keys (never the secrets)", tags=["keys"])
