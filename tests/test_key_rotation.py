@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
 
 from innkt_analytics.server.storage import KeyRecord, Storage
 from tests._server import ServerProcess
@@ -254,3 +254,23 @@ def test_rotate_over_the_http_api(server_factory: ServerFactory) -> None:
     assert post_event(server, now.json()["key"]).is_success
     again = httpx.post(server.url + f"/v1/keys/{body['keyId']}/rotate", json={}, headers=admin)
     assert again.status_code == 404
+
+
+def read_until_closed(ws: ClientConnection) -> None:
+    """Read messages (live updates keep coming) until the server closes; fail after WAIT."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        ws.recv(timeout=WAIT)
+    raise AssertionError("the connection stayed open")
+
+
+def test_a_websocket_on_a_key_that_expires_is_closed(server_factory: ServerFactory) -> None:
+    server = server_factory(env=FAST)
+    key_id, key = create(server, "--scope", "read")
+    hub = server.url.replace("http://", "ws://") + "/v1/realtime"
+    with connect(hub, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        rotate(server, key_id, "0")
+        with pytest.raises(ConnectionClosed) as closed:
+            read_until_closed(ws)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "API key expired")

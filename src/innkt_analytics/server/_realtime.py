@@ -651,9 +651,13 @@ class Hub:
                     record = await self.state.storage.find_key(key_hash)
                 except StorageError:
                     continue  # storage trouble is not a revocation
+                now_ms = time.time_ns() // 1_000_000
                 if record is None or record.revoked_at is not None:
                     for conn in holders:
                         await self._close(conn, 1008, "API key revoked")
+                elif record.expires_at is not None and record.expires_at <= now_ms:
+                    for conn in holders:  # a rotated key whose overlap ended
+                        await self._close(conn, 1008, "API key expired")
 
     async def _read_loop(self, conn: Connection) -> None:
         socket = conn.socket
