@@ -366,3 +366,17 @@ def test_the_asyncio_services_verify_tls_the_same_way(
                 await live.disconnect()
 
     asyncio.run(main())
+
+
+def test_tls_from_the_environment(tmp_path: Path, pki: Pki) -> None:
+    server = ServerProcess(
+        tmp_path / "env.db",
+        log_dir=tmp_path / "logs",
+        env={"INNKT_TLS_CERTFILE": str(pki.cert_file), "INNKT_TLS_KEYFILE": str(pki.key_file)},
+        verify=pki.context(),
+    ).start()
+    try:
+        assert server.url.startswith("https://")
+        assert httpx.get(server.url + "/v1/health/ready", verify=pki.context()).status_code == 200
+    finally:
+        server.kill()
