@@ -244,6 +244,9 @@ class AsyncAnalyticsBackendService(ServiceBase):
         queue, progress = self._queue, self._progress
         if queue is None or progress is None:
             return False
+        # A process killed mid-send left its claims: release them now (see the sync flush).
+        with contextlib.suppress(StorageError):  # pending_through reports a broken queue
+            await self._io(queue.recover, time.time())
         self._flush_requested += 1
         ticket = self._flush_requested
         self._wake_sender()

@@ -219,6 +219,10 @@ class AnalyticsBackendService(ServiceBase):
         queue = self._queue
         if queue is None:
             return False
+        # A process killed mid-send left its claims: release them now, or a short-lived
+        # process would find nothing it may send and return before delivering them.
+        with contextlib.suppress(StorageError):  # pending_through reports a broken queue
+            queue.recover(time.time())
         with self._sender_cond:
             self._flush_requested += 1
             ticket = self._flush_requested

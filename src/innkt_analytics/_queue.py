@@ -563,9 +563,18 @@ class SQLiteQueue(EventQueue):
                     "SELECT 1 FROM queue WHERE id <= ? AND (claim_pid=0 OR claim_pid=?) LIMIT 1",
                     (watermark, self._pid),
                 ).fetchone()
+                if row is not None:
+                    return True
+                # A chunk claimed by a process that died (kill -9 mid-send) is still ours
+                # to deliver: only a live claimer is trusted to send it.
+                others = self._db.execute(
+                    "SELECT DISTINCT claim_pid FROM queue"
+                    " WHERE id <= ? AND claim_pid NOT IN (0, ?)",
+                    (watermark, self._pid),
+                ).fetchall()
             except sqlite3.Error as exc:
                 raise _storage_error(exc, "read") from None
-        return row is not None
+        return any(not _pid_alive(pid) for (pid,) in others)
 
     def last_rowid(self) -> int:
         with self._lock:
