@@ -157,16 +157,14 @@ def serve(
     from innkt_analytics.server._logging import configure_json_logging, observe_requests
     from innkt_analytics.server._tls import server_ssl_context
 
-    settings = _settings(host=host, port=port, db=db)
-    if tls_certfile is not None or tls_keyfile is not None or log_format is not None:
-        settings = _settings(
-            host=host,
-            port=port,
-            db=db,
-            tls_certfile=tls_certfile or settings.tls_certfile,
-            tls_keyfile=tls_keyfile or settings.tls_keyfile,
-            log_format=log_format or settings.log_format,
-        )
+    settings = _settings(
+        host=host,
+        port=port,
+        db=db,
+        tls_certfile=tls_certfile,
+        tls_keyfile=tls_keyfile,
+        log_format=log_format,
+    )
     json_logs = settings.log_format == "json"
     ssl_context = None
     if settings.tls_certfile:
