@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -38,6 +39,9 @@ class PrivacyControls:
     def _running(self) -> bool:
         raise NotImplementedError
 
+    def _change_privacy(self, change: Callable[[], None]) -> None:
+        raise NotImplementedError
+
     # -- privacy ---------------------------------------------------------------------
 
     def opt_out(self) -> int:
@@ -65,28 +69,38 @@ class PrivacyControls:
     def opt_in(self) -> None:
         """Collect again after ``opt_out()``; saved across restarts. Raises like ``opt_out``."""
         privacy, store = self._privacy_parts()
-        with self._lock:
-            state = msgspec.structs.replace(privacy.consent, opted_out=False)
-            store.save(state)
-            privacy.consent = state
-            self._opted_out = False
-            self._open = self._running() and not self._forked
+
+        def change() -> None:
+            with self._lock:
+                state = msgspec.structs.replace(privacy.consent, opted_out=False)
+                store.save(state)
+                privacy.consent = state
+                self._opted_out = False
+                self._open = self._running() and not self._forked
+
+        self._change_privacy(change)
 
     def set_consent(self, category: str, granted: bool) -> None:
         """Grant or withdraw one consent category (events declare theirs in ``consent``;
         undeclared means ``analytics``). Saved across restarts. Raises like ``opt_out``.
         """
         privacy, store = self._privacy_parts()
-        with self._lock:
-            current = privacy.granted()
-            base = set(current) if current is not None else set()
-            if current is None and not granted:
-                # "Everything granted" minus one needs the categories made explicit.
-                base = {DEFAULT_CATEGORY}
-            base = base | {category} if granted else base - {category}
-            state = msgspec.structs.replace(privacy.consent, granted=sorted(base))
-            store.save(state)
-            privacy.consent = state
+
+        def change() -> None:
+            with self._lock:
+                current = privacy.granted()
+                base = set(current) if current is not None else set()
+                if current is None and not granted:
+                    # "Everything granted" minus one needs the categories made explicit.
+                    base = {DEFAULT_CATEGORY}
+                base = base | {category} if granted else base - {category}
+                state = msgspec.structs.replace(privacy.consent, granted=sorted(base))
+                store.save(state)
+                privacy.consent = state
+
+        # Consent is judged as of ``track``: what was handed over before this call is
+        # committed (or dropped) under the choices in force until now.
+        self._change_privacy(change)
 
     def get_consent(self) -> ConsentState:
         """The saved choices: ``opted_out`` and the granted categories (None: not chosen)."""

@@ -182,13 +182,24 @@ class ServiceBase(PrivacyControls):
         Raises ``ConfigError`` for an invalid value or an option that cannot change
         while running (the queue's mode, path and fsync).
         """
-        with self._lock:
-            old = self.config
-            new = old.replace(**changes)
-            for name in _QUEUE_OPTIONS:
-                if getattr(new, name) != getattr(old, name):
-                    raise ConfigError(name, "cannot change while the service runs")
-            self._install_config(new, transport=any(k in _TRANSPORT_OPTIONS for k in changes))
+        new = self.config.replace(**changes)  # validated before anything is committed
+
+        def install() -> None:
+            nonlocal new
+            with self._lock:
+                old = self.config
+                new = old.replace(**changes)
+                for name in _QUEUE_OPTIONS:
+                    if getattr(new, name) != getattr(old, name):
+                        raise ConfigError(name, "cannot change while the service runs")
+                transport = any(k in _TRANSPORT_OPTIONS for k in changes)
+                self._install_config(new, transport=transport)
+
+        if new.privacy != self.config.privacy:
+            # Events tracked before the call keep the privacy options they were tracked under.
+            self._change_privacy(install)
+        else:
+            install()
         return new
 
     def apply_remote_config(self, remote: ClientConfig) -> bool:
@@ -340,47 +351,80 @@ class ServiceBase(PrivacyControls):
 
     def _commit_group(self, limit: int) -> int:
         with self._commit_lock:
-            ring = self._ring
-            n = min(len(ring), limit)
-            if not n:
-                return self._watermark
-            pending = [ring.popleft() for _ in range(n)]
-            config = self.config
-            privacy = self._privacy
-            items, dropped = encode_records(
-                pending,
-                self._session_id,
-                config.max_event_bytes,
-                None if privacy is None else privacy.apply,
+            dropped, wake = self._commit_locked(limit)
+        self._after_commit(dropped, wake)
+        return self._watermark
+
+    def _commit_locked(self, limit: int) -> tuple[list[Dropped], bool]:
+        """Commit up to ``limit`` of the oldest handed-over records; the caller holds
+        ``_commit_lock``. Returns the drops to report and whether to wake the sender."""
+        ring = self._ring
+        n = min(len(ring), limit)
+        if not n:
+            return [], False
+        pending = [ring.popleft() for _ in range(n)]
+        config = self.config
+        privacy = self._privacy
+        items, dropped = encode_records(
+            pending,
+            self._session_id,
+            config.max_event_bytes,
+            None if privacy is None else privacy.apply,
+        )
+        queue = self._queue
+        if queue is None:
+            return dropped, False
+        try:
+            result = queue.put(
+                items,
+                time.time(),
+                chunk_events=config.batch_size,
+                chunk_bytes=config.max_request_bytes - 64,
             )
-            queue = self._queue
-            if queue is None:
-                return self._watermark
-            try:
-                result = queue.put(
-                    items,
-                    time.time(),
-                    chunk_events=config.batch_size,
-                    chunk_bytes=config.max_request_bytes - 64,
-                )
-            except StorageError as exc:
-                dropped.extend(Dropped(eid, "storage_error", str(exc)) for eid, _ in items)
-                with self._lock:
-                    if self._core is not None:
-                        self._core.last_error = str(exc)
-            else:
-                dropped.extend(Dropped(e, "queue_full", "queue is full") for e in result.refused)
-                dropped.extend(
-                    Dropped(e, "queue_evicted", "evicted to make room") for e in result.evicted
-                )
-                if result.last_rowid:
-                    self._watermark = result.last_rowid
-            events, nbytes = queue.depth()
+        except StorageError as exc:
+            dropped.extend(Dropped(eid, "storage_error", str(exc)) for eid, _ in items)
+            with self._lock:
+                if self._core is not None:
+                    self._core.last_error = str(exc)
+        else:
+            dropped.extend(Dropped(e, "queue_full", "queue is full") for e in result.refused)
+            dropped.extend(
+                Dropped(e, "queue_evicted", "evicted to make room") for e in result.evicted
+            )
+            if result.last_rowid:
+                self._watermark = result.last_rowid
+        events, nbytes = queue.depth()
+        return dropped, events >= config.batch_size or nbytes >= config.max_request_bytes
+
+    def _after_commit(self, dropped: list[Dropped], wake: bool) -> None:
         if dropped:  # outside the commit lock: the app's callback may call flush()
             self._report(dropped)
-        if events >= config.batch_size or nbytes >= config.max_request_bytes:
+        if wake:
             self._wake_sender()
-        return self._watermark
+
+    def _change_privacy(self, change: Callable[[], None]) -> None:
+        """Run ``change`` (new consent or privacy options) once every event handed over
+        before this call is committed under the choices in force when it was tracked.
+
+        The filter runs in the committer, up to ``commit_interval`` after ``track``:
+        without this, an event tracked without consent would be sent if consent were
+        granted before the committer ran. The committer cannot run meanwhile (the commit
+        lock is held), so the change takes effect exactly between the events counted
+        here and any handed over later.
+        """
+        dropped: list[Dropped] = []
+        wake = False
+        try:
+            with self._commit_lock:
+                remaining = len(self._ring)
+                while remaining > 0:  # a broken queue is counted as storage_error, not raised
+                    more, woke = self._commit_locked(min(remaining, _COMMIT_GROUP))
+                    dropped += more
+                    wake = wake or woke
+                    remaining -= _COMMIT_GROUP
+                change()
+        finally:
+            self._after_commit(dropped, wake)
 
     def _report(self, dropped: Sequence[Dropped]) -> None:
         with self._lock:
