@@ -71,7 +71,8 @@ class PrivacyConfig:
 
     #: property names removed from ``properties`` (top level)
     deny_properties: frozenset[str] = frozenset()
-    #: property names whose values are replaced by ``sha256:<hex>`` of salt + value
+    #: property names whose values are replaced by ``hash_value(hash_salt, value)``:
+    #: ``"sha256:" + sha256(salt + b"\0" + JSON(value)).hexdigest()``
     hash_properties: frozenset[str] = frozenset()
     #: hash ``userId`` too (joins across events still work, the raw id never leaves)
     hash_user_id: bool = False
