@@ -263,7 +263,7 @@ def tab(browser: Browser) -> Iterator[Tab]:
 
 
 def test_live_events_appear_within_two_seconds_without_reload(
-    tab: Tab, server: ServerProcess
+    server: ServerProcess, tab: Tab
 ) -> None:
     page = tab.sign_in(server)
     tab.wait_live()
@@ -294,7 +294,7 @@ def test_live_events_appear_within_two_seconds_without_reload(
 
 
 def test_saved_dashboard_survives_a_reload_and_a_new_session(
-    tab: Tab, server: ServerProcess, browser: Browser
+    server: ServerProcess, tab: Tab, browser: Browser
 ) -> None:
     page = tab.sign_in(server)
     tab.wait_live()
@@ -337,7 +337,7 @@ def test_saved_dashboard_survives_a_reload_and_a_new_session(
     assert other.errors == []
 
 
-def test_time_range_view_reads_the_stats_api(tab: Tab, server: ServerProcess) -> None:
+def test_time_range_view_reads_the_stats_api(server: ServerProcess, tab: Tab) -> None:
     event_type = "range_" + _unique()
     _post_events(server, [_event(event_type, ago=h * 3600 + 60) for h in range(5)])
     _post_events(server, [_event(event_type, ago=12 * 3600)])  # outside a 6 h range
@@ -361,7 +361,53 @@ def test_time_range_view_reads_the_stats_api(tab: Tab, server: ServerProcess) ->
     expect(panel.locator(".type-table .badge")).to_have_text([event_type])
 
 
-def test_sign_in_refuses_keys_that_cannot_read(tab: Tab, server: ServerProcess) -> None:
+def _stored_events(page: Page) -> Any:
+    return page.locator('[data-panel="ingest_health"] dt:text-is("Stored events") + dd')
+
+
+def test_time_range_and_health_figures_follow_new_events(
+    server: ServerProcess, tab: Tab, tmp_path: Path
+) -> None:
+    event_type = "later_" + _unique()
+    # The page's first health answer: until the fix the next one came 10 s after it.
+    with tab.page.expect_response(lambda r: r.url.endswith("/v1/health")):
+        page = tab.sign_in(server)
+    tab.wait_live()
+    panel = page.locator('[data-panel="stats_range"]')
+    expect(panel.locator("#range-total")).to_have_text("0")
+    expect(_stored_events(page)).to_have_text("0")
+    _post_events(server, [_event(event_type) for _ in range(3)])
+    # Within expect's 5 s: the time-range panel re-reads the stats API and the health
+    # figures are re-read as the events arrive, well before the 10 s health poll.
+    expect(panel.locator("#range-total")).to_have_text("3")
+    expect(panel.locator(".type-table .badge")).to_have_text([event_type])
+    # A count axis up to 3 is labelled in whole, distinct steps (it read 0 1 2 2 3).
+    expect(panel.locator("svg.chart text.axis-y")).to_have_text(["0", "1", "2", "3", "4"])
+    expect(_stored_events(page)).to_have_text("3")
+    ingest_rate = page.locator('[data-panel="ingest_health"] dt:text-is("Ingest rate") + dd')
+    expect(ingest_rate).not_to_have_text("0.00 /s")
+    page.screenshot(path=str(tmp_path / "live-range.png"), full_page=True)
+
+
+def test_time_range_without_event_types_draws_no_stray_text(
+    server: ServerProcess, tab: Tab
+) -> None:
+    page = tab.sign_in(server)
+    tab.wait_live()
+    panel = page.locator('[data-panel="stats_range"]')
+    expect(panel.locator("#range-total")).to_have_text("0")
+    expect(panel.locator("svg.chart")).to_have_count(1)
+    # Only elements in the panel body: no text node such as "null" beside them.
+    stray = panel.locator(".panel-body").evaluate(
+        "body => [...body.childNodes].filter(n => n.nodeType !== Node.ELEMENT_NODE)"
+        ".map(n => n.textContent)"
+    )
+    assert stray == []
+    assert "null" not in panel.inner_text()
+    assert panel.locator(".type-table").count() == 0
+
+
+def test_sign_in_refuses_keys_that_cannot_read(server: ServerProcess, tab: Tab) -> None:
     page = tab.sign_in(server, server.write_key)
     expect(page.locator("#login-error")).to_contain_text("use a read key")
     page.fill("#key-input", "ik_not-a-real-key")
@@ -373,7 +419,7 @@ def test_sign_in_refuses_keys_that_cannot_read(tab: Tab, server: ServerProcess) 
     tab.errors = [e for e in tab.errors if "status of 40" not in e]
 
 
-def test_page_reconnects_after_the_server_restarts(tab: Tab, server: ServerProcess) -> None:
+def test_page_reconnects_after_the_server_restarts(server: ServerProcess, tab: Tab) -> None:
     page = tab.sign_in(server)
     tab.wait_live()
     page.evaluate("window.__sameDocument = true")

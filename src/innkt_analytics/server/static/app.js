@@ -181,6 +181,33 @@ async function loadHealth() {
   refresh("ingest_health");
 }
 
+// The time-range panels and the health figures (stored events, ingest rate) come from the
+// REST API, so an event arriving on the WebSocket means they are out of date: re-read them
+// then. One request in flight per kind and a second's pause after it, so a burst of events
+// costs a request a second, not one per event, and a slow query never piles up.
+function coalesced(load, gap = 1000) {
+  let busy = false;
+  let again = false;
+  const run = async () => {
+    busy = true;
+    again = false;
+    try { if (session.key) await load(); } catch { /* each loader shows its own failure */ }
+    setTimeout(() => { busy = false; if (again) run(); }, gap);
+  };
+  return () => { if (busy) again = true; else run(); };
+}
+
+function loadRanges() {
+  return Promise.all(panels.filter((p) => p.spec.kind === "stats_range").map((p) => loadRange(p)));
+}
+
+const reload = { health: coalesced(loadHealth), ranges: coalesced(loadRanges) };
+
+function eventsChanged() {
+  reload.health();
+  reload.ranges();
+}
+
 async function loadAlerts() {
   const data = await api("/v1/alerts");
   live.alerts = data.recent.slice(0, 20);
@@ -229,6 +256,7 @@ function connect() {
     // Catch up on what happened while disconnected.
     loadMinutes().catch(() => {});
     loadRecentEvents().catch(() => {});
+    eventsChanged();
   };
   ws.onmessage = (message) => {
     let envelope;
@@ -279,6 +307,7 @@ function handle(envelope) {
       live.events.length = Math.min(live.events.length, STREAM_ROWS);
       trimMinutes();
       refresh("event_stream", "events_per_minute");
+      eventsChanged();
       break;
     }
     case "alert":
@@ -291,6 +320,7 @@ function handle(envelope) {
     case "dropped":
       live.conn.dropped += payload.dropped || 0;
       refresh("ingest_health");
+      eventsChanged(); // the skipped messages may have been events
       break;
     case "ping":
       send("pong", {});
@@ -456,13 +486,18 @@ async function loadRange(panel) {
   const since = until - Math.ceil((minutes * 60e3) / step) * step;
   const params = new URLSearchParams({ since: iso(since), until: iso(until), bucket });
   if (o.eventType) params.set("eventType", o.eventType);
+  // Live reloads and control changes overlap: only the latest request may draw.
+  const seq = (panel.rangeSeq = (panel.rangeSeq || 0) + 1);
+  let stats;
   try {
-    panel.range = { stats: await api(`/v1/stats?${params}`), since, until, step };
-    panel.loaded = true;
+    stats = await api(`/v1/stats?${params}`);
   } catch (err) {
-    panel.body.replaceChildren(h("div", { class: "error", text: err.message }));
+    if (seq === panel.rangeSeq) panel.body.replaceChildren(h("div", { class: "error", text: err.message }));
     return;
   }
+  if (seq !== panel.rangeSeq) return;
+  panel.range = { stats, since, until, step };
+  panel.loaded = true;
   drawRange(panel);
 }
 
@@ -473,16 +508,21 @@ function drawRange(panel) {
   for (let t = since; t < until; t += step) points.push({ t, v: counts.get(t) || 0 });
   const chart = h("div");
   const types = Object.entries(stats.byEventType).slice(0, 8);
-  panel.body.replaceChildren(
+  const children = [
     h("div", { class: "range-summary" },
       kpi(formatCount(stats.total), "events", "range-total"),
       kpi(formatCount(stats.uniqueSessions), "unique sessions"),
       kpi(formatCount(stats.uniqueUsers), "unique users")),
     chart,
-    types.length ? h("table", { class: "type-table" },
+  ];
+  // Appended only when there is one: replaceChildren would render a null as the text "null".
+  if (types.length) {
+    children.push(h("table", { class: "type-table" },
       h("thead", {}, h("tr", {}, h("th", { text: "Event type" }), h("th", { text: "Events" }), h("th", { text: "Share" }))),
       h("tbody", {}, types.map(([t, n]) => h("tr", {}, h("td", {}, h("span", { class: "badge", text: t })),
-        h("td", { text: formatCount(n) }), h("td", { text: `${((100 * n) / Math.max(1, stats.total)).toFixed(1)}%` }))))) : null);
+        h("td", { text: formatCount(n) }), h("td", { text: `${((100 * n) / Math.max(1, stats.total)).toFixed(1)}%` }))))));
+  }
+  panel.body.replaceChildren(...children);
   timeSeries(chart, points, { kind: "bar", height: 180, step, label: "events" });
 }
 
@@ -694,7 +734,10 @@ async function start() {
   connect();
   await Promise.allSettled([loadMinutes(), loadRecentEvents(), loadHealth(), loadAlerts()]);
   timers.push(
+    // Uptime, storage size and a falling ingest rate change without events.
     setInterval(() => loadHealth(), 10e3),
+    // The range's window slides with the clock even when nothing arrives.
+    setInterval(() => reload.ranges(), 60e3),
     // The stats API is the durable truth; the live counts drift if messages are skipped.
     setInterval(() => loadMinutes().catch(() => {}), 60e3),
     setInterval(() => refresh("events_per_minute"), 15e3),

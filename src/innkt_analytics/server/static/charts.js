@@ -12,14 +12,19 @@ function node(tag, attrs = {}, parent = null) {
   return el;
 }
 
-/** A "nice" upper bound for an axis whose quarters are round numbers too. */
+/**
+ * A "nice" upper bound for a count axis: four times a round quarter, so the five labels
+ * 0, ¼, ½, ¾ and the top are distinct whole numbers (0 1 2 3 4, 0 3 6 9 12, 0 25 50 75 100).
+ */
 export function niceMax(value) {
-  if (!(value > 0)) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 1.2, 1.6, 2, 3, 4, 5, 6, 8, 10]) {
-    if (step * power >= value) return step * power;
+  const quarter = Math.max(1, value / 4);
+  const power = 10 ** Math.floor(Math.log10(quarter));
+  for (const step of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) {
+    // Half steps are whole only from 10 up: 1.5 would print as "2" next to "3".
+    if (step % 1 && power < 10) continue;
+    if (step * power >= quarter) return 4 * step * power;
   }
-  return 10 * power;
+  return 40 * power;
 }
 
 export function formatCount(n) {
@@ -67,7 +72,7 @@ export function timeSeries(
   for (let i = 0; i <= 4; i++) {
     const v = (top * i) / 4;
     node("line", { class: "grid-line", x1: pad.left, x2: width - pad.right, y1: y(v), y2: y(v) }, svg);
-    const tx = node("text", { x: pad.left - 6, y: y(v) + 4, "text-anchor": "end" }, svg);
+    const tx = node("text", { class: "axis-y", x: pad.left - 6, y: y(v) + 4, "text-anchor": "end" }, svg);
     tx.textContent = formatCount(v);
   }
   const ticks = Math.max(2, Math.min(6, Math.floor(plotW / 110)));
