@@ -9,7 +9,8 @@ example hosts (``127.0.0.1:8080``, ``localhost:8080``, ``analytics.example.com``
 the test server. A block with top-level ``await`` runs in an event loop, as in
 ``python -m asyncio``. The README's curl blocks run in bash the same way; every
 comment line in them that is a JSON document is output the docs promise, and must
-appear in what the commands print.
+appear in what the commands print. A Python example must also leave stderr empty (no
+warning, no traceback from a worker thread).
 
 A block that cannot run (a fragment) carries ``<!-- not-run: reason -->`` on the
 line before it; the reason is required.
@@ -139,6 +140,21 @@ def test_every_not_run_marker_has_a_reason_and_a_block() -> None:
             assert _FENCE.match(following), f"{page.name}:{number}: not-run marker without a block"
 
 
+def test_not_run_markers_are_read(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- not-run: a fragment of the block above -->\n\n```python\nx\n```\n"
+        "<!-- not-run -->\n  ```python\n  y\n  ```\n```python\nz\n```\n",
+        encoding="utf-8",
+    )
+    blocks = parse(page)
+    assert [(b.line, b.code, b.not_run) for b in blocks] == [
+        (3, "x\n", "a fragment of the block above"),
+        (7, "y\n", ""),  # a marker without a reason: the check above fails on it
+        (10, "z\n", None),
+    ]
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     # The SDK's queue and the local store default to XDG directories: keep them here.
     return {
@@ -177,6 +193,8 @@ def test_example_runs(
             timeout=120,
         )
         assert done.returncode == 0, f"{block.name} failed:\n{done.stdout}\n{done.stderr}"
+        # Nothing logged either: a thread's traceback or a warning means the example is wrong.
+        assert done.stderr == "", f"{block.name} wrote to stderr:\n{done.stderr}"
         return
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
