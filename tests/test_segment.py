@@ -251,17 +251,24 @@ def test_batch_context_merges_and_duplicates_are_counted(shared_server: ServerPr
 
 
 def test_clock_skew_is_corrected_like_native_batches(shared_server: ServerProcess) -> None:
-    """A device clock one hour behind: the event happened 10 s before the batch was sent."""
+    """A device clock one hour behind: the events happened 10 s before the batch was sent.
+
+    RudderStack's shape (originalTimestamp) and Segment's (timestamp alone) are both
+    corrected by sentAt; an explicit timestamp next to originalTimestamp is kept as sent,
+    as rudder-server does (see also test_segment_clients.py with the real SDKs).
+    """
     user = "skew-" + _unique()
     device_now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    happened = (device_now - dt.timedelta(seconds=10)).isoformat()
     body = {
         "batch": [
+            {"type": "track", "event": "Rudder", "userId": user, "originalTimestamp": happened},
+            {"type": "track", "event": "Segment", "userId": user, "timestamp": happened},
             {
                 "type": "track",
-                "event": "Skewed",
+                "event": "Backfill",
                 "userId": user,
-                "messageId": user,
-                "originalTimestamp": (device_now - dt.timedelta(seconds=10)).isoformat(),
+                "originalTimestamp": happened,
                 "timestamp": "2001-01-01T00:00:00Z",
             },
         ],
@@ -271,11 +278,15 @@ def test_clock_skew_is_corrected_like_native_batches(shared_server: ServerProces
         shared_server.url + "/v1/batch", json=body, headers=_basic(shared_server.write_key)
     )
     assert r.status_code == 200, r.text
-    (event,) = _events(shared_server, userId=user)
-    received = dt.datetime.fromisoformat(event["receivedAt"])
-    corrected = dt.datetime.fromisoformat(event["correctedTimestamp"])
-    # originalTimestamp wins over timestamp; received - (sentAt - originalTimestamp).
-    assert abs((received - corrected) - dt.timedelta(seconds=10)) <= dt.timedelta(milliseconds=2)
+    by_type = {e["eventType"]: e for e in _events(shared_server, userId=user)}
+    for name in ("Rudder", "Segment"):
+        received = dt.datetime.fromisoformat(by_type[name]["receivedAt"])
+        corrected = dt.datetime.fromisoformat(by_type[name]["correctedTimestamp"])
+        # received - (sentAt - device time)
+        ten_seconds = abs((received - corrected) - dt.timedelta(seconds=10))
+        assert ten_seconds <= dt.timedelta(milliseconds=2), name
+    backfill = dt.datetime.fromisoformat(by_type["Backfill"]["correctedTimestamp"])
+    assert backfill == dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
 
 
 def test_errors_speak_both_dialects(shared_server: ServerProcess) -> None:
@@ -459,6 +470,50 @@ def test_translate_ids_sessions_and_times() -> None:
     anon = _translate({"type": "identify", "anonymousId": "a1", "timestamp": "2026-11-27T11:00:00"})
     assert anon.event.session_id == "a1"
     assert anon.event.timestamp == dt.datetime(2026, 11, 27, 11, tzinfo=dt.UTC)
+
+
+def test_translate_times_follow_rudder_server() -> None:
+    """originalTimestamp is corrected by sentAt unless the app gave timestamp (kept as is)."""
+    sent = "2026-11-27T11:00:10Z"
+    call = {"type": "track", "event": "E", "userId": "u", "sentAt": sent}
+    rudder = _translate({**call, "originalTimestamp": "2026-11-27T11:00:00Z"})
+    assert (rudder.event.timestamp, rudder.sent_at) == (
+        dt.datetime(2026, 11, 27, 11, tzinfo=dt.UTC),
+        dt.datetime(2026, 11, 27, 11, 0, 10, tzinfo=dt.UTC),
+    )
+    backfill = _translate(
+        {**call, "originalTimestamp": "2026-11-27T11:00:00Z", "timestamp": "2020-01-01T00:00:00Z"}
+    )
+    assert (backfill.event.timestamp, backfill.sent_at) == (
+        dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+        None,
+    )
+    segment = _translate({**call, "timestamp": "2020-01-01T00:00:00Z"})
+    assert segment.sent_at == dt.datetime(2026, 11, 27, 11, 0, 10, tzinfo=dt.UTC)
+    with pytest.raises(ValueError, match="timestamp"):
+        _translate({**call, "originalTimestamp": "2026-11-27T11:00:00Z", "timestamp": "later"})
+
+
+def test_translate_identify_traits_from_context_traits() -> None:
+    """rudder-sdk-python sends an identify's traits only as context.traits."""
+    nested = _translate(
+        {"type": "identify", "userId": "u", "context": {"traits": {"plan": "pro"}, "ip": "x"}}
+    )
+    assert (nested.event.properties, nested.event.context) == ({"plan": "pro"}, {"ip": "x"})
+    both = _translate(
+        {
+            "type": "identify",
+            "userId": "u",
+            "traits": {"plan": "team", "seats": 3},
+            "context": {"traits": {"plan": "pro", "email": "a@b.c"}},
+        }
+    )
+    # the top-level traits win where both name a trait
+    assert both.event.properties == {"plan": "team", "email": "a@b.c", "seats": 3}
+    track = _translate(
+        {"type": "track", "event": "E", "userId": "u", "context": {"traits": {"plan": "pro"}}}
+    )
+    assert (track.event.properties, track.event.context) == ({}, {"traits": {"plan": "pro"}})
 
 
 def test_translate_route_type_wins_and_batch_sent_at_applies() -> None:

@@ -73,6 +73,8 @@ _SINGLE_ROUTES: Final = {
 }
 TYPES: Final = frozenset(_SINGLE_ROUTES.values())
 _MAX_ID: Final = 128
+#: Content-Types whose body is JSON all the same (see ``_read_body``)
+_JSON_AS_OTHER_MEDIA: Final = frozenset({"", "text/plain", "application/x-www-form-urlencoded"})
 
 IdValue = str | int | float
 
@@ -160,6 +162,31 @@ def _session_id(context: dict[str, Any], anonymous_id: str | None) -> str | None
     return anonymous_id
 
 
+def _device_time(
+    msg: SegmentMessage, batch_sent_at: dt.datetime | None, received: dt.datetime
+) -> tuple[dt.datetime, dt.datetime | None]:
+    """The device time of ``msg`` and the ``sentAt`` to correct it by (``None``: store as is).
+
+    RudderStack's SDKs always send ``originalTimestamp`` (the call time) and
+    ``timestamp`` only when the app passed one; rudder-server then keeps that
+    ``timestamp`` as sent and otherwise computes ``receivedAt - (sentAt -
+    originalTimestamp)`` (processor.go, ``enhanceWithTimeFields``). We do the
+    same, so a backfill with an explicit time keeps it. Segment's SDKs send only
+    ``timestamp``, which is their device time and is corrected by ``sentAt``.
+    """
+    sent_at = _time("sentAt", msg.sent_at) or batch_sent_at
+    original = _time("originalTimestamp", msg.original_timestamp)
+    explicit = _time("timestamp", msg.timestamp)
+    if original is not None:
+        if explicit is not None:
+            return explicit, None
+        return original, sent_at
+    if explicit is not None:
+        return explicit, sent_at
+    # No client time at all: it happened now, and there is nothing to correct.
+    return received, None
+
+
 def translate_message(
     msg: SegmentMessage,
     raw: bytes,
@@ -195,20 +222,19 @@ def translate_message(
     elif user_id is None and anonymous_id is None:
         raise ValueError("userId or anonymousId is required")
 
-    # Device time: RudderStack sends originalTimestamp, Segment's SDKs timestamp.
-    device_time = _time("originalTimestamp", msg.original_timestamp) or _time(
-        "timestamp", msg.timestamp
-    )
-    sent_at = _time("sentAt", msg.sent_at) or batch_sent_at
-    if device_time is None:
-        # No client time at all: it happened now, and there is nothing to correct.
-        device_time, sent_at = received, None
+    device_time, sent_at = _device_time(msg, batch_sent_at, received)
 
     context = {**(batch_context or {}), **(msg.context or {})}
     device = context.pop("device", None)
     device_info = dict(device) if isinstance(device, dict) else {}
 
-    if kind in ("identify", "group"):
+    if kind == "identify":
+        # RudderStack's SDKs put an identify's traits under context.traits
+        # (rudder-sdk-python only there); Segment's at the top. Either way they
+        # are the properties, so the same identify stores the same.
+        nested = context.pop("traits", None)
+        properties = {**(nested if isinstance(nested, dict) else {}), **(msg.traits or {})}
+    elif kind == "group":
         properties = dict(msg.traits or {})
     else:
         properties = dict(msg.properties or {})
@@ -337,14 +363,23 @@ def _segment_error(exc: ApiError) -> Response[bytes]:
 
 
 async def _read_body(request: Request[Any, Any, Any], state: ServerState) -> bytes:
-    """The body, gunzipped within the limits: JSON, or text/plain as analytics.js sends it.
+    """The body, gunzipped within the limits: JSON, whatever ``Content-Type`` the SDKs label it.
 
-    analytics.js posts ``text/plain`` so that browsers skip the CORS preflight.
+    analytics.js posts ``text/plain`` so that browsers skip the CORS preflight;
+    @rudderstack/rudder-sdk-node with gzip on (its default) posts a gzipped
+    JSON Buffer through axios, which labels it
+    ``application/x-www-form-urlencoded``. rudder-server reads every body as
+    JSON whatever its type; so do we, for these labels.
     """
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in ("text/plain", ""):
+    if media not in _JSON_AS_OTHER_MEDIA:
         return await read_json_body(request, state)
     limit = state.settings.max_body_bytes
+    length = request.headers.get("content-length")
+    # Refused before reading, as read_json_body does, so that the answer is in the
+    # Segment dialect rather than the framework's own body-cap error.
+    if length is not None and length.isdecimal() and int(length) > limit:
+        raise ApiError(413, "payload_too_large", f"body over the limit of {limit} bytes")
     body = await request.body()
     if len(body) > limit:
         raise ApiError(413, "payload_too_large", f"body over the limit of {limit} bytes")
