@@ -140,6 +140,20 @@ def test_every_not_run_marker_has_a_reason_and_a_block() -> None:
             assert _FENCE.match(following), f"{page.name}:{number}: not-run marker without a block"
 
 
+def test_sdk_config_table_lists_every_option() -> None:
+    # docs/sdk.md's BackendConfig table is what users configure from: no option missing.
+    import dataclasses
+
+    from innkt_analytics import BackendConfig
+
+    text = (ROOT / "docs" / "sdk.md").read_text(encoding="utf-8")
+    table = text.split("## Configuration (`BackendConfig`)", 1)[1].split("\n\n", 3)[2]
+    documented = {
+        name for row in table.splitlines() for name in re.findall(r"`(\w+)`", row.split("|")[1])
+    }
+    assert documented == {field.name for field in dataclasses.fields(BackendConfig)}
+
+
 def test_not_run_markers_are_read(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
