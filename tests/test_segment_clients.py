@@ -100,12 +100,13 @@ def _run_node(
     }
     spec_path, result_path = tmp_path / f"{sdk}-spec.json", tmp_path / f"{sdk}-result.json"
     spec_path.write_text(json.dumps(spec))
-    subprocess.run(
+    done = subprocess.run(
         [shutil.which("node") or "node", str(harness), str(spec_path), str(result_path)],
-        check=True,
         timeout=120,
         capture_output=True,
+        text=True,
     )
+    assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(result_path.read_text())
     return result
 
