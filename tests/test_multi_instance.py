@@ -10,6 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 from tests._server import ServerProcess
 from tests.conftest import ServerFactory
@@ -96,6 +99,46 @@ def test_the_rate_limit_is_one_budget_across_instances(
         json=events("r-other"),
     )
     assert r.status_code == 200
+
+
+def _handshake(server: ServerProcess, key: str) -> int:
+    """Open a real-time connection with ``key``: 101 when admitted, else the refusal."""
+    url = server.url.replace("http://", "ws://") + "/v1/realtime"
+    try:
+        with ws_connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {key}"},
+            subprotocols=[Subprotocol("innkt.v1")],
+            open_timeout=10,
+        ):
+            return 101
+    except InvalidStatus as refused:
+        return refused.response.status_code
+
+
+def test_websocket_handshakes_and_requests_draw_from_one_budget(
+    pg_database: str, redis_url: str, server_factory: ServerFactory
+) -> None:
+    a, b = pair(
+        server_factory,
+        pg_database,
+        {
+            "INNKT_RATE_LIMIT_STORE": redis_url,
+            "INNKT_RATE_LIMIT_PER_SECOND": "0.01",
+            "INNKT_RATE_LIMIT_BURST": "4",
+        },
+    )
+    key = a.write_key
+    assert post(a, events("w0")).status_code == 200
+    assert _handshake(b, key) == 101
+    assert post(b, events("w1")).status_code == 200
+    assert _handshake(a, key) == 101
+    # Four tokens of one cluster-wide bucket are gone, whichever way they were spent:
+    # per instance each would still have two.
+    assert _handshake(b, key) == 429
+    assert _handshake(a, key) == 429
+    assert post(a, events("w-over")).status_code == 429
+    assert post(b, events("w-over")).status_code == 429
 
 
 def test_keys_and_config_are_shared(

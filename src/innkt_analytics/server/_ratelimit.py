@@ -1,4 +1,9 @@
-"""Token-bucket rate limiting, sans-I/O: callers pass the clock in."""
+"""Token-bucket rate limiting, sans-I/O: callers pass the clock in.
+
+Every admission decision (an HTTP request, a WebSocket handshake) goes through
+``acquire``: this per-instance limiter answers it at once, the Redis one
+(``_ratelimit_redis``) from the bucket all instances share.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,11 @@ class RateLimiter:
         self.rate = rate
         self.burst = float(burst)
         self._buckets: dict[str, TokenBucket] = {}
+
+    async def acquire(self, key: str, now: float, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens of ``key``'s bucket: 0.0 when allowed, else the
+        Retry-After in seconds (at least 1). The one call the server makes."""
+        return self.check(key, now, cost)
 
     def check(self, key: str, now: float, cost: float = 1.0) -> float:
         """0.0 when allowed, else the Retry-After in seconds (rounded up, at least 1)."""

@@ -72,7 +72,7 @@ class RedisRateLimiter(RateLimiter):
     """Token buckets per API key in Redis, shared by all instances.
 
     ``check`` (inherited, synchronous) is the per-instance fallback; the server
-    calls ``acquire``.
+    calls ``acquire`` for HTTP requests and WebSocket handshakes alike.
     """
 
     def __init__(

@@ -56,7 +56,7 @@ from innkt_analytics.server._ratelimit import TokenBucket
 from innkt_analytics.server._realtime_aggregates import ProjectWindow
 from innkt_analytics.server._realtime_stream import EventLog, SendBudget
 from innkt_analytics.server._settings import ServerSettings
-from innkt_analytics.server._state import ServerState, presented_key
+from innkt_analytics.server._state import ServerState, presented_key, take_token
 from innkt_analytics.server._ws_protocol import SEND_TEXT_NOW, SendTextNow
 from innkt_analytics.server.storage import KeyRecord, StorageStatus
 
@@ -589,7 +589,7 @@ class Hub:
         if not record.scopes & {"read", "admin", "write"}:
             await self._refuse(socket, 403, "forbidden", "this key cannot use the real-time hub")
             return None
-        wait = self.state.limiter.check(record.key_id, time.monotonic())
+        wait = await take_token(self.state, record.key_id)
         if wait:
             await self._refuse(socket, 429, "rate_limited", "too many requests", retryAfter=wait)
             return None

@@ -21,7 +21,6 @@ from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import KeyCache, KeyRefused
 from innkt_analytics.server._metrics import ServerMetrics
 from innkt_analytics.server._ratelimit import RateLimiter
-from innkt_analytics.server._ratelimit_redis import RedisRateLimiter
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server.storage import KeyRecord, Storage
 
@@ -34,6 +33,7 @@ __all__ = [
     "authorize",
     "error_response",
     "state_of",
+    "take_token",
 ]
 
 JSON = "application/json"
@@ -178,16 +178,20 @@ async def authorize(
         raise ApiError(401, refused.code, refused.message) from None
     check_scope(record, scope)
     if rate_limited:
-        limiter = state.limiter
-        if isinstance(limiter, RedisRateLimiter):  # shared across instances
-            wait = await limiter.acquire(record.key_id, time.monotonic())
-        else:
-            wait = limiter.check(record.key_id, time.monotonic())
+        wait = await take_token(state, record.key_id)
         if wait:
-            state.metrics.rate_limit["limited"] += 1
             raise ApiError(429, "rate_limited", "too many requests", retry_after=wait)
-        state.metrics.rate_limit["allowed"] += 1
     return record
+
+
+async def take_token(state: ServerState, key_id: str) -> float:
+    """One admission (a request, a WebSocket handshake) of ``key_id``: 0.0 when
+    allowed, else the Retry-After in seconds. Counted for /metrics."""
+    # The same limiter for every door: with INNKT_RATE_LIMIT_STORE it is the Redis
+    # bucket all instances share.
+    wait = await state.limiter.acquire(key_id, time.monotonic())
+    state.metrics.rate_limit["limited" if wait else "allowed"] += 1
+    return wait
 
 
 def check_scope(record: KeyRecord, scope: str | None) -> None:
