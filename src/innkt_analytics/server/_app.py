@@ -13,24 +13,17 @@ import msgspec
 from litestar import Litestar, Request, Response, get, head
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import ControllerRouterHandler
 
 from innkt_analytics._exceptions import StorageError
-from innkt_analytics._protocol import (
-    Batch,
-    ClientConfig,
-    ErrorBody,
-    Event,
-    IngestResponse,
-    ProtocolError,
-)
+from innkt_analytics._protocol import ProtocolError
 from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import KeyCache
 from innkt_analytics.server._backups import BackupScheduler, sqlite_path
 from innkt_analytics.server._export import export_events
 from innkt_analytics.server._ingest import ingest_batch, ingest_event
 from innkt_analytics.server._keys_api import create_key, list_keys, revoke_key, rotate_key_route
+from innkt_analytics.server._openapi import DocumentPlugin, document_bytes
 from innkt_analytics.server._privacy import delete_user, export_user, list_audit
 from innkt_analytics.server._query import get_config, list_events, put_config, stats
 from innkt_analytics.server._ratelimit import RateLimiter
@@ -96,42 +89,9 @@ async def health_head(request: Request[Any, Any, Any]) -> Response[None]:
     return Response(None, status_code=200 if ok else 503)
 
 
-_BODIES = {
-    ("/v1/events/batch", "post"): "Batch",
-    ("/v1/events", "post"): "Event",
-    ("/v1/config", "put"): "ClientConfig",
-}
-
-
-def _openapi_document(app: Litestar) -> dict[str, Any]:
-    # Litestar cannot see bodies we parse ourselves (to report per-event errors),
-    # so the request and response schemas come from the msgspec Structs.
-    schema = app.openapi_schema.to_schema()
-    _, components = msgspec.json.schema_components(
-        [Batch, Event, ClientConfig, IngestResponse, ErrorBody],
-        ref_template="#/components/schemas/{name}",
-    )
-    schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
-    for (path, method), name in _BODIES.items():
-        operation = schema["paths"][path][method]
-        operation["requestBody"] = {
-            "required": True,
-            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{name}"}}},
-        }
-    schema.setdefault("components", {})["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer"},
-        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-    }
-    schema["security"] = [{"bearer": []}, {"apiKey": []}]
-    return schema
-
-
 @get("/openapi.json", include_in_schema=False)
 async def openapi_json(request: Request[Any, Any, Any]) -> Response[bytes]:
-    cache = request.app.state
-    if getattr(cache, "openapi_bytes", None) is None:
-        cache.openapi_bytes = msgspec.json.encode(_openapi_document(request.app))
-    return Response(cache.openapi_bytes, media_type=JSON)
+    return Response(document_bytes(request.app), media_type=JSON)
 
 
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[bytes]:
@@ -292,7 +252,7 @@ def create_app(
             title="innkt-analytics",
             version=__version__,
             path="/schema",
-            render_plugins=[JsonRenderPlugin()],
+            render_plugins=[DocumentPlugin()],
         ),
         request_max_body_size=settings.max_body_bytes,
         debug=False,

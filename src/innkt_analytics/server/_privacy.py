@@ -100,9 +100,14 @@ async def list_audit(request: Request[Any, Any, Any]) -> Response[bytes]:
     admin = await authenticate(request, "admin")
     q = request.query_params
     raw_limit, raw_before = q.get("limit", "100"), q.get("before")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    # isdecimal, not isdigit: int() refuses digits such as "²" that isdigit accepts;
+    # the lengths keep int() under its digit limit (a ValueError, so a 500, past it)
+    if not (len(raw_limit) <= 4 and raw_limit.isdecimal() and 1 <= int(raw_limit) <= 1000):
         raise ApiError(400, "invalid_parameter", "limit: an integer in 1..1000")
-    if raw_before is not None and not raw_before.isdigit():
+    # storage integers are 64-bit; a bigger one cannot be bound (it was a 500)
+    if raw_before is not None and not (
+        len(raw_before) <= 19 and raw_before.isdecimal() and int(raw_before) < 2**63
+    ):
         raise ApiError(400, "invalid_parameter", "before: a seq number")
     entries = await state.storage.list_audit(
         admin.project, int(raw_limit), None if raw_before is None else int(raw_before)

@@ -96,8 +96,9 @@ async def list_events(request: Request[Any, Any, Any]) -> Response[bytes]:
     key = await authenticate(request, "read")
     flt = _filter(request)
     raw_limit = request.query_params.get("limit", "100")
-    # isdecimal, not isdigit: int() refuses digits such as "²" that isdigit accepts
-    if not raw_limit.isdecimal() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    # isdecimal, not isdigit: int() refuses digits such as "²" that isdigit accepts;
+    # the length keeps int() under its digit limit (a ValueError, so a 500, past it)
+    if not (len(raw_limit) <= 4 and raw_limit.isdecimal() and 1 <= int(raw_limit) <= MAX_PAGE):
         raise ApiError(400, "invalid_parameter", f"limit: an integer in 1..{MAX_PAGE}")
     cursor = _decode_cursor(request.query_params.get("cursor"))
     page = await state_of(request).storage.query_events(key.project, flt, cursor, int(raw_limit))
