@@ -11,12 +11,15 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from innkt_analytics import _backup
 from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics.server._settings import ServerSettings
-from innkt_analytics.server._state import ServerState
+
+if TYPE_CHECKING:
+    # _state imports Litestar; the CLI's backup commands use this module without it.
+    from innkt_analytics.server._state import ServerState
 
 __all__ = ["BackupScheduler", "backup_dir", "sqlite_path"]
 

@@ -14,15 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, BinaryIO, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from innkt_analytics import _backup
 from innkt_analytics._exceptions import ConfigError, InnktError, StorageError, StorageFullError
@@ -37,16 +28,24 @@ __all__ = ["app", "main"]
 
 T = TypeVar("T")
 
+# Plain (click) help and errors: typer's rich formatting imports rich, markdown-it and
+# pygments, ~100 ms of the 0.3 s budget for --help (issue 16, docs/benchmarks.md).
 app = typer.Typer(
     name="innkt-analytics",
     help="Offline-first analytics server.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create, list and revoke API keys.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(keys_app, name="keys")
 backup_app = typer.Typer(
-    help="Back up, verify and restore the SQLite database.", no_args_is_help=True
+    help="Back up, verify and restore the SQLite database.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(backup_app, name="backup")
 
@@ -378,6 +377,8 @@ def backup_create(
     """Take a consistent backup now (safe while the server is running)."""
     settings = _settings(db=db)
     try:
+        from rich.progress import Progress, SpinnerColumn, TextColumn  # only when drawn
+
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True) as bar:
             bar.add_task("backing up…")
             manifest = _backup.create_backup(
@@ -452,6 +453,15 @@ def export(
     db: DbOption = None,
 ) -> None:
     """Export events of a project, with a progress bar."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     from innkt_analytics.server._export import (  # keeps startup light
         iter_rows,
         render_csv,
