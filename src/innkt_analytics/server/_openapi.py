@@ -136,6 +136,8 @@ class UserDeleted(msgspec.Struct, rename="camel", kw_only=True):
     user_id: str
     deleted_events: int
     suppressed: bool
+    #: every id of the user's person (docs/identity.md), all deleted and suppressed
+    ids: list[str] | None = None
 
 
 class AuditEntry(msgspec.Struct, kw_only=True):
