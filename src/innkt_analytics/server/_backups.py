@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from innkt_analytics import _backup
 from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.server.storage import parse_db_url
 
 if TYPE_CHECKING:
     # _state imports Litestar; the CLI's backup commands use this module without it.
@@ -28,14 +29,12 @@ log = logging.getLogger("innkt_analytics.server.backups")
 
 def sqlite_path(settings: ServerSettings) -> Path:
     """The SQLite file of ``settings.db``. Raises ``ConfigError`` for PostgreSQL."""
-    db = settings.db
-    if db.startswith(("postgresql://", "postgres://")):
+    db = parse_db_url(settings.db)
+    if db.sqlite_path is None:
         raise ConfigError(
             "db", "PostgreSQL is backed up with pg_dump (see docs/operations.md), not this command"
         )
-    if db.startswith("sqlite:///"):
-        db = db[len("sqlite:///") :]
-    return Path(db).resolve()
+    return Path(db.sqlite_path).resolve()
 
 
 def backup_dir(settings: ServerSettings) -> Path:

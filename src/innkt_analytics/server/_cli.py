@@ -148,6 +148,7 @@ def serve(
     from uvicorn.config import LOGGING_CONFIG
 
     from innkt_analytics.server import build_app
+    from innkt_analytics.server._connguard import ConnectionLimits, guarded_protocol
     from innkt_analytics.server._lifecycle import (
         GracefulServer,
         GracefulWebSocketProtocol,
@@ -217,6 +218,17 @@ def serve(
         # uvicorn's sans-I/O WebSocket protocol, with a synchronous send for the hub's
         # event fan-out (see _ws_protocol) and a 1001 close at shutdown (_lifecycle).
         ws=GracefulWebSocketProtocol,
+        # httptools, with the limits on connections, heads, bodies and idling that
+        # uvicorn lacks (see _connguard); uvicorn's own keep-alive timer is replaced.
+        http=guarded_protocol(
+            ConnectionLimits(
+                max_connections=settings.http_max_connections,
+                idle_timeout=settings.http_idle_timeout,
+                header_timeout=settings.http_header_timeout,
+                body_timeout=settings.http_body_timeout,
+                max_header_bytes=settings.http_max_header_bytes,
+            )
+        ),
     )
     if ssl_context is not None:
         # uvicorn wraps the sockets in config.ssl; ours holds the TLS 1.2 floor.

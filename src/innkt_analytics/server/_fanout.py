@@ -38,6 +38,7 @@ import msgspec
 from innkt_analytics._exceptions import ConfigError
 from innkt_analytics._protocol import ClientConfig
 from innkt_analytics._realtime_core import reconnect_delays
+from innkt_analytics.server.storage import is_postgres_url
 
 __all__ = [
     "FanoutBackend",
@@ -392,11 +393,11 @@ def make_fanout(channels: str, db: str, channel: str) -> FanoutBackend:
     if value.startswith(("redis://", "rediss://", "unix://")):
         return RedisFanout(channel, value)
     if value in ("postgres", "postgresql"):
-        if not db.startswith(("postgresql://", "postgres://")):
+        if not is_postgres_url(db):
             raise ConfigError(
                 "channels", "'postgres' uses the --db PostgreSQL URL; give postgresql://… instead"
             )
         return PostgresFanout(channel, db)
-    if value.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(value):
         return PostgresFanout(channel, value)
     raise ConfigError("channels", f"expected memory, redis://… or postgres(ql://…), got {value!r}")

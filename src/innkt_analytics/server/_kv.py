@@ -24,6 +24,7 @@ from typing import Any, Final
 from litestar import Litestar
 
 from innkt_analytics._exceptions import ConfigError, StorageError
+from innkt_analytics.server.storage import parse_db_url
 
 __all__ = ["KVStore", "PostgresKV", "SQLiteKV", "kv_of", "make_kv"]
 
@@ -239,13 +240,8 @@ def make_kv(url: str) -> KVStore:
 
     Raises ``ConfigError`` for an unknown scheme.
     """
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresKV(url)
-    if url.startswith("sqlite:///"):
-        return SQLiteKV(url[len("sqlite:///") :])
-    if "://" in url:
-        raise ConfigError("db", f"unsupported database URL {url!r}")
-    return SQLiteKV(url)
+    db = parse_db_url(url)
+    return PostgresKV(url) if db.sqlite_path is None else SQLiteKV(db.sqlite_path)
 
 
 def kv_of(app: Litestar, url: str) -> KVStore:

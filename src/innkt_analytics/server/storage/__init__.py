@@ -16,9 +16,11 @@ from innkt_analytics.server.storage._base import (
     Suppression,
 )
 from innkt_analytics.server.storage._sqlite import SQLiteStorage
+from innkt_analytics.server.storage._url import DatabaseUrl, is_postgres_url, parse_db_url
 
 __all__ = [
     "AuditEntry",
+    "DatabaseUrl",
     "EventFilter",
     "EventPage",
     "EventRow",
@@ -29,7 +31,9 @@ __all__ = [
     "StorageHealth",
     "StorageStatus",
     "Suppression",
+    "is_postgres_url",
     "make_storage",
+    "parse_db_url",
 ]
 
 
@@ -39,19 +43,11 @@ def make_storage(url: str, *, pool_size: int = 10, insert_concurrency: int = 4) 
     ``pool_size`` and ``insert_concurrency`` apply to PostgreSQL (see
     ``PostgresStorage``). Raises ``ConfigError`` for an unknown scheme.
     """
-    if url.startswith(("postgresql://", "postgres://")):
-        try:
-            from innkt_analytics.server.storage._postgres import (
-                PostgresStorage,
-            )
-        except ImportError as exc:  # the optional dependency is missing
-            raise ConfigError("db", f"PostgreSQL support needs asyncpg: {exc}") from exc
-        storage: Storage = PostgresStorage(
-            url, pool_size=pool_size, insert_concurrency=insert_concurrency
-        )
-        return storage
-    if url.startswith("sqlite:///"):
-        return SQLiteStorage(url[len("sqlite:///") :])
-    if "://" in url:
-        raise ConfigError("db", f"unsupported database URL {url!r}")
-    return SQLiteStorage(url)
+    db = parse_db_url(url)
+    if db.sqlite_path is not None:
+        return SQLiteStorage(db.sqlite_path)
+    try:
+        from innkt_analytics.server.storage._postgres import PostgresStorage
+    except ImportError as exc:  # the optional dependency is missing
+        raise ConfigError("db", f"PostgreSQL support needs asyncpg: {exc}") from exc
+    return PostgresStorage(url, pool_size=pool_size, insert_concurrency=insert_concurrency)
