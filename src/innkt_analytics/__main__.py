@@ -1,5 +1,10 @@
-"""``python -m innkt_analytics`` is the ``innkt-analytics`` command."""
+"""``python -m innkt_analytics`` is the ``innkt-analytics`` command.
 
-from innkt_analytics.server._cli import main
+The CLI is imported only when this runs as the main module: importing the package
+(or this module, e.g. by a tool that walks the package) must not pull in the server.
+"""
 
-main()
+if __name__ == "__main__":
+    from innkt_analytics.server._cli import main
+
+    main()

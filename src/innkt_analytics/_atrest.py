@@ -32,12 +32,9 @@ import hmac
 import os
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
-import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from innkt_analytics._exceptions import (
     ConfigError,
@@ -45,6 +42,32 @@ from innkt_analytics._exceptions import (
     IntegrityError,
     InvalidRecordError,
 )
+from innkt_analytics._lazy import OptionalModule
+
+if TYPE_CHECKING:
+    import zstandard
+    from cryptography import exceptions as _crypto_exc
+    from cryptography.hazmat.primitives.ciphers import aead as _aead
+else:
+    # Optional extras (issue 16): imported when compression or encryption is first used.
+    zstandard = OptionalModule(
+        "zstandard",
+        extra="zstd",
+        feature="zstd compression (on by default; enable_compression=False turns it off)",
+        field="enable_compression",
+    )
+    _aead = OptionalModule(
+        "cryptography.hazmat.primitives.ciphers.aead",
+        extra="encryption",
+        feature="AES-256-GCM encryption",
+        field="encryption_key",
+    )
+    _crypto_exc = OptionalModule(
+        "cryptography.exceptions",
+        extra="encryption",
+        feature="AES-256-GCM encryption",
+        field="encryption_key",
+    )
 
 __all__ = [
     "COLUMNS",
@@ -114,7 +137,7 @@ def key_id(key: bytes) -> str:
 def key_check_blob(key: bytes) -> bytes:
     """An encrypted known value that proves, later, whether a key is the store's key."""
     nonce = os.urandom(_NONCE_SIZE)
-    return nonce + AESGCM(key).encrypt(nonce, _KEY_CHECK_PLAINTEXT, _KEY_CHECK_AAD)
+    return nonce + _aead.AESGCM(key).encrypt(nonce, _KEY_CHECK_PLAINTEXT, _KEY_CHECK_AAD)
 
 
 def verify_key_check(key: bytes | None, blob: bytes) -> None:
@@ -128,8 +151,8 @@ def verify_key_check(key: bytes | None, blob: bytes) -> None:
             "(set PersistenceConfig.encryption_key or INNKT_ENCRYPTION_KEY)"
         )
     try:
-        plain = AESGCM(key).decrypt(blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], _KEY_CHECK_AAD)
-    except InvalidTag:
+        plain = _aead.AESGCM(key).decrypt(blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], _KEY_CHECK_AAD)
+    except _crypto_exc.InvalidTag:
         raise DecryptionError(
             f"wrong encryption key (key id {key_id(key)} does not match the data)"
         ) from None
@@ -187,8 +210,11 @@ class AtRestCodec:
             raise ConfigError("encryption_key", "encryption needs a key")
         if not 1 <= level <= 22:
             raise ConfigError("compression_level", "must be between 1 and 22")
+        if compress:
+            # Without the zstd extra, fail when the store opens, not at its first write.
+            _ = zstandard.ZstdCompressor
         self._compress = compress
-        self._aead = AESGCM(key) if key is not None else None
+        self._aead = _aead.AESGCM(key) if key is not None else None
         # A key without ``encrypt`` only reads: a store that turned encryption off
         # still holds encrypted rows from before.
         self._encrypt = key is not None if encrypt is None else encrypt
@@ -299,7 +325,7 @@ class AtRestCodec:
                 payload = self._aead.decrypt(
                     payload[:_NONCE_SIZE], payload[_NONCE_SIZE:], blob[:pos] + aad
                 )
-            except InvalidTag:
+            except _crypto_exc.InvalidTag:
                 raise DecryptionError(
                     "record failed authentication: wrong encryption key or tampered data"
                 ) from None

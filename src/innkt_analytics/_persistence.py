@@ -124,7 +124,8 @@ class AnalyticsDataPersistenceService:
         self._db_path = Path()
         self._backup_dir = Path()
         self._key: bytes | None = None
-        self._records = RecordCodec(AtRestCodec())
+        # Replaced by _load_codecs when the store opens; compress=False needs no zstd extra.
+        self._records = RecordCodec(AtRestCodec(compress=False))
         self._meta_codec = AtRestCodec(compress=False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

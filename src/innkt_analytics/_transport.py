@@ -1,9 +1,10 @@
-"""Talking to the server: a sans-I/O core and two thin httpx front-ends.
+"""Talking to the server: a sans-I/O core and two thin HTTP front-ends.
 
 ``TransportCore`` builds requests and classifies answers without touching a
 socket: what is delivered, what to retry, what to drop, what is fatal. The
 sync ``HttpTransport`` and the asyncio ``AsyncHttpTransport`` only move bytes
-and convert httpx errors at the edge; both return the same ``SendResult``.
+(over ``_http``'s h11 clients) and convert ``OSError`` at the edge; both return
+the same ``SendResult``.
 
 A transport has one job, ``send_batch(body) -> SendResult``; the health probe
 and the remote-config fetch ride on the same connection pool and credentials,
@@ -36,11 +37,11 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-import httpx
 import msgspec
 
 from innkt_analytics._config import BackendConfig
 from innkt_analytics._exceptions import ConnectionStateError
+from innkt_analytics._http import AsyncHttpClient, SyncHttpClient
 from innkt_analytics._protocol import ClientConfig, ErrorBody, IngestResponse, Rejection
 from innkt_analytics._queue import Dropped, event_ids_of, split_chunk
 from innkt_analytics._retry import backoff, parse_retry_after, with_floor
@@ -146,7 +147,7 @@ class TransportCore:
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        #: what httpx verifies the server's certificate with (True: its default bundle)
+        #: what the server's certificate is verified with (True: the system's trust store)
         self.verify = verify
         self.compression = compression
         self.compression_level = compression_level
@@ -232,7 +233,7 @@ class TransportCore:
     @staticmethod
     def network_error(exc: BaseException, latency: float) -> SendResult:
         """Classify an exception raised while sending (converted at the edge)."""
-        reason = "timeout" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "network"
+        reason = "timeout" if isinstance(exc, TimeoutError) else "network"
         error = tls_failure(exc) or f"{type(exc).__name__}: {exc}"
         return SendResult(Outcome.RETRY, None, reason, latency=latency, error=error)
 
@@ -705,92 +706,87 @@ class AsyncTransport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _limits() -> httpx.Limits:
-    # One sender per service: a couple of keep-alive connections are plenty.
-    return httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=30.0)
+def _context(core: TransportCore) -> ssl.SSLContext | None:
+    return core.verify if isinstance(core.verify, ssl.SSLContext) else None
 
 
 class HttpTransport:
-    """``Transport`` over an ``httpx.Client`` (HTTP/1.1, keep-alive)."""
+    """``Transport`` over ``_http.SyncHttpClient`` (HTTP/1.1, keep-alive)."""
 
     def __init__(self, core: TransportCore, timeout: float) -> None:
         self.core = core
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout), limits=_limits(), verify=core.verify
-        )
+        self._client = SyncHttpClient(core.base_url, timeout, _context(core))
 
     def send_batch(self, body: bytes) -> SendResult:
-        url, headers, content = self.core.batch_request(body)
+        _, headers, content = self.core.batch_request(body)
         start = time.perf_counter()
         try:
-            response = self._client.post(url, headers=headers, content=content)
-        except (httpx.HTTPError, OSError) as exc:
+            response = self._client.request("POST", BATCH_PATH, headers, content)
+        except OSError as exc:
             return self.core.network_error(exc, time.perf_counter() - start)
         return self.core.classify(
-            response.status_code, response.headers, response.content, time.perf_counter() - start
+            response.status, response.headers, response.content, time.perf_counter() - start
         )
 
     def check_health(self) -> HealthStatus:
-        url, headers = self.core.health_request()
+        _, headers = self.core.health_request()
         start = time.perf_counter()
         try:
-            response = self._client.get(url, headers=headers)
-        except (httpx.HTTPError, OSError) as exc:
+            response = self._client.request("GET", HEALTH_PATH, headers)
+        except OSError as exc:
             return self.core.unreachable(exc, time.perf_counter() - start)
         return self.core.parse_health(
-            response.status_code, response.content, time.perf_counter() - start
+            response.status, response.content, time.perf_counter() - start
         )
 
     def fetch_config(self) -> ClientConfig | None:
-        url, headers = self.core.config_request()
+        _, headers = self.core.config_request()
         try:
-            response = self._client.get(url, headers=headers)
-        except (httpx.HTTPError, OSError):
+            response = self._client.request("GET", CONFIG_PATH, headers)
+        except OSError:
             return None
-        return self.core.parse_config(response.status_code, response.content)
+        return self.core.parse_config(response.status, response.content)
 
     def close(self) -> None:
         self._client.close()
 
 
 class AsyncHttpTransport:
-    """``AsyncTransport`` over an ``httpx.AsyncClient``."""
+    """``AsyncTransport`` over ``_http.AsyncHttpClient``."""
 
     def __init__(self, core: TransportCore, timeout: float) -> None:
         self.core = core
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), limits=_limits(), verify=core.verify
-        )
+        self._client = AsyncHttpClient(core.base_url, timeout, _context(core))
 
     async def send_batch(self, body: bytes) -> SendResult:
-        url, headers, content = self.core.batch_request(body)
+        _, headers, content = self.core.batch_request(body)
         start = time.perf_counter()
         try:
-            response = await self._client.post(url, headers=headers, content=content)
-        except (httpx.HTTPError, OSError) as exc:
+            response = await self._client.request("POST", BATCH_PATH, headers, content)
+        except OSError as exc:
             return self.core.network_error(exc, time.perf_counter() - start)
         return self.core.classify(
-            response.status_code, response.headers, response.content, time.perf_counter() - start
+            response.status, response.headers, response.content, time.perf_counter() - start
         )
 
     async def check_health(self) -> HealthStatus:
-        url, headers = self.core.health_request()
+        _, headers = self.core.health_request()
         start = time.perf_counter()
         try:
-            response = await self._client.get(url, headers=headers)
-        except (httpx.HTTPError, OSError) as exc:
+            response = await self._client.request("GET", HEALTH_PATH, headers)
+        except OSError as exc:
             return self.core.unreachable(exc, time.perf_counter() - start)
         return self.core.parse_health(
-            response.status_code, response.content, time.perf_counter() - start
+            response.status, response.content, time.perf_counter() - start
         )
 
     async def fetch_config(self) -> ClientConfig | None:
-        url, headers = self.core.config_request()
+        _, headers = self.core.config_request()
         try:
-            response = await self._client.get(url, headers=headers)
-        except (httpx.HTTPError, OSError):
+            response = await self._client.request("GET", CONFIG_PATH, headers)
+        except OSError:
             return None
-        return self.core.parse_config(response.status_code, response.content)
+        return self.core.parse_config(response.status, response.content)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -1,24 +1,35 @@
-"""The innkt-analytics backend server (Litestar on uvicorn)."""
+"""The innkt-analytics backend server (Litestar on uvicorn).
+
+Litestar and the server's subsystems are imported with ``build_app``/``create_app``
+(PEP 562 ``__getattr__``), not with this package: the CLI's key and backup
+commands and the storage layer run without them.
+"""
 
 from __future__ import annotations
 
-from litestar import Litestar
+import typing
 
-from innkt_analytics.server._alerts import ALERT_HANDLERS, install_alerts
-from innkt_analytics.server._app import create_app
-from innkt_analytics.server._dashboard import DASHBOARD_HANDLERS, install_dashboard
-from innkt_analytics.server._lifecycle import LIFECYCLE_HANDLERS, install_lifecycle
-from innkt_analytics.server._metrics_export import METRICS_HANDLERS, install_metrics
-from innkt_analytics.server._realtime import install_realtime, realtime_endpoint
-from innkt_analytics.server._segment import SEGMENT_HANDLERS
 from innkt_analytics.server._settings import ServerSettings
-from innkt_analytics.server.storage import Storage
+
+if typing.TYPE_CHECKING:
+    from litestar import Litestar
+
+    from innkt_analytics.server._app import create_app
+    from innkt_analytics.server.storage import Storage
 
 __all__ = ["ServerSettings", "build_app", "create_app"]
 
 
 def build_app(settings: ServerSettings, storage: Storage | None = None) -> Litestar:
     """The full server: the API plus every subsystem wired in (real-time hub, dashboard)."""
+    from innkt_analytics.server._alerts import ALERT_HANDLERS, install_alerts
+    from innkt_analytics.server._app import create_app
+    from innkt_analytics.server._dashboard import DASHBOARD_HANDLERS, install_dashboard
+    from innkt_analytics.server._lifecycle import LIFECYCLE_HANDLERS, install_lifecycle
+    from innkt_analytics.server._metrics_export import METRICS_HANDLERS, install_metrics
+    from innkt_analytics.server._realtime import install_realtime, realtime_endpoint
+    from innkt_analytics.server._segment import SEGMENT_HANDLERS
+
     return create_app(
         settings,
         storage,
@@ -38,3 +49,11 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
             install_metrics,
         ],
     )
+
+
+def __getattr__(name: str) -> object:
+    if name == "create_app":
+        from innkt_analytics.server._app import create_app
+
+        return create_app
+    raise AttributeError(f"module 'innkt_analytics.server' has no attribute {name!r}")
