@@ -22,7 +22,13 @@ from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import SCOPES, new_key_record
 from innkt_analytics.server._backups import backup_dir, sqlite_path
 from innkt_analytics.server._settings import ServerSettings
-from innkt_analytics.server.storage import KeyRecord, Storage, make_storage
+from innkt_analytics.server.storage import (
+    KeyRecord,
+    Storage,
+    is_postgres_url,
+    make_storage,
+    parse_db_url,
+)
 
 __all__ = ["app", "main"]
 
@@ -71,11 +77,11 @@ def _run(db: str, fn: Callable[[Storage], Awaitable[T]], *, must_exist: bool = T
     With ``must_exist`` a SQLite path that does not exist is refused rather than
     created: a mistyped ``--db`` must not look like an empty database.
     """
-    path = db[len("sqlite:///") :] if db.startswith("sqlite:///") else db
-    if must_exist and "://" not in path and not os.path.exists(path):
-        typer.echo(f"error: no database at {path}", err=True)
-        raise typer.Exit(1)
     try:
+        path = parse_db_url(db).sqlite_path
+        if must_exist and path is not None and not os.path.exists(path):
+            typer.echo(f"error: no database at {path}", err=True)
+            raise typer.Exit(1)
         return asyncio.run(_with_storage(db, fn))
     except (InnktError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -97,7 +103,7 @@ async def _bootstrap_when_reachable(settings: ServerSettings) -> list[tuple[str,
     Containers and services often start before their database: keep trying, with
     backoff, for ``storage_startup_wait`` seconds. Raises the last ``StorageError``.
     """
-    patient = settings.db.startswith(("postgresql://", "postgres://"))
+    patient = is_postgres_url(settings.db)
     deadline = time.monotonic() + settings.storage_startup_wait
     delays = backoff(0.5, 5.0, jitter=lambda: 0.5 + random.random() / 2)
     while True:

@@ -95,6 +95,15 @@ class ServerSettings:
     metrics_address: str = ""
     #: server logs: "text", or "json" (one object per line, with request ids)
     log_format: str = "text"
+    #: HTTP connections: open at once (one more is answered 503 and closed); seconds a
+    #: connection may sit with no request under way; seconds from a request's first
+    #: byte to the end of its head, and from there to the end of its body (408 after
+    #: either); and the largest request head (request line and headers; 431 beyond)
+    http_max_connections: int = 4096
+    http_idle_timeout: float = 5.0
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 60.0
+    http_max_header_bytes: int = 64 * 1024
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -132,6 +141,11 @@ class ServerSettings:
             "pg_pool_size",
             "pg_insert_concurrency",
             "key_use_interval",
+            "http_max_connections",
+            "http_idle_timeout",
+            "http_header_timeout",
+            "http_body_timeout",
+            "http_max_header_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")
