@@ -104,3 +104,51 @@ def test_version_and_typing_marker() -> None:
 def test_wire_types_are_exported(name: str) -> None:
     # The wire types are the contract between SDK and server; they are public.
     assert name in innkt_analytics.__all__
+
+
+def test_the_exception_tree_drawn_is_the_tree_defined() -> None:
+    """Every class the ``_exceptions`` docstring draws subclasses the one drawn above it."""
+    from innkt_analytics import _exceptions, _protocol
+    from innkt_analytics.server import _state
+
+    modules = (_exceptions, _protocol, _state)
+    doc = _exceptions.__doc__ or ""
+    # The column a name starts at is its depth: "│   ├── " prefixes are tree, not text.
+    drawn = re.findall(r"^([ │├└─]*)(\w+Error)\b", doc, re.MULTILINE)
+    assert [name for _, name in drawn][:2] == ["InnktError", "ConfigError"]
+    parents: list[tuple[int, type]] = []
+    for indent, name in drawn:
+        cls = next(getattr(m, name) for m in modules if hasattr(m, name))
+        depth = len(indent)
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        if parents:
+            assert issubclass(cls, parents[-1][1]), f"{name} is drawn under {parents[-1][1]}"
+        parents.append((depth, cls))
+    assert {name for _, name in drawn} >= {"ProtocolError", "ApiError"}
+
+
+def test_one_rule_says_the_disk_is_full() -> None:
+    """The SDK's queue and backups and the server's SQLite writer process agree."""
+    import errno
+    import sqlite3
+
+    from innkt_analytics._exceptions import is_disk_full
+    from innkt_analytics.server.storage import _sqlite_writer
+
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    cases = {
+        full: True,
+        sqlite3.OperationalError("database or disk is full"): True,
+        locked: False,
+        OSError(errno.ENOSPC, "No space left on device"): True,
+        OSError(errno.EDQUOT, "Disk quota exceeded"): True,
+        OSError(errno.EIO, "I/O error"): False,
+        ValueError("full"): False,
+    }
+    for exc, expected in cases.items():
+        assert is_disk_full(exc) is expected, exc
+        assert (_sqlite_writer.error_of(exc)[0] == "full") is expected, exc

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import hashlib
 import os
 import secrets
@@ -44,6 +43,7 @@ from innkt_analytics._exceptions import (
     IntegrityError,
     StorageError,
     StorageFullError,
+    is_disk_full,
 )
 
 __all__ = [
@@ -88,11 +88,7 @@ class BackupManifest(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
 
 def storage_error(exc: BaseException, what: str) -> StorageError:
     """Convert an OSError/sqlite3 error to our tree; a full disk becomes StorageFullError."""
-    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
-        isinstance(exc, sqlite3.Error)
-        and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-    )
-    if full:
+    if is_disk_full(exc):
         return StorageFullError(f"{what}: disk full ({exc})")
     return StorageError(f"{what}: {exc}")
 

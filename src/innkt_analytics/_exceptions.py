@@ -4,6 +4,7 @@
     ├── ConfigError                 an invalid configuration value (names the field)
     ├── InvalidRecordError (ValueError)  a local record that cannot be stored
     ├── ProtocolError (ValueError)  a body that is not valid protocol (see _protocol)
+    ├── ApiError                    the server's answer to a bad request (server._state)
     ├── TransportError              the backend could not be reached or answered badly
     │   ├── ServerError             the server answered with an error status
     │   └── NetworkError            connect/read/timeout: httpx errors are converted here
@@ -15,9 +16,14 @@
 
 Third-party exceptions are converted at the edge where they are caught; the
 SDK never raises transport problems into the host application from ``track``.
+Whether an ``OSError`` or a SQLite error means a full disk is decided in one
+place, ``is_disk_full``.
 """
 
 from __future__ import annotations
+
+import errno
+import sqlite3
 
 __all__ = [
     "ConfigError",
@@ -31,6 +37,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "TransportError",
+    "is_disk_full",
 ]
 
 
@@ -73,6 +80,18 @@ class StorageError(InnktError):
 
 class StorageFullError(StorageError):
     """The disk, or a configured storage limit, is full."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an ``OSError`` or a ``sqlite3.Error``) says the disk is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        # The primary code (extended codes carry it in the low byte); SQLite's message,
+        # "database or disk is full", for an error raised without one.
+        code = getattr(exc, "sqlite_errorcode", None) or 0
+        return code & 0xFF == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return False
 
 
 class IntegrityError(StorageError):

@@ -2,9 +2,12 @@
 
 Everything that crosses the wire between the SDK and the server is a msgspec
 ``Struct`` defined here, camelCase on the wire. The server, the sync SDK and the
-asyncio SDK all drive the same functions: ``encode_batch`` produces the exact
-bytes that go both into the SDK's disk queue and over HTTP, and ``parse_batch``
-turns a request body into accepted events and per-event rejections.
+asyncio SDK all drive the same functions: ``encode_batch`` defines the bytes of
+a batch body, ``parse_batch`` turns a request body into accepted events and
+per-event rejections. The SDK's disk queue keeps each event's JSON as it will be
+sent, and ``_transport.assemble_body`` joins queued events into exactly the
+bytes ``encode_batch`` gives for them (tests/test_sdk_core.py checks it), so the
+queue holds what goes over HTTP without decoding and re-encoding.
 
 Nothing here opens a socket or a file; see ``docs/protocol.md`` for the
 human-readable description of the same contract.
@@ -19,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 import msgspec
+
+from innkt_analytics._exceptions import InnktError
 
 __all__ = [
     "EPOCH",
@@ -129,7 +134,7 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     seq: int | None = None
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InnktError, ValueError):
     """A request body that cannot be parsed at all.
 
     ``status`` is the HTTP status the server answers with (400, 413 or 415).
@@ -198,7 +203,7 @@ _id_field: Final = msgspec.json.Decoder(dict[str, Any])
 
 
 def encode_batch(events: list[Event], sent_at: dt.datetime | None = None) -> bytes:
-    """Encode events as one batch body: the bytes go to the disk queue and over HTTP."""
+    """Encode events as one batch body: the reference the SDK's queued bytes match."""
     return _batch_encoder.encode(Batch(events=events, sent_at=sent_at))
 
 

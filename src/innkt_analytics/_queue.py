@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Final
 
 from innkt_analytics._config import BackendConfig, OverflowPolicy, QueueMode
-from innkt_analytics._exceptions import StorageError, StorageFullError
+from innkt_analytics._exceptions import StorageError, StorageFullError, is_disk_full
 from innkt_analytics._queue_records import (
     Dropped,
     PutResult,
@@ -287,8 +287,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _storage_error(exc: sqlite3.Error, what: str) -> StorageError:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL:
+    if is_disk_full(exc):
         return StorageFullError(f"event queue {what}: disk full ({exc})")
     return StorageError(f"event queue {what}: {exc}")
 

@@ -641,13 +641,6 @@ class RealTimeSession:
         else:
             self._machine.to(ConnectionState.CLOSING)
 
-    def closed(self) -> None:
-        """The connection is gone after ``close_started``."""
-        self._conn = None
-        self._out.clear()
-        if self.state is ConnectionState.CLOSING:
-            self._machine.to(ConnectionState.CLOSED)
-
     # -- messages -------------------------------------------------------------------
 
     def subscription_message(self) -> Envelope:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from innkt_analytics._exceptions import ConfigError
@@ -104,7 +104,6 @@ class ServerSettings:
     http_header_timeout: float = 10.0
     http_body_timeout: float = 60.0
     http_max_header_bytes: int = 64 * 1024
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def limits(self) -> Limits:
@@ -176,8 +175,6 @@ class ServerSettings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            if f.name == "extra":
-                continue
             raw = env.get("INNKT_" + f.name.upper())
             if raw is None:
                 continue

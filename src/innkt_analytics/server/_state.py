@@ -16,6 +16,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 
+from innkt_analytics._exceptions import InnktError
 from innkt_analytics._protocol import ClientConfig, ErrorBody, Rejection, ValidEvent
 from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import KeyCache, KeyRefused
@@ -39,7 +40,7 @@ __all__ = [
 JSON = "application/json"
 
 
-class ApiError(Exception):
+class ApiError(InnktError):
     """Raised by handlers; rendered as ``ErrorBody`` with ``status``."""
 
     def __init__(

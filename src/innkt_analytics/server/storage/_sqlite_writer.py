@@ -27,6 +27,7 @@ a few tens of milliseconds and imports nothing of the package.
 from __future__ import annotations
 
 import contextlib
+import errno
 import marshal
 import signal
 import socket
@@ -117,12 +118,22 @@ class FrameReader:
 
 def error_of(exc: BaseException) -> tuple[str, str]:
     """``(kind, message)``; kind ``full`` for a full disk, else ``error``."""
+    if _disk_full(exc):
+        return "full", f"storage full: {exc}"
     if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code == sqlite3.SQLITE_FULL or "full" in str(exc):
-            return "full", f"storage full: {exc}"
         return "error", f"storage error: {exc}"
     return "error", f"storage writer failed: {exc!r}"
+
+
+def _disk_full(exc: BaseException) -> bool:
+    # The rule of innkt_analytics._exceptions.is_disk_full, restated because this
+    # process imports nothing of the package; tests/test_exports.py holds them equal.
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None) or 0
+        return code & 0xFF == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return False
 
 
 # -- the operations ---------------------------------------------------------------------
