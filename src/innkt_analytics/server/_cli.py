@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import datetime as dt
 import gc
 import os
@@ -12,30 +10,23 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn, TypeVar
 
 import typer
 
-from innkt_analytics import _backup
 from innkt_analytics._exceptions import ConfigError, InnktError, StorageError, StorageFullError
-from innkt_analytics._retry import backoff
 from innkt_analytics._version import __version__
-from innkt_analytics.server._auth import SCOPES, new_key_record
-from innkt_analytics.server._backups import backup_dir, sqlite_path
 from innkt_analytics.server._settings import ServerSettings
-from innkt_analytics.server.storage import (
-    KeyRecord,
-    Storage,
-    is_postgres_url,
-    make_storage,
-    parse_db_url,
-)
+
+# Only the names the help text needs are imported here: asyncio, the storage layer,
+# keys and backups load inside the commands that use them, so --help stays within
+# its 0.3 s budget (issue 16, bench/footprint.py); serve imports the web server.
+if TYPE_CHECKING:
+    from innkt_analytics.server.storage import KeyRecord, Storage
 
 __all__ = ["app", "main"]
 
 T = TypeVar("T")
-
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 # Plain (click) help and errors: typer's rich formatting imports rich, markdown-it and
 # pygments, ~100 ms of the 0.3 s budget for --help (issue 16, docs/benchmarks.md).
@@ -58,41 +49,9 @@ backup_app = typer.Typer(
 )
 app.add_typer(backup_app, name="backup")
 
-
-def _show_version(value: bool) -> None:
-    if value:
-        typer.echo(f"innkt-analytics {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_show_version, is_eager=True, help="Print the version and exit"
-        ),
-    ] = False,
-) -> None:
-    """Offline-first analytics server."""
-
-
-def _default(name: str) -> str:
-    """``--help``'s note of an option's default: the setting's, and its variable.
-
-    The options themselves default to None so that an unset option leaves the
-    ``INNKT_*`` variable in force; click would show that None.
-    """
-    (default,) = (f.default for f in dataclasses.fields(ServerSettings) if f.name == name)
-    return f"[default: {default}; env INNKT_{name.upper()}]"
-
-
 DbOption = Annotated[
     str | None,
-    typer.Option(
-        "--db",
-        help=f"SQLite path, sqlite:///path or postgresql://… {_default('db')}",
-    ),
+    typer.Option("--db", help="SQLite path, sqlite:///path or postgresql://… (env INNKT_DB)"),
 ]
 
 
@@ -112,6 +71,10 @@ def _run(db: str, fn: Callable[[Storage], Awaitable[T]], *, must_exist: bool = T
     With ``must_exist`` a SQLite path that does not exist is refused rather than
     created: a mistyped ``--db`` must not look like an empty database.
     """
+    import asyncio
+
+    from innkt_analytics.server.storage import parse_db_url
+
     try:
         path = parse_db_url(db).sqlite_path
         if must_exist and path is not None and not os.path.exists(path):
@@ -124,6 +87,8 @@ def _run(db: str, fn: Callable[[Storage], Awaitable[T]], *, must_exist: bool = T
 
 
 async def _with_storage(db: str, fn: Callable[[Storage], Awaitable[T]]) -> T:
+    from innkt_analytics.server.storage import make_storage
+
     storage = make_storage(db)
     await storage.open()
     try:
@@ -138,6 +103,11 @@ async def _bootstrap_when_reachable(settings: ServerSettings) -> list[tuple[str,
     Containers and services often start before their database: keep trying, with
     backoff, for ``storage_startup_wait`` seconds. Raises the last ``StorageError``.
     """
+    import asyncio
+
+    from innkt_analytics._retry import backoff
+    from innkt_analytics.server.storage import is_postgres_url
+
     patient = is_postgres_url(settings.db)
     deadline = time.monotonic() + settings.storage_startup_wait
     delays = backoff(0.5, 5.0, jitter=lambda: 0.5 + random.random() / 2)
@@ -154,6 +124,8 @@ async def _bootstrap_when_reachable(settings: ServerSettings) -> list[tuple[str,
 
 async def _bootstrap_keys(storage: Storage) -> list[tuple[str, str]]:
     """On an empty database, create an admin, a write and a read key for project 'default'."""
+    from innkt_analytics.server._auth import new_key_record
+
     if await storage.count_keys():
         return []
     created = []
@@ -166,21 +138,15 @@ async def _bootstrap_keys(storage: Storage) -> list[tuple[str, str]]:
 
 @app.command()
 def serve(
-    host: Annotated[
-        str | None,
-        typer.Option(help=f"Interface to bind {_default('host')}"),
-    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (env INNKT_HOST)")] = None,
     port: Annotated[
-        int | None,
-        typer.Option(help=f"Port; 0 picks a free one {_default('port')}"),
+        int | None, typer.Option(help="Port; 0 picks a free one (env INNKT_PORT)")
     ] = None,
     db: DbOption = None,
-    log_level: Annotated[
-        str, typer.Option(help="critical, error, warning, info, debug or trace")
-    ] = "warning",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
     log_format: Annotated[
         str | None,
-        typer.Option(help=f"text, or json: one JSON object per line {_default('log_format')}"),
+        typer.Option(help="text, or json: one JSON object per line (env INNKT_LOG_FORMAT)"),
     ] = None,
     tls_certfile: Annotated[
         str | None,
@@ -212,9 +178,6 @@ def serve(
         tls_keyfile=tls_keyfile,
         log_format=log_format,
     )
-    if log_level.lower() not in LOG_LEVELS:
-        typer.echo(f"error: --log-level must be one of {', '.join(LOG_LEVELS)}", err=True)
-        raise typer.Exit(2)
     json_logs = settings.log_format == "json"
     ssl_context = None
     if settings.tls_certfile:
@@ -236,8 +199,10 @@ def serve(
         typer.echo(f"error: cannot bind {settings.host}:{settings.port}: {exc}", err=True)
         raise typer.Exit(1) from None
     try:
+        import asyncio
+
         created = asyncio.run(_bootstrap_when_reachable(settings))
-    except (InnktError, OSError) as exc:
+    except InnktError as exc:
         sock.close()
         typer.echo(f"error: cannot open storage {settings.db!r}: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -251,11 +216,7 @@ def serve(
         typer.echo("keys are shown once; store them now")
     typer.echo(f"listening on {url}  (dashboard {url}/ , API {url}/v1/health)")
     sys.stdout.flush()
-    try:
-        app = build_app(settings)
-    except InnktError as exc:  # e.g. a bad INNKT_ALERT_* variable
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    app = build_app(settings)
     if json_logs:
         configure_json_logging(log_level)  # after the app: Litestar configures logging too
     config = uvicorn.Config(
@@ -307,6 +268,8 @@ def _tune_gc() -> None:
 
 
 def _scopes(scope: list[str]) -> frozenset[str]:
+    from innkt_analytics.server._auth import SCOPES
+
     scopes = frozenset(scope)
     if not scopes or scopes - SCOPES:
         typer.echo(f"error: --scope must be one of {', '.join(sorted(SCOPES))}", err=True)
@@ -327,6 +290,8 @@ def keys_create(
     """Create a key; the key itself is the last line of output."""
     settings = _settings(db=db)
     expires_at = None if expires_in is None else _now_ms() + _duration_ms(expires_in)
+    from innkt_analytics.server._auth import new_key_record
+
     key = new_key_record(project, _scopes(scope), name, expires_at=expires_at)
 
     async def run(storage: Storage) -> None:
@@ -441,20 +406,14 @@ def backup_create(
     keep: Annotated[int | None, typer.Option(help="Prune to this many newest backups")] = None,
 ) -> None:
     """Take a consistent backup now (safe while the server is running)."""
+    from innkt_analytics import _backup
+    from innkt_analytics.server._backups import backup_dir, sqlite_path
+
     settings = _settings(db=db)
     try:
-        from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn  # only when drawn
 
-        # On stderr, and only on a terminal: elsewhere its clearing left an empty
-        # line on stdout before a one-line error.
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            transient=True,
-            console=Console(stderr=True),
-            disable=not sys.stderr.isatty(),
-        ) as bar:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True) as bar:
             bar.add_task("backing up…")
             manifest = _backup.create_backup(
                 sqlite_path(settings),
@@ -473,6 +432,9 @@ def backup_create(
 @backup_app.command("list")
 def backup_list(db: DbOption = None) -> None:
     """List backups, newest first, flagging those that still hold deleted users' data."""
+    from innkt_analytics import _backup
+    from innkt_analytics.server._backups import backup_dir
+
     settings = _settings(db=db)
 
     async def deletions(storage: Storage) -> list[int]:
@@ -498,6 +460,9 @@ def backup_list(db: DbOption = None) -> None:
 @backup_app.command("verify")
 def backup_verify(backup_id: str, db: DbOption = None) -> None:
     """Check a backup's hash, size, integrity and record count against its manifest."""
+    from innkt_analytics import _backup
+    from innkt_analytics.server._backups import backup_dir
+
     settings = _settings(db=db)
     try:
         manifest = _backup.verify_backup(backup_dir(settings), backup_id)
@@ -509,6 +474,9 @@ def backup_verify(backup_id: str, db: DbOption = None) -> None:
 @backup_app.command("restore")
 def backup_restore(backup_id: str, db: DbOption = None) -> None:
     """Replace the database with a verified backup. Stop the server first."""
+    from innkt_analytics import _backup
+    from innkt_analytics.server._backups import backup_dir, sqlite_path
+
     settings = _settings(db=db)
     try:
         manifest = _backup.restore_backup(sqlite_path(settings), backup_dir(settings), backup_id)
@@ -600,30 +568,4 @@ def export(
 
 
 def main() -> None:
-    """Run the command; every error is one line on stderr (a usage error exits 2)."""
-    command = typer.main.get_command(app)
-    try:
-        code = command.main(standalone_mode=False)
-    except typer.Abort:
-        typer.echo("error: aborted", err=True)
-        code = 1
-    except Exception as exc:
-        code = _one_line_error(exc)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def _one_line_error(exc: Exception) -> int:
-    """Print ``exc`` as one line (or the help a bare group asks for); its exit code."""
-    # typer vendors click and exports only some of its exceptions: usage errors are
-    # told by the click exception interface (format_message, exit_code), not by class.
-    if type(exc).__name__ == "NoArgsIsHelpError":
-        typer.echo(exc.format_message())  # type: ignore[attr-defined]
-        return 2
-    if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
-        return int(exc.exit_code)  # type: ignore[attr-defined]
-    # The last resort: a failure no command turned into a message is still one line.
-    typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
-    return 1
+    app()

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from innkt_analytics._exceptions import ConfigError
-from innkt_analytics._protocol import Limits
 
 if TYPE_CHECKING:
+    from innkt_analytics._protocol import Limits
     from innkt_analytics.server.storage import Storage
 
 __all__ = ["ServerSettings", "storage_for"]
@@ -107,6 +107,9 @@ class ServerSettings:
 
     @property
     def limits(self) -> Limits:
+        # Imported here: the CLI reads settings for --help, which must not pay for msgspec.
+        from innkt_analytics._protocol import Limits
+
         return Limits(
             max_event_bytes=self.max_event_bytes,
             max_body_bytes=self.max_body_bytes,
