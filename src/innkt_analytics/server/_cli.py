@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import os
@@ -28,6 +29,8 @@ __all__ = ["app", "main"]
 
 T = TypeVar("T")
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
 # Plain (click) help and errors: typer's rich formatting imports rich, markdown-it and
 # pygments, ~100 ms of the 0.3 s budget for --help (issue 16, docs/benchmarks.md).
 app = typer.Typer(
@@ -49,9 +52,41 @@ backup_app = typer.Typer(
 )
 app.add_typer(backup_app, name="backup")
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"innkt-analytics {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Offline-first analytics server."""
+
+
+def _default(name: str) -> str:
+    """``--help``'s note of an option's default: the setting's, and its variable.
+
+    The options themselves default to None so that an unset option leaves the
+    ``INNKT_*`` variable in force; click would show that None.
+    """
+    (default,) = (f.default for f in dataclasses.fields(ServerSettings) if f.name == name)
+    return f"[default: {default}; env INNKT_{name.upper()}]"
+
+
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="SQLite path, sqlite:///path or postgresql://… (env INNKT_DB)"),
+    typer.Option(
+        "--db",
+        help=f"SQLite path, sqlite:///path or postgresql://… {_default('db')}",
+    ),
 ]
 
 
@@ -138,15 +173,21 @@ async def _bootstrap_keys(storage: Storage) -> list[tuple[str, str]]:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind (env INNKT_HOST)")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help=f"Interface to bind {_default('host')}"),
+    ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port; 0 picks a free one (env INNKT_PORT)")
+        int | None,
+        typer.Option(help=f"Port; 0 picks a free one {_default('port')}"),
     ] = None,
     db: DbOption = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+    log_level: Annotated[
+        str, typer.Option(help="critical, error, warning, info, debug or trace")
+    ] = "warning",
     log_format: Annotated[
         str | None,
-        typer.Option(help="text, or json: one JSON object per line (env INNKT_LOG_FORMAT)"),
+        typer.Option(help=f"text, or json: one JSON object per line {_default('log_format')}"),
     ] = None,
     tls_certfile: Annotated[
         str | None,
@@ -178,6 +219,9 @@ def serve(
         tls_keyfile=tls_keyfile,
         log_format=log_format,
     )
+    if log_level.lower() not in LOG_LEVELS:
+        typer.echo(f"error: --log-level must be one of {', '.join(LOG_LEVELS)}", err=True)
+        raise typer.Exit(2)
     json_logs = settings.log_format == "json"
     ssl_context = None
     if settings.tls_certfile:
@@ -202,7 +246,7 @@ def serve(
         import asyncio
 
         created = asyncio.run(_bootstrap_when_reachable(settings))
-    except InnktError as exc:
+    except (InnktError, OSError) as exc:
         sock.close()
         typer.echo(f"error: cannot open storage {settings.db!r}: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -216,7 +260,11 @@ def serve(
         typer.echo("keys are shown once; store them now")
     typer.echo(f"listening on {url}  (dashboard {url}/ , API {url}/v1/health)")
     sys.stdout.flush()
-    app = build_app(settings)
+    try:
+        app = build_app(settings)
+    except InnktError as exc:  # e.g. a bad INNKT_ALERT_* variable
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if json_logs:
         configure_json_logging(log_level)  # after the app: Litestar configures logging too
     config = uvicorn.Config(
@@ -411,9 +459,18 @@ def backup_create(
 
     settings = _settings(db=db)
     try:
+        from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn  # only when drawn
 
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True) as bar:
+        # On stderr, and only on a terminal: elsewhere its clearing left an empty
+        # line on stdout before a one-line error.
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            transient=True,
+            console=Console(stderr=True),
+            disable=not sys.stderr.isatty(),
+        ) as bar:
             bar.add_task("backing up…")
             manifest = _backup.create_backup(
                 sqlite_path(settings),
@@ -568,4 +625,30 @@ def export(
 
 
 def main() -> None:
-    app()
+    """Run the command; every error is one line on stderr (a usage error exits 2)."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        code = 1
+    except Exception as exc:
+        code = _one_line_error(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line_error(exc: Exception) -> int:
+    """Print ``exc`` as one line (or the help a bare group asks for); its exit code."""
+    # typer vendors click and exports only some of its exceptions: usage errors are
+    # told by the click exception interface (format_message, exit_code), not by class.
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        typer.echo(exc.format_message())  # type: ignore[attr-defined]
+        return 2
+    if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    # The last resort: a failure no command turned into a message is still one line.
+    typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+    return 1
