@@ -181,6 +181,36 @@ def test_every_documented_integer_bound_is_enforced_with_a_json_400(
     assert checked >= 3  # /v1/events limit, /v1/audit limit and before
 
 
+def test_every_documented_scope_is_needed(shared_server: ServerProcess) -> None:
+    # The fuzz run shows the documented scope is enough; a key without it gets a 403.
+    doc = httpx.get(shared_server.url + "/openapi.json").json()
+    lesser = {"read": shared_server.write_key, "write": shared_server.read_key}
+    checked = 0
+    for method, path, op in _operations(doc):
+        scope = op.get("x-required-scope")
+        if scope is None:
+            continue
+        url = shared_server.url + re.sub(r"{\w+}", "x", path)
+        body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+        params = {
+            p["name"]: p["schema"]["example"]
+            for p in op.get("parameters", [])
+            if p["in"] == "query" and p["required"]
+        }
+        for key in (lesser[scope],) if scope in lesser else lesser.values():
+            r = httpx.request(
+                method,
+                url,
+                params=params,
+                headers={"Authorization": f"Bearer {key}"},
+                json=body.get("example"),
+            )
+            assert r.status_code == 403, (method, path, key[:6], r.text)
+            assert r.json()["error"] == "forbidden"
+        checked += 1
+    assert checked >= 35
+
+
 def _seed(server: ServerProcess) -> dict[tuple[str, str], dict[str, str]]:
     """State the destructive operations need, as path-parameter examples per operation."""
     admin = {"Authorization": f"Bearer {server.admin_key}"}
