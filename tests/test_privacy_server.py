@@ -60,7 +60,12 @@ def test_delete_user_removes_data_and_suppresses(privacy_server: ServerProcess) 
 
     r = httpx.delete(server.url + "/v1/users/alice", headers=server.headers("admin"))
     assert r.status_code == 200, r.text
-    assert r.json() == {"userId": "alice", "deletedEvents": 5, "suppressed": True}
+    assert r.json() == {
+        "userId": "alice",
+        "deletedEvents": 5,
+        "suppressed": True,
+        "ids": ["alice"],  # the person's ids; alice has no other
+    }
 
     assert _export(server, "alice") == []
     assert len(_export(server, "bob")) == 3  # another user's data untouched
@@ -97,7 +102,7 @@ def test_audit_log_records_privacy_actions(privacy_server: ServerProcess) -> Non
         ("user.delete", "carol"),
         ("user.export", "carol"),
     ]
-    assert entries[0]["detail"] == {"deletedEvents": 1}
+    assert entries[0]["detail"] == {"deletedEvents": 1, "ids": ["carol"]}
     assert entries[0]["actor"].startswith("key_")
     page = httpx.get(
         server.url + "/v1/audit",

@@ -27,6 +27,7 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
     from innkt_analytics.server._dashboard import DASHBOARD_HANDLERS, install_dashboard
     from innkt_analytics.server._lifecycle import LIFECYCLE_HANDLERS, install_lifecycle
     from innkt_analytics.server._metrics_export import METRICS_HANDLERS, install_metrics
+    from innkt_analytics.server._persons import PERSON_HANDLERS, install_identity
     from innkt_analytics.server._realtime import install_realtime, realtime_endpoint
     from innkt_analytics.server._segment import SEGMENT_HANDLERS
 
@@ -39,6 +40,7 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
             *ALERT_HANDLERS,
             *LIFECYCLE_HANDLERS,
             *METRICS_HANDLERS,
+            *PERSON_HANDLERS,
             realtime_endpoint,
         ],
         on_state=[
@@ -47,6 +49,7 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
             install_alerts,
             install_lifecycle,
             install_metrics,
+            install_identity,
         ],
     )
 

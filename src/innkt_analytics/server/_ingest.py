@@ -23,6 +23,7 @@ from innkt_analytics._protocol import (
     parse_event,
     to_ms,
 )
+from innkt_analytics.server._persons import record_identity
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
 from innkt_analytics.server._suppress import suppressions_of
 from innkt_analytics.server.storage import EventRow
@@ -96,6 +97,17 @@ async def store_parsed(
         ) from None
     finally:
         metrics.commit_done(commit)
+    try:
+        # Before the answer, so links are durable once acknowledged; from every
+        # valid event, not only new ones, so a resend repairs a failed write.
+        await record_identity(state, project, parsed.valid)
+    except StorageError as exc:
+        raise ApiError(
+            503,
+            "storage_unavailable",
+            str(exc),
+            retry_after=state.settings.unavailable_retry_after,
+        ) from None
     metrics.ingested(
         accepted=len(stored),
         duplicate=len(rows) - len(stored),

@@ -6,6 +6,10 @@ are rejected per event with the reason ``suppressed``. ``GET
 /v1/users/{userId}/export`` returns everything stored for the user. Both, and
 every other privacy action, are written to an append-only audit log that
 admins read with ``GET /v1/audit``.
+
+Both follow the person (docs/identity.md): the delete covers, and suppresses,
+every id the identity graph joins to the given one, and the export returns the
+events of every id of the person.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from litestar import Request, Response, delete, get
 from litestar.response import Stream
 
 from innkt_analytics.server._export import iter_rows, render_ndjson
+from innkt_analytics.server._persons import find_person, identity_of
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
 from innkt_analytics.server._suppress import suppressions_of
 from innkt_analytics.server.storage import AuditEntry, EventFilter
@@ -62,11 +67,30 @@ async def delete_user(request: Request[Any, Any, Any], user_id: str) -> Response
     state = state_of(request)
     admin = await authenticate(request, "admin")
     user = _user_id(user_id)
-    deleted = await state.storage.delete_user(admin.project, user, time.time_ns() // 1_000_000)
+    ids = await _person_ids(state, admin.project, user)
+    deleted = 0
+    at = time.time_ns() // 1_000_000
+    for each in ids:  # each call is idempotent, so a failed run is simply repeated
+        deleted += await state.storage.delete_user(admin.project, each, at)
+    identity = identity_of(state)
+    if identity is not None:
+        # last: until the events are gone, a repeated request must still find the person
+        await identity.store.forget(admin.project, ids)
+        identity.forget(admin.project, ids)
     suppressions_of(state).forget(admin.project)
-    await _audit(state, admin.project, admin.key_id, "user.delete", user, deletedEvents=deleted)
-    body = {"userId": user, "deletedEvents": deleted, "suppressed": True}
+    await _audit(
+        state, admin.project, admin.key_id, "user.delete", user, deletedEvents=deleted, ids=ids
+    )
+    body = {"userId": user, "deletedEvents": deleted, "suppressed": True, "ids": ids}
     return Response(_encoder.encode(body), media_type=JSON)
+
+
+async def _person_ids(state: ServerState, project: str, user: str) -> list[str]:
+    """Every id of the person holding ``user``, ``user`` first (just it, without a person)."""
+    identity = identity_of(state)
+    person = None if identity is None else await find_person(identity, project, user)
+    others = [] if person is None else [i for i in person.ids if i != user]
+    return [user, *others]
 
 
 @get(
@@ -78,13 +102,14 @@ async def export_user(request: Request[Any, Any, Any], user_id: str) -> Stream:
     state = state_of(request)
     admin = await authenticate(request, "admin")
     user = _user_id(user_id)
-    await _audit(state, admin.project, admin.key_id, "user.export", user)
+    ids = await _person_ids(state, admin.project, user)
+    await _audit(state, admin.project, admin.key_id, "user.export", user, ids=ids)
     storage = state.storage
-    flt = EventFilter(user_id=user)
 
     async def body() -> Any:
-        async for rows in iter_rows(storage, admin.project, flt):
-            yield render_ndjson(rows)
+        for each in ids:
+            async for rows in iter_rows(storage, admin.project, EventFilter(user_id=each)):
+                yield render_ndjson(rows)
 
     return Stream(
         body(),

@@ -45,7 +45,8 @@ class Suppressions:
             return
         keep = []
         for v in parsed.valid:
-            if v.event.user_id is not None and v.event.user_id in suppressed:
+            # a deleted person's anonymous ids are suppressed too (docs/identity.md)
+            if v.event.user_id in suppressed or v.event.anonymous_id in suppressed:
                 parsed.rejected.append(
                     Rejection(index=v.index, event_id=v.event.event_id, error=SUPPRESSED)
                 )

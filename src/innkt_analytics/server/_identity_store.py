@@ -1,0 +1,411 @@
+"""Durable storage of the identity graph (SQLite or PostgreSQL).
+
+Two tables of their own, created with ``CREATE TABLE IF NOT EXISTS`` when the
+store opens (no change to the events schema or its version):
+
+* ``identity_links`` — the observations of ``_identity``: one row per
+  (project, a, b, alias) with the earliest time seen. Upserts keep the minimum,
+  so replays and late events converge on the same rows in any order.
+* ``identity_ids`` — every id seen: whether it was sent as a ``userId``, first
+  and last seen, and the latest identify traits. ``id_hash`` is the person id
+  the id would have as a root, so a person id can be looked up.
+
+Persons are not stored: ``component`` reads the connected part of the links
+around an id and ``_identity.resolve`` partitions it, so no merge is ever half
+written and the rule can change without a data migration.
+
+Like the key-value store, it is a separate connection (SQLite, the same file as
+the events, so backups include it) or a small asyncpg pool (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from innkt_analytics._exceptions import ConfigError, StorageError
+from innkt_analytics.server._identity import Link, person_id_of
+
+__all__ = ["IdInfo", "IdentityStore", "PostgresIdentity", "SQLiteIdentity", "make_identity"]
+
+#: at most this many ids are read around one id; a bigger graph is an error
+#: (a shared, constant anonymousId such as "unknown" would otherwise be a hub)
+MAX_COMPONENT: Final = 10_000
+
+_SQLITE_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS identity_links (project TEXT NOT NULL, a TEXT NOT NULL,"
+    " b TEXT NOT NULL, alias INTEGER NOT NULL, at INTEGER NOT NULL,"
+    " PRIMARY KEY (project, a, b, alias))",
+    "CREATE INDEX IF NOT EXISTS identity_links_b ON identity_links (project, b)",
+    "CREATE TABLE IF NOT EXISTS identity_ids (project TEXT NOT NULL, id TEXT NOT NULL,"
+    " id_hash TEXT NOT NULL, is_user INTEGER NOT NULL, first_seen INTEGER NOT NULL,"
+    " last_seen INTEGER NOT NULL, traits BLOB, traits_at INTEGER, PRIMARY KEY (project, id))",
+    "CREATE INDEX IF NOT EXISTS identity_ids_hash ON identity_ids (project, id_hash)",
+)
+_PG_SCHEMA: Final = tuple(
+    s.replace("INTEGER", "bigint").replace("TEXT", "text").replace("BLOB", "bytea")
+    for s in _SQLITE_SCHEMA
+)
+
+_LINK_UPSERT: Final = (
+    "INSERT INTO identity_links (project, a, b, alias, at) VALUES ({p})"
+    " ON CONFLICT (project, a, b, alias) DO UPDATE SET at = excluded.at"
+    " WHERE excluded.at < identity_links.at"
+)
+#: the incoming identify is the later one (ties: the greater bytes, so arrival order is moot)
+_NEWER: Final = (
+    "excluded.traits_at IS NOT NULL AND (identity_ids.traits_at IS NULL"
+    " OR excluded.traits_at > identity_ids.traits_at"
+    " OR (excluded.traits_at = identity_ids.traits_at"
+    " AND excluded.traits > identity_ids.traits))"
+)
+_ID_UPSERT: Final = (
+    "INSERT INTO identity_ids (project, id, id_hash, is_user, first_seen, last_seen, traits,"
+    " traits_at) VALUES ({p}) ON CONFLICT (project, id) DO UPDATE SET"
+    " is_user = {greatest}(identity_ids.is_user, excluded.is_user),"
+    " first_seen = {least}(identity_ids.first_seen, excluded.first_seen),"
+    " last_seen = {greatest}(identity_ids.last_seen, excluded.last_seen),"
+    f" traits = CASE WHEN {_NEWER} THEN excluded.traits ELSE identity_ids.traits END,"
+    f" traits_at = CASE WHEN {_NEWER} THEN excluded.traits_at ELSE identity_ids.traits_at END"
+)
+
+
+@dataclass(slots=True)
+class IdInfo:
+    """What one ingest batch says about one id."""
+
+    is_user: bool
+    first_seen: int
+    last_seen: int
+    #: the JSON object of the latest identify (ties: the greater bytes, so order is moot)
+    traits: bytes | None = None
+    traits_at: int | None = None
+
+
+def _id_row(project: str, ident: str, info: IdInfo) -> tuple[Any, ...]:
+    return (
+        project,
+        ident,
+        person_id_of(ident),
+        int(info.is_user),
+        info.first_seen,
+        info.last_seen,
+        info.traits,
+        info.traits_at,
+    )
+
+
+class IdentityStore(abc.ABC):
+    """Every method raises ``StorageError`` when the database fails."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def record(self, project: str, links: Sequence[Link], ids: dict[str, IdInfo]) -> None:
+        """Add observations in one transaction; durable when this returns."""
+
+    @abc.abstractmethod
+    async def _neighbours(self, project: str, ids: list[str]) -> list[Link]: ...
+
+    @abc.abstractmethod
+    async def id_for_hash(self, project: str, person_id: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def infos(self, project: str, ids: Sequence[str]) -> dict[str, IdInfo]: ...
+
+    @abc.abstractmethod
+    async def forget(self, project: str, ids: Sequence[str]) -> None:
+        """Delete every link and id row of ``ids`` (a deleted person)."""
+
+    async def component(self, project: str, start: str) -> tuple[list[Link], set[str]]:
+        """The links and ids connected to ``start`` (over links of either kind).
+
+        Raises ``StorageError`` past ``MAX_COMPONENT`` ids.
+        """
+        seen, frontier, links = {start}, [start], set()
+        while frontier:
+            found = await self._neighbours(project, frontier)
+            frontier = []
+            for link in found:
+                links.add(link)
+                for x in (link.a, link.b):
+                    if x not in seen:
+                        seen.add(x)
+                        frontier.append(x)
+            if len(seen) > MAX_COMPONENT:
+                raise StorageError(f"identity graph: more than {MAX_COMPONENT} linked ids")
+        return sorted(links), seen
+
+
+class SQLiteIdentity(IdentityStore):
+    """The tables in the SQLite file, through one connection of its own."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # sqlite3 objects are not for concurrent use
+
+    def _open_sync(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            for statement in _SQLITE_SCHEMA:
+                conn.execute(statement)
+        except sqlite3.Error:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def open(self) -> None:
+        try:
+            await asyncio.to_thread(self._open_sync)
+        except sqlite3.Error as exc:
+            raise StorageError(f"identity store: {exc}") from exc
+
+    async def close(self) -> None:
+        def run() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(run)
+
+    async def _do(self, fn: Any) -> Any:
+        def run() -> Any:
+            with self._lock:
+                if self._conn is None:
+                    raise StorageError("identity store is not open")
+                try:
+                    return fn(self._conn)
+                except sqlite3.Error as exc:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise StorageError(f"identity store: {exc}") from exc
+
+        return await asyncio.to_thread(run)
+
+    async def record(self, project: str, links: Sequence[Link], ids: dict[str, IdInfo]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                _LINK_UPSERT.format(p="?, ?, ?, ?, ?"),
+                [(project, k.a, k.b, int(k.alias), k.at) for k in links],
+            )
+            conn.executemany(
+                _ID_UPSERT.format(p="?, ?, ?, ?, ?, ?, ?, ?", least="min", greatest="max"),
+                [_id_row(project, i, info) for i, info in ids.items()],
+            )
+            conn.execute("COMMIT")
+
+        await self._do(run)
+
+    async def _neighbours(self, project: str, ids: list[str]) -> list[Link]:
+        def run(conn: sqlite3.Connection) -> list[Link]:
+            out: list[Link] = []
+            for start in range(0, len(ids), 400):
+                chunk = ids[start : start + 400]
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(
+                    "SELECT a, b, alias, at FROM identity_links WHERE project = ?"
+                    f" AND (a IN ({marks}) OR b IN ({marks}))",
+                    (project, *chunk, *chunk),
+                ).fetchall()
+                out += [Link(a, b, bool(alias), at) for a, b, alias, at in rows]
+            return out
+
+        result: list[Link] = await self._do(run)
+        return result
+
+    async def id_for_hash(self, project: str, person_id: str) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT id FROM identity_ids WHERE project = ? AND id_hash = ? LIMIT 1",
+                (project, person_id),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        result: str | None = await self._do(run)
+        return result
+
+    async def infos(self, project: str, ids: Sequence[str]) -> dict[str, IdInfo]:
+        def run(conn: sqlite3.Connection) -> dict[str, IdInfo]:
+            out: dict[str, IdInfo] = {}
+            for start in range(0, len(ids), 400):
+                chunk = list(ids[start : start + 400])
+                marks = ", ".join("?" * len(chunk))
+                for row in conn.execute(
+                    "SELECT id, is_user, first_seen, last_seen, traits, traits_at"
+                    f" FROM identity_ids WHERE project = ? AND id IN ({marks})",
+                    (project, *chunk),
+                ):
+                    traits = None if row[4] is None else bytes(row[4])
+                    out[row[0]] = IdInfo(bool(row[1]), row[2], row[3], traits, row[5])
+            return out
+
+        result: dict[str, IdInfo] = await self._do(run)
+        return result
+
+    async def forget(self, project: str, ids: Sequence[str]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            for ident in ids:
+                conn.execute(
+                    "DELETE FROM identity_links WHERE project = ? AND (a = ? OR b = ?)",
+                    (project, ident, ident),
+                )
+                conn.execute(
+                    "DELETE FROM identity_ids WHERE project = ? AND id = ?", (project, ident)
+                )
+            conn.execute("COMMIT")
+
+        await self._do(run)
+
+
+def _pg(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000; the events storage stores U+FFFD, so do we.
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError as exc:
+        raise ConfigError("db", f"PostgreSQL support needs asyncpg: {exc}") from exc
+    return asyncpg
+
+
+class PostgresIdentity(IdentityStore):
+    """The tables in PostgreSQL, through a small asyncpg pool of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        asyncpg = _asyncpg()
+        try:
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+            async with self._pool.acquire() as conn, conn.transaction():
+                # servers starting together would race on the catalog otherwise
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('innkt_identity'))")
+                for statement in _PG_SCHEMA:
+                    await conn.execute(statement)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StorageError(f"identity store: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _with(self, fn: Any) -> Any:
+        asyncpg = _asyncpg()
+        if self._pool is None:
+            raise StorageError("identity store is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                return await fn(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StorageError(f"identity store: {exc}") from exc
+
+    async def record(self, project: str, links: Sequence[Link], ids: dict[str, IdInfo]) -> None:
+        async def run(conn: Any) -> None:
+            async with conn.transaction():
+                if links:
+                    await conn.executemany(
+                        _LINK_UPSERT.format(p="$1, $2, $3, $4, $5"),
+                        [(_pg(project), _pg(k.a), _pg(k.b), int(k.alias), k.at) for k in links],
+                    )
+                await conn.executemany(
+                    _ID_UPSERT.format(
+                        p="$1, $2, $3, $4, $5, $6, $7, $8", least="least", greatest="greatest"
+                    ),
+                    [
+                        _id_row(_pg(project), _pg(i), info)
+                        for i, info in sorted(ids.items(), key=lambda kv: kv[0])
+                    ],
+                )
+
+        await self._with(run)
+
+    async def _neighbours(self, project: str, ids: list[str]) -> list[Link]:
+        async def run(conn: Any) -> list[Link]:
+            rows = await conn.fetch(
+                "SELECT a, b, alias, at FROM identity_links WHERE project = $1"
+                " AND (a = ANY($2::text[]) OR b = ANY($2::text[]))",
+                _pg(project),
+                [_pg(i) for i in ids],
+            )
+            return [Link(r[0], r[1], bool(r[2]), r[3]) for r in rows]
+
+        result: list[Link] = await self._with(run)
+        return result
+
+    async def id_for_hash(self, project: str, person_id: str) -> str | None:
+        async def run(conn: Any) -> str | None:
+            value = await conn.fetchval(
+                "SELECT id FROM identity_ids WHERE project = $1 AND id_hash = $2 LIMIT 1",
+                _pg(project),
+                person_id,
+            )
+            return None if value is None else str(value)
+
+        result: str | None = await self._with(run)
+        return result
+
+    async def infos(self, project: str, ids: Sequence[str]) -> dict[str, IdInfo]:
+        async def run(conn: Any) -> dict[str, IdInfo]:
+            rows = await conn.fetch(
+                "SELECT id, is_user, first_seen, last_seen, traits, traits_at"
+                " FROM identity_ids WHERE project = $1 AND id = ANY($2::text[])",
+                _pg(project),
+                [_pg(i) for i in ids],
+            )
+            return {
+                r[0]: IdInfo(bool(r[1]), r[2], r[3], None if r[4] is None else bytes(r[4]), r[5])
+                for r in rows
+            }
+
+        result: dict[str, IdInfo] = await self._with(run)
+        return result
+
+    async def forget(self, project: str, ids: Sequence[str]) -> None:
+        async def run(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "DELETE FROM identity_links WHERE project = $1"
+                    " AND (a = ANY($2::text[]) OR b = ANY($2::text[]))",
+                    _pg(project),
+                    [_pg(i) for i in ids],
+                )
+                await conn.execute(
+                    "DELETE FROM identity_ids WHERE project = $1 AND id = ANY($2::text[])",
+                    _pg(project),
+                    [_pg(i) for i in ids],
+                )
+
+        await self._with(run)
+
+
+def make_identity(url: str) -> IdentityStore:
+    """The store for a database URL as ``INNKT_DB`` takes it. Raises ``ConfigError``."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresIdentity(url)
+    if url.startswith("sqlite:///"):
+        return SQLiteIdentity(url[len("sqlite:///") :])
+    if "://" in url:
+        raise ConfigError("db", f"unsupported database URL {url!r}")
+    return SQLiteIdentity(url)

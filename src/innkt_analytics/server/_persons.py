@@ -1,0 +1,244 @@
+"""Persons: the identity graph wired into ingest, data rights and the HTTP API.
+
+``record_identity`` runs for every accepted batch after its events are
+committed and *before* the answer is sent, so a link is durable once the batch
+is acknowledged; when it fails the client gets a 503 and resends the batch,
+whose events are then duplicates but whose links are written again (links
+come from every valid event of a batch, not only the newly stored ones).
+
+Routes (read scope): ``GET /v1/persons/{id}`` and ``GET /v1/persons?id=``.
+See docs/identity.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+from litestar import Litestar, Request, Response, get
+
+from innkt_analytics._exceptions import StorageError
+from innkt_analytics._protocol import ValidEvent
+from innkt_analytics.server._identity import Link, Person, links_of_event, person_of, resolve
+from innkt_analytics.server._identity_store import IdentityStore, IdInfo, make_identity
+from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
+
+__all__ = [
+    "PERSON_HANDLERS",
+    "PersonView",
+    "find_person",
+    "identity_of",
+    "install_identity",
+    "observe",
+    "record_identity",
+]
+
+#: an id's last seen is written again only when it moves by more than this
+#: (ms); a busy id would otherwise cost a write per batch
+LAST_SEEN_GRANULARITY: Final = 60_000
+_CACHE_LIMIT: Final = 100_000
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def observe(valid: Sequence[ValidEvent]) -> tuple[list[Link], dict[str, IdInfo]]:
+    """The links and per-id facts of a batch (pure)."""
+    links: list[Link] = []
+    ids: dict[str, IdInfo] = {}
+
+    def seen(ident: str, is_user: bool, at: int) -> IdInfo:
+        info = ids.get(ident)
+        if info is None:
+            info = ids[ident] = IdInfo(is_user, at, at)
+        else:
+            info.is_user |= is_user
+            info.first_seen = min(info.first_seen, at)
+            info.last_seen = max(info.last_seen, at)
+        return info
+
+    for v in valid:
+        event, at = v.event, v.corrected_ms
+        if event.anonymous_id is not None:
+            seen(event.anonymous_id, False, at)
+        if event.user_id is not None:
+            info = seen(event.user_id, True, at)
+            if event.event_type == "identify":
+                traits = _encoder.encode(event.properties)
+                if info.traits_at is None or (at, traits) > (info.traits_at, info.traits or b""):
+                    info.traits, info.traits_at = traits, at
+        for link in links_of_event(
+            event.event_type, event.user_id, event.anonymous_id, event.properties, at
+        ):
+            links.append(link)
+            seen(link.a, False, at)
+    return links, ids
+
+
+class Identity:
+    """The store plus a per-instance memory of what it already holds about each id."""
+
+    def __init__(self, store: IdentityStore) -> None:
+        self.store = store
+        self._known: dict[tuple[str, str], tuple[int, int, bool]] = {}
+
+    async def record(self, project: str, valid: Sequence[ValidEvent]) -> None:
+        links, ids = observe(valid)
+        fresh: dict[str, IdInfo] = {}
+        for ident, info in ids.items():
+            known = self._known.get((project, ident))
+            if (
+                known is None
+                or (info.is_user and not known[2])
+                or info.traits is not None
+                or info.first_seen < known[0]
+                or info.last_seen > known[1] + LAST_SEEN_GRANULARITY
+            ):
+                fresh[ident] = info
+        if not links and not fresh:
+            return
+        await self.store.record(project, sorted(links), fresh)
+        if len(self._known) > _CACHE_LIMIT:
+            self._known.clear()
+        for ident, info in fresh.items():
+            old = self._known.get((project, ident))
+            if old is None:
+                old = (info.first_seen, info.last_seen, info.is_user)
+            self._known[(project, ident)] = (
+                min(old[0], info.first_seen),
+                max(old[1], info.last_seen),
+                old[2] or info.is_user,
+            )
+
+    def forget(self, project: str, ids: Sequence[str]) -> None:
+        for ident in ids:
+            self._known.pop((project, ident), None)
+
+
+def identity_of(state: ServerState) -> Identity | None:
+    found = state.extensions.get("identity")
+    return found if isinstance(found, Identity) else None
+
+
+async def record_identity(state: ServerState, project: str, valid: Sequence[ValidEvent]) -> None:
+    """Write the batch's links; raises ``StorageError``. A no-op without the subsystem."""
+    identity = identity_of(state)
+    if identity is not None and valid:
+        await identity.record(project, valid)
+
+
+class PersonView(msgspec.Struct, rename="camel", kw_only=True):
+    person_id: str
+    ids: list[str]
+    user_ids: list[str]
+    anonymous_ids: list[str]
+    first_seen: str | None
+    last_seen: str | None
+    traits: dict[str, Any]
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+async def _person_around(identity: Identity, project: str, start: str) -> Person | None:
+    store = identity.store
+    links, ids = await store.component(project, start)
+    infos = await store.infos(project, sorted(ids))
+    if start not in infos and not links:
+        return None
+    persons = resolve(links, ids, [i for i, info in infos.items() if info.is_user])
+    return person_of(persons, start)
+
+
+async def find_person(identity: Identity, project: str, some_id: str) -> Person | None:
+    """The person holding ``some_id`` (any of its ids, or its current person id)."""
+    found = await _person_around(identity, project, some_id)
+    if found is None and some_id.startswith("p_"):
+        root = await identity.store.id_for_hash(project, some_id)
+        if root is not None:
+            found = await _person_around(identity, project, root)
+            if found is not None and found.person_id != some_id:
+                return None  # merged into a person with another root since
+    return found
+
+
+async def _view(identity: Identity, project: str, person: Person) -> PersonView:
+    infos = await identity.store.infos(project, person.ids)
+    firsts = [i.first_seen for i in infos.values()]
+    lasts = [i.last_seen for i in infos.values()]
+    # the person's latest identify call (ties: the greater bytes, as the store does)
+    dated = [(i.traits_at, i.traits) for i in infos.values() if i.traits_at is not None]
+    latest = max(dated, default=None)
+    traits: dict[str, Any] = (
+        {} if latest is None or latest[1] is None else _decoder.decode(latest[1])
+    )
+    users = set(person.user_ids)
+    return PersonView(
+        person_id=person.person_id,
+        ids=list(person.ids),
+        user_ids=list(person.user_ids),
+        anonymous_ids=[i for i in person.ids if i not in users],
+        first_seen=_iso(min(firsts) if firsts else None),
+        last_seen=_iso(max(lasts) if lasts else None),
+        traits=traits,
+    )
+
+
+def _required(state: ServerState) -> Identity:
+    identity = identity_of(state)
+    if identity is None:
+        raise ApiError(404, "not_found", "persons are not enabled on this server")
+    return identity
+
+
+def _check_id(value: str) -> str:
+    if not 1 <= len(value) <= 128:
+        raise ApiError(400, "invalid_parameter", "id: 1 to 128 characters")
+    return value
+
+
+async def _lookup(request: Request[Any, Any, Any], some_id: str) -> PersonView | None:
+    state = state_of(request)
+    key = await authenticate(request, "read")
+    identity = _required(state)
+    try:
+        person = await find_person(identity, key.project, _check_id(some_id))
+    except StorageError as exc:
+        raise ApiError(
+            503, "storage_unavailable", str(exc), retry_after=state.settings.unavailable_retry_after
+        ) from None
+    return None if person is None else await _view(identity, key.project, person)
+
+
+@get("/v1/persons/{person_or_id:str}", summary="A person, by any of its ids", tags=["persons"])
+async def get_person(request: Request[Any, Any, Any], person_or_id: str) -> Response[bytes]:
+    """The person holding the id (a userId, an anonymousId or a personId); 404 if none."""
+    view = await _lookup(request, person_or_id)
+    if view is None:
+        raise ApiError(404, "not_found", "no person has this id")
+    return Response(_encoder.encode(view), media_type=JSON)
+
+
+@get("/v1/persons", summary="Search persons by one of their ids", tags=["persons"])
+async def search_persons(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Query: id (required). ``{"persons": [...]}`` with zero or one person."""
+    some_id = request.query_params.get("id")
+    if some_id is None:
+        raise ApiError(400, "invalid_parameter", "id: required")
+    view = await _lookup(request, some_id)
+    return Response(_encoder.encode({"persons": [] if view is None else [view]}), media_type=JSON)
+
+
+PERSON_HANDLERS: Final = (get_person, search_persons)
+
+
+def install_identity(state: ServerState, app: Litestar) -> None:
+    """``create_app`` ``on_state`` hook: the store opens after the events storage."""
+    store = make_identity(state.settings.db)
+    state.extensions["identity"] = Identity(store)
+    app.on_startup.append(store.open)
+    app.on_shutdown.append(store.close)

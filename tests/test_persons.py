@@ -1,0 +1,164 @@
+"""Persons on the real server, SQLite and PostgreSQL: linking at ingest, lookup, data rights."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+
+from tests._server import ServerProcess
+from tests.conftest import ServerFactory
+
+
+def _event(
+    event_type: str = "page_view",
+    *,
+    user: str | None = None,
+    anon: str | None = None,
+    at: str = "2026-11-27T10:00:00Z",
+    **extra: object,
+) -> dict[str, object]:
+    event: dict[str, object] = {
+        "eventId": str(uuid.uuid4()),
+        "eventType": event_type,
+        "timestamp": at,
+    }
+    if user is not None:
+        event["userId"] = user
+    if anon is not None:
+        event["anonymousId"] = anon
+    return {**event, **extra}
+
+
+def _post(server: ServerProcess, events: list[dict[str, object]]) -> dict[str, object]:
+    r = httpx.post(
+        server.url + "/v1/events/batch",
+        headers=server.headers("write"),
+        json={"events": events},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    body: dict[str, object] = r.json()
+    return body
+
+
+def _person(server: ServerProcess, some_id: str, scope: str = "read") -> httpx.Response:
+    return httpx.get(
+        server.url + f"/v1/persons/{some_id}", headers=server.headers(scope), timeout=30
+    )
+
+
+def test_anonymous_then_identified_on_two_devices_is_one_person(
+    backend_server: ServerProcess,
+) -> None:
+    server = backend_server
+    _post(server, [_event(anon="anon-1", at="2026-11-27T09:00:00Z")])
+    _post(
+        server,
+        [
+            _event("identify", user="u-42", anon="anon-1", properties={"plan": "free", "a": 1}),
+            _event(user="u-42", at="2026-11-27T11:00:00Z"),
+        ],
+    )
+    # a second device: anonymous again, then the same sign-in, with newer traits
+    _post(
+        server,
+        [
+            _event(anon="anon-2", at="2026-11-27T12:00:00Z"),
+            _event(
+                "identify",
+                user="u-42",
+                anon="anon-2",
+                at="2026-11-27T12:01:00Z",
+                properties={"plan": "pro"},
+            ),
+        ],
+    )
+    r = _person(server, "anon-1")
+    assert r.status_code == 200, r.text
+    person = r.json()
+    assert person["ids"] == ["anon-1", "anon-2", "u-42"]
+    assert person["userIds"] == ["u-42"]
+    assert person["anonymousIds"] == ["anon-1", "anon-2"]
+    assert person["traits"] == {"plan": "pro"}  # the latest identify's
+    assert person["firstSeen"] == "2026-11-27T09:00:00.000+00:00"
+    assert person["lastSeen"] == "2026-11-27T12:01:00.000+00:00"
+    assert person["personId"].startswith("p_")
+    for other in ("u-42", "anon-2", person["personId"]):
+        assert _person(server, other).json() == person
+    found = httpx.get(
+        server.url + "/v1/persons", params={"id": "anon-2"}, headers=server.headers("read")
+    ).json()
+    assert found == {"persons": [person]}
+    # a replayed batch changes nothing
+    _post(server, [_event("identify", user="u-42", anon="anon-1", properties={"plan": "free"})])
+    assert _person(server, "anon-1").json()["ids"] == person["ids"]
+
+    missing = _person(server, "nobody")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "not_found"
+    assert httpx.get(server.url + "/v1/persons", headers=server.headers("read")).status_code == 400
+    assert _person(server, "anon-1", scope="write").status_code == 403
+
+
+def test_two_user_ids_merge_only_through_an_alias(backend_server: ServerProcess) -> None:
+    server = backend_server
+    # a shared device signs in as two people without a reset in between
+    _post(server, [_event("identify", user="u-1", anon="shared", at="2026-11-27T10:00:00Z")])
+    _post(server, [_event("identify", user="u-2", anon="shared", at="2026-11-27T10:05:00Z")])
+    assert _person(server, "u-1").json()["ids"] == ["shared", "u-1"]
+    assert _person(server, "u-2").json()["ids"] == ["u-2"]
+    # the app says explicitly that u-1 became u-2
+    _post(server, [_event("alias", user="u-2", properties={"previousId": "u-1"})])
+    assert _person(server, "u-2").json()["ids"] == ["shared", "u-1", "u-2"]
+
+
+def test_segment_identify_and_alias_link_ids(backend_server: ServerProcess) -> None:
+    server = backend_server
+    auth = (server.write_key, "")
+    r = httpx.post(
+        server.url + "/v1/identify",
+        auth=auth,
+        json={"anonymousId": "seg-anon", "userId": "seg-user", "traits": {"email": "a@b.c"}},
+    )
+    assert r.status_code == 200, r.text
+    r = httpx.post(
+        server.url + "/v1/alias", auth=auth, json={"previousId": "old-id", "userId": "seg-user"}
+    )
+    assert r.status_code == 200, r.text
+    person = _person(server, "old-id").json()
+    assert person["ids"] == ["old-id", "seg-anon", "seg-user"]
+    assert person["traits"] == {"email": "a@b.c"}
+
+
+def test_delete_and_export_follow_the_person(
+    server_factory: ServerFactory, storage_url: str
+) -> None:
+    # key cache 0: the suppression list is re-read on every request
+    server = server_factory(db=storage_url, env={"INNKT_KEY_CACHE_SECONDS": "0"})
+    _post(
+        server,
+        [
+            _event("identify", user="u-7", anon="a-7"),
+            _event(user="u-7", properties={"n": 1}),
+            _event("alias", user="u-8", properties={"previousId": "u-7"}),
+            _event(user="u-8", properties={"n": 2}),
+            _event(user="bystander"),
+        ],
+    )
+    r = httpx.get(server.url + "/v1/users/u-8/export", headers=server.headers("admin"))
+    assert r.status_code == 200, r.text
+    exported = [json.loads(line) for line in r.text.splitlines()]
+    assert sorted(e["userId"] for e in exported) == ["u-7", "u-7", "u-8", "u-8"]
+
+    r = httpx.delete(server.url + "/v1/users/u-8", headers=server.headers("admin"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ids"] == ["u-8", "a-7", "u-7"]
+    assert body["deletedEvents"] == 4
+    assert _person(server, "a-7").status_code == 404
+    # every id of the person is suppressed, the anonymous one included
+    after = _post(server, [_event(anon="a-7"), _event(user="u-7"), _event(user="bystander")])
+    assert after["accepted"] == 1
+    assert [x["error"] for x in after["rejected"]] == ["suppressed", "suppressed"]  # type: ignore[union-attr]
