@@ -7,10 +7,11 @@ the request it happened in. Every request gets an id: the client's
 one; it is echoed in the ``X-Request-ID`` response header, so a client's report
 and the server's log lines can be matched.
 
-Nothing secret is logged at any level: the JSON formatter masks anything that
-looks like an API key (``ik_…``), a bearer credential or a password in a URL,
-wherever it appears (message, arguments, traceback); the access log records the
-route and path, never the query string or headers.
+Nothing secret is logged at any level, in either format: ``serve`` installs a log
+record factory (``install_redaction``) that masks anything that looks like an API
+key (``ik_…``), a bearer or Basic credential or a password in a URL, wherever it
+appears (message, arguments, traceback), and the JSON formatter masks its fields
+too; the access log records the route and path, never the query string or headers.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from litestar.types import ASGIApp, Message, Receive, Send
 
 from innkt_analytics.server._metrics import ServerMetrics
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "configure_json_logging", "observe_requests", "redact"]
+__all__ = [
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "configure_json_logging",
+    "install_redaction",
+    "observe_requests",
+    "redact",
+]
 
 LOG_FORMATS: Final = ("text", "json")
 HEADER: Final = b"x-request-id"
@@ -42,6 +50,7 @@ access_log = logging.getLogger("innkt_analytics.access")
 _SECRETS: Final = re.compile(
     r"(?P<key>\bik_)[A-Za-z0-9_\-]{8,}"  # our API keys
     r"|(?P<bearer>\b[Bb]earer\s+)[^\s\"',;]+"  # any bearer credential
+    r"|(?P<basic>\b[Bb]asic\s+)[A-Za-z0-9+/=_\-]+"  # Basic credentials (Segment's write key)
     r"|(?P<userinfo>://[^/\s:@]+:)[^@\s/]+(?=@)"  # passwords in URLs (postgresql://u:pw@h)
 )
 _ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
@@ -53,7 +62,13 @@ def redact(text: str) -> str:
 
 
 def _mask(match: re.Match[str]) -> str:
-    prefix = match.group("key") or match.group("bearer") or match.group("userinfo") or ""
+    prefix = (
+        match.group("key")
+        or match.group("bearer")
+        or match.group("basic")
+        or match.group("userinfo")
+        or ""
+    )
     return prefix + "[redacted]"
 
 
@@ -80,6 +95,40 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         return msgspec.json.encode(entry, enc_hook=repr).decode()
+
+
+def install_redaction() -> None:
+    """Mask secrets in every log record this process makes, whatever logs it and
+    however it is formatted or handled.
+
+    A log record factory, not a filter or a formatter: filters on a logger miss
+    the records its children propagate, and handlers and formatters are set up by
+    uvicorn, Litestar and ``dictConfig`` after us (at debug level uvicorn and
+    websockets log each handshake header, ``Authorization`` and
+    ``Sec-WebSocket-Protocol: bearer.ik_…`` included). A record is only made once
+    its level is enabled, so this costs nothing for records not written.
+    """
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacting", False):
+        return
+
+    def redacting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(_plain.formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return record
+
+    redacting.redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting)
+
+
+_plain: Final = logging.Formatter()
 
 
 def configure_json_logging(level: str) -> None:
