@@ -208,12 +208,9 @@ def serve(
         GracefulWebSocketProtocol,
         lifecycle_of,
     )
-    from innkt_analytics.server._logging import (
-        configure_json_logging,
-        install_redaction,
-        observe_requests,
-    )
+    from innkt_analytics.server._logging import configure_json_logging, observe_requests
     from innkt_analytics.server._tls import server_ssl_context
+    from innkt_analytics.server._ws_protocol import websocket_protocol
 
     settings = _settings(
         host=host,
@@ -226,7 +223,6 @@ def serve(
     if log_level.lower() not in LOG_LEVELS:
         typer.echo(f"error: --log-level must be one of {', '.join(LOG_LEVELS)}", err=True)
         raise typer.Exit(2)
-    install_redaction()  # before anything logs: no key in any record, at any level
     json_logs = settings.log_format == "json"
     ssl_context = None
     if settings.tls_certfile:
@@ -284,8 +280,9 @@ def serve(
         # uvicorn must not buffer a WebSocket message larger than the hub accepts.
         ws_max_size=settings.realtime_max_message_bytes + 1,
         # uvicorn's sans-I/O WebSocket protocol, with a synchronous send for the hub's
-        # event fan-out (see _ws_protocol) and a 1001 close at shutdown (_lifecycle).
-        ws=GracefulWebSocketProtocol,
+        # event fan-out (see _ws_protocol) and a 1001 close at shutdown (_lifecycle);
+        # uvicorn's own, with a warning, if its internals are not as tested.
+        ws=websocket_protocol(GracefulWebSocketProtocol),
         # httptools, with the limits on connections, heads, bodies and idling that
         # uvicorn lacks (see _connguard); uvicorn's own keep-alive timer is replaced.
         http=guarded_protocol(
