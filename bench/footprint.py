@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -70,27 +69,18 @@ def _import_times(python: Path, module: str, repeat: int) -> list[float]:
     return [float(_sh(python, "-c", probe).stdout) for _ in range(repeat)]
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _wall(
-    argv: list[str | Path], repeat: int, env: dict[str, str] | None = None
-) -> tuple[list[float], list[float]]:
-    """Wall and CPU (user+sys) times of a command, after one warm-up run; empty on failure."""
+def _wall(argv: list[str | Path], repeat: int, env: dict[str, str] | None = None) -> list[float]:
+    """Wall times of a command (after one warm-up run); empty when it fails."""
     command = [str(a) for a in argv]
-    times, cpu = [], []
+    times = []
     subprocess.run(command, capture_output=True, check=False, env=env)
     for _ in range(repeat):
-        cpu_before = _children_cpu()
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, check=False, env=env)
         times.append(time.perf_counter() - start)
-        cpu.append(_children_cpu() - cpu_before)
         if done.returncode != 0:
-            return [], []
-    return times, cpu
+            return []
+    return times
 
 
 def _ms(values: list[float]) -> str:
@@ -151,16 +141,12 @@ def main() -> None:
         db = base / "keys.db"
         env = {**os.environ, "INNKT_DB": str(db)}
         _sh(cli, "keys", "create", "--scope", "read", env=env)
-        print("\n| command (server venv) | wall (best, median) | CPU (best, median) |")
-        print("|---|---|---|")
-        runs = [("python -c pass", [sdk_python, "-c", "pass"])]
-        runs += [
-            (f"innkt-analytics {' '.join(argv)}", [cli, *argv])
-            for argv in (["--help"], ["--version"], ["keys", "list"])
-        ]
-        for label, argv in runs:
-            times, cpu = _wall(argv, args.repeat, env=env)
-            print(f"| {label} | {_ms(times)} | {_ms(cpu)} |")
+        print("\n| command (server venv) | wall (best, median) |")
+        print("|---|---|")
+        print(f"| python -c pass | {_ms(_wall([sdk_python, '-c', 'pass'], args.repeat))} |")
+        for argv in (["--help"], ["--version"], ["keys", "list"]):
+            times = _wall([cli, *argv], args.repeat, env=env)
+            print(f"| innkt-analytics {' '.join(argv)} | {_ms(times)} |")
     print(f"\nload average after: {os.getloadavg()}")
 
 

@@ -67,15 +67,6 @@ def test_import_innkt_analytics_is_lazy() -> None:
     assert asyncio_loaded == "False"
 
 
-def test_the_thread_service_loads_no_asyncio_nor_email() -> None:
-    # A threaded app pays neither for asyncio (the asyncio HTTP front imports it on use)
-    # nor for email.utils (only an HTTP-date Retry-After needs it).
-    loaded = _top_level_modules(
-        "from innkt_analytics import AnalyticsBackendService, BackendConfig"
-    )
-    assert not loaded & {"asyncio", "email"}, loaded & {"asyncio", "email"}
-
-
 def test_the_whole_public_api_loads_no_server_module() -> None:
     loaded = _top_level_modules(
         """

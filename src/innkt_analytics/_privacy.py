@@ -163,6 +163,16 @@ class PrivacyFilter:
         if cfg.hash_user_id and event.user_id is not None:
             # Keep it within the 128-character id limit: 'sha256:' + 64 hex.
             changes["user_id"] = hash_value(cfg.hash_salt, event.user_id)
+            previous = event.properties.get("previousId")
+            if (
+                event.event_type == "alias"
+                and isinstance(previous, str)
+                and previous != event.anonymous_id
+            ):
+                # an alias's previous user id must hash like the userId it once was
+                props = changes.get("properties", dict(event.properties))
+                props["previousId"] = hash_value(cfg.hash_salt, previous)
+                changes["properties"] = props
         if cfg.anonymize_ip or cfg.drop_device_ids:
             if event.context:
                 changes["context"] = self._scrub(event.context, nested_device=True)

@@ -80,8 +80,9 @@ def event_ids_of(payload: bytes) -> list[str]:
     return [str(item.get("eventId", "")) for item in items]
 
 
-#: (timestamp, event_type, properties, session_id, user_id): what ``track`` hands over
-Tracked: TypeAlias = tuple[float, Any, Any, Any, Any]
+#: (timestamp, event_type, properties, session_id, user_id[, anonymous_id]): what
+#: ``track`` hands over (the anonymous id since issue #19; 5-tuples still work)
+Tracked: TypeAlias = tuple[float, Any, Any, Any, Any] | tuple[float, Any, Any, Any, Any, Any]
 _encoder: Final = msgspec.json.Encoder()
 _UTC: Final = dt.UTC
 
@@ -133,7 +134,11 @@ def encode_records(
     fromtimestamp = dt.datetime.fromtimestamp
     for record in pending:
         if isinstance(record, tuple):
-            ts, event_type, properties, session_id, user_id = record
+            if len(record) == 6:
+                ts, event_type, properties, session_id, user_id, anonymous_id = record
+            else:
+                ts, event_type, properties, session_id, user_id = record
+                anonymous_id = None
             if session_id is None:
                 session_id = session
             if properties is None:
@@ -144,6 +149,7 @@ def encode_records(
                 timestamp=fromtimestamp(ts, _UTC),
                 session_id=session_id,
                 user_id=user_id,
+                anonymous_id=anonymous_id,
                 properties=properties,
             )
             # The id and time are ours: only what the caller passed needs checking. This
@@ -155,6 +161,7 @@ def encode_records(
                 and type(session_id) is str
                 and 0 < len(session_id) <= 128
                 and (user_id is None or (type(user_id) is str and 0 < len(user_id) <= 128))
+                and (anonymous_id is None or type(anonymous_id) is str)
             )
             problem = "" if ok else _problem(event)
         else:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Final, Self, TypeAlias
 from innkt_analytics._backend_privacy import PrivacyControls
 from innkt_analytics._config import BackendConfig
 from innkt_analytics._exceptions import ConfigError, ConnectionStateError, StorageError
+from innkt_analytics._identity import DeviceIdentity, IdentityControls, IdentityStore
 from innkt_analytics._ids import uuid7
 from innkt_analytics._privacy import ConsentStore, PrivacyFilter
 from innkt_analytics._protocol import ClientConfig, Event
@@ -77,7 +78,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class ServiceBase(PrivacyControls):
+class ServiceBase(PrivacyControls, IdentityControls):
     """What the sync and the asyncio service share: intake, committer, counters, config."""
 
     _instances: ClassVar[dict[type, ServiceBase]] = {}
@@ -104,6 +105,8 @@ class ServiceBase(PrivacyControls):
         self._opted_out = False
         self._privacy: PrivacyFilter | None = None
         self._consent_store: ConsentStore | None = None
+        self._identity_store: IdentityStore | None = None
+        self._device: DeviceIdentity | None = None
         self._init_locks()
         self._config: BackendConfig | None = None
         self._queue: EventQueue | None = None
@@ -153,6 +156,8 @@ class ServiceBase(PrivacyControls):
             if self._lifecycle is not ServiceState.NEW:
                 raise ConnectionStateError(f"initialize() on a {self._lifecycle.value} service")
             self._consent_store = ConsentStore(config.resolved_consent_path)
+            queue_path = config.resolved_queue_path
+            self._load_identity(queue_path.with_name(queue_path.name + ".identity.json"))
             self._privacy = PrivacyFilter(config.privacy, self._consent_store.load())
             self._opted_out = self._privacy.opted_out
             self._queue = open_queue(config)
@@ -257,6 +262,19 @@ class ServiceBase(PrivacyControls):
         network, never raises for transport problems. ``properties`` is encoded
         by the worker within ``commit_interval``: do not mutate it afterwards.
         """
+        device = self._device  # the ids as of this call, whatever reset() does later
+        if device is not None:
+            return self._hand_over(
+                event_type,
+                (
+                    time.time(),
+                    event_type,
+                    properties,
+                    session_id,
+                    device.user_id if user_id is None else user_id,
+                    device.anonymous_id,
+                ),
+            )
         return self._hand_over(
             event_type, (time.time(), event_type, properties, session_id, user_id)
         )
