@@ -33,7 +33,7 @@ from innkt_analytics.server._alerts import MAX_SILENCE, RuleKind
 from innkt_analytics.server._dashboard import Dashboard
 from innkt_analytics.server._query import BUCKETS, MAX_PAGE
 from innkt_analytics.server._segment import SegmentMessage
-from innkt_analytics.server._state import JSON, app_state
+from innkt_analytics.server._state import JSON
 
 __all__ = [
     "OPERATIONS",
@@ -721,10 +721,10 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
 
 def document_bytes(app: Litestar) -> bytes:
     """``openapi_document(app)`` as JSON, built once per app."""
-    state = app_state(app)
-    if state.openapi_json is None:
-        state.openapi_json = msgspec.json.encode(openapi_document(app))
-    return state.openapi_json
+    cached: bytes | None = getattr(app.state, "openapi_bytes", None)
+    if cached is None:
+        cached = app.state.openapi_bytes = msgspec.json.encode(openapi_document(app))
+    return cached
 
 
 class DocumentPlugin(JsonRenderPlugin):
