@@ -13,21 +13,18 @@ from hypothesis import strategies as st
 
 from innkt_analytics._exceptions import ConfigError, ConnectionStateError
 from innkt_analytics._protocol import ClientConfig, Envelope, ProtocolError
-from innkt_analytics._realtime_core import (
+from innkt_analytics._realtime_codec import (
     CLIENT_TRANSITIONS,
     SERVER_TRANSITIONS,
-    Action,
     ConnectionState,
-    Failure,
     Prepared,
-    RealTimeConfig,
-    RealTimeSession,
     StateMachine,
     decode_envelope,
     encode_envelope,
     make_envelope,
     reconnect_delays,
 )
+from innkt_analytics._realtime_session import Action, Failure, RealTimeConfig, RealTimeSession
 
 URL = "ws://127.0.0.1:1/v1/realtime"
 

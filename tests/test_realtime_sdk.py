@@ -23,7 +23,8 @@ from innkt_analytics._config import BackendConfig, QueueMode
 from innkt_analytics._exceptions import ConnectionStateError
 from innkt_analytics._protocol import ClientConfig, Envelope
 from innkt_analytics._realtime import AsyncRealTimeSyncService, RealTimeSyncService
-from innkt_analytics._realtime_core import ConnectionState, RealTimeConfig, make_envelope
+from innkt_analytics._realtime_codec import ConnectionState, make_envelope
+from innkt_analytics._realtime_session import RealTimeConfig
 from tests._server import ServerProcess
 from tests.conftest import ServerFactory
 from tests.test_realtime_server import event, post_events, put_config, ws_url

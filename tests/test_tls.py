@@ -22,7 +22,8 @@ import trustme
 
 from innkt_analytics import AnalyticsBackendService, BackendConfig, QueueMode
 from innkt_analytics._realtime import RealTimeSyncService
-from innkt_analytics._realtime_core import ConnectionState, RealTimeConfig
+from innkt_analytics._realtime_codec import ConnectionState
+from innkt_analytics._realtime_session import RealTimeConfig
 from tests._server import ServerProcess
 
 WAIT = 30.0

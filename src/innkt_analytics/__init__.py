@@ -58,7 +58,8 @@ if typing.TYPE_CHECKING:
     )
     from innkt_analytics._queue import Dropped
     from innkt_analytics._realtime import AsyncRealTimeSyncService, RealTimeSyncService
-    from innkt_analytics._realtime_core import ConnectionState, ConnectionStats, RealTimeConfig
+    from innkt_analytics._realtime_codec import ConnectionState
+    from innkt_analytics._realtime_session import ConnectionStats, RealTimeConfig
     from innkt_analytics._transport import (
         AsyncTransport,
         HealthStatus,
@@ -82,8 +83,8 @@ _LAZY: dict[str, str] = {
     "Batch": "innkt_analytics._protocol",
     "CleanupResult": "innkt_analytics._persistence",
     "ClientConfig": "innkt_analytics._protocol",
-    "ConnectionState": "innkt_analytics._realtime_core",
-    "ConnectionStats": "innkt_analytics._realtime_core",
+    "ConnectionState": "innkt_analytics._realtime_codec",
+    "ConnectionStats": "innkt_analytics._realtime_session",
     "ConsentState": "innkt_analytics._privacy",
     "DropCallback": "innkt_analytics._backend",
     "Dropped": "innkt_analytics._queue",
@@ -100,7 +101,7 @@ _LAZY: dict[str, str] = {
     "PersistenceState": "innkt_analytics._persistence",
     "PrivacyConfig": "innkt_analytics._privacy",
     "QueueMode": "innkt_analytics._config",
-    "RealTimeConfig": "innkt_analytics._realtime_core",
+    "RealTimeConfig": "innkt_analytics._realtime_session",
     "RealTimeSyncService": "innkt_analytics._realtime",
     "Rejection": "innkt_analytics._protocol",
     "SendResult": "innkt_analytics._transport",

@@ -1,6 +1,6 @@
 """``RealTimeSyncService``: the SDK's live connection to the server's ``/v1/realtime``.
 
-Two front-ends drive the one sans-I/O ``RealTimeSession`` (``_realtime_core``):
+Two front-ends drive the one sans-I/O ``RealTimeSession`` (``_realtime_session``):
 
 * ``RealTimeSyncService`` — for ordinary threaded programs. A background
   thread connects, reads, runs the heartbeat and reconnects; a second one
@@ -45,16 +45,14 @@ from websockets.typing import Origin, Subprotocol
 from innkt_analytics._bus import EventBus, default_bus
 from innkt_analytics._exceptions import ConnectionStateError
 from innkt_analytics._protocol import ClientConfig, Envelope
-from innkt_analytics._realtime_core import (
-    SUBPROTOCOL,
+from innkt_analytics._realtime_codec import SUBPROTOCOL, ConnectionState, make_envelope
+from innkt_analytics._realtime_session import (
     Action,
-    ConnectionState,
     ConnectionStats,
     Failure,
     RealTimeConfig,
     RealTimeSession,
     config_of,
-    make_envelope,
 )
 from innkt_analytics._tls import client_ssl_context, tls_failure
 from innkt_analytics._version import __version__

@@ -37,7 +37,7 @@ import msgspec
 
 from innkt_analytics._exceptions import ConfigError
 from innkt_analytics._protocol import ClientConfig
-from innkt_analytics._realtime_core import reconnect_delays
+from innkt_analytics._realtime_codec import reconnect_delays
 from innkt_analytics.server.storage import is_postgres_url
 
 __all__ = [

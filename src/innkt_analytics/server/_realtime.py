@@ -38,7 +38,7 @@ from litestar.types import WebSocketResponseStartEvent
 from innkt_analytics._exceptions import StorageError
 from innkt_analytics._ids import uuid7
 from innkt_analytics._protocol import ClientConfig, Envelope, ProtocolError, ValidEvent
-from innkt_analytics._realtime_core import (
+from innkt_analytics._realtime_codec import (
     BEARER_PREFIX,
     SERVER_TRANSITIONS,
     STREAMS,
