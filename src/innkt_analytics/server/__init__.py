@@ -25,6 +25,7 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
     from innkt_analytics.server._alerts import ALERT_HANDLERS, install_alerts
     from innkt_analytics.server._app import create_app
     from innkt_analytics.server._dashboard import DASHBOARD_HANDLERS, install_dashboard
+    from innkt_analytics.server._kv import install_kv
     from innkt_analytics.server._lifecycle import LIFECYCLE_HANDLERS, install_lifecycle
     from innkt_analytics.server._metrics_export import METRICS_HANDLERS, install_metrics
     from innkt_analytics.server._persons import PERSON_HANDLERS, install_identity
@@ -43,7 +44,10 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
             *PERSON_HANDLERS,
             realtime_endpoint,
         ],
+        # Each hook sets its part in state.parts; the store the dashboards and
+        # alerts keep their documents in comes first.
         on_state=[
+            install_kv,
             install_realtime,
             install_dashboard,
             install_alerts,

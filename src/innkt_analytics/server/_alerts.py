@@ -43,12 +43,18 @@ from litestar import Litestar, Request, Response, delete, get, post
 
 from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics._protocol import ClientConfig, ValidEvent
-from innkt_analytics._realtime_core import Prepared, make_envelope
 from innkt_analytics._retry import backoff
 from innkt_analytics._version import __version__
 from innkt_analytics.server._ingest import read_json_body
 from innkt_analytics.server._kv import KVStore, kv_of
-from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
+from innkt_analytics.server._state import (
+    JSON,
+    ApiError,
+    ServerState,
+    authenticate,
+    required,
+    state_of,
+)
 
 __all__ = [
     "ALERT_HANDLERS",
@@ -58,7 +64,6 @@ __all__ = [
     "AlertService",
     "AlertSettings",
     "AlertStatus",
-    "hub_publisher",
     "install_alerts",
     "validate_rule",
 ]
@@ -510,8 +515,7 @@ class AlertService:
 
 
 def service_of(request: Request[Any, Any, Any]) -> AlertService:
-    service: AlertService = request.app.state.innkt_alerts
-    return service
+    return required(state_of(request).parts.alerts, "install_alerts")
 
 
 def _json(body: Any, status: int = 200) -> Response[bytes]:
@@ -573,43 +577,20 @@ async def list_alerts(request: Request[Any, Any, Any]) -> Response[bytes]:
 ALERT_HANDLERS: Final = (create_rule, list_rules, delete_rule, list_alerts)
 
 
-def hub_publisher(app: Litestar) -> Publisher | None:
-    """Send notices through the real-time hub of ``app``, if it has one.
-
-    Only connections with a read or admin key get them: an SDK's write key
-    sees configuration, never the project's data.
-    """
-    hub = getattr(app.state, "realtime_hub", None)
-    if hub is None:
-        return None
-    publish = getattr(hub, "publish", None)
-    if callable(publish):
-        return publish  # type: ignore[no-any-return]
-
-    def push(project: str, type: str, payload: dict[str, Any]) -> None:
-        message = Prepared.of(make_envelope(type, payload))
-        for conn in list(hub.projects.get(project, ())):
-            if conn.full:
-                conn.push_control(message)
-
-    return push
-
-
 def install_alerts(state: ServerState, app: Litestar) -> None:
     """``on_state`` hook: the service observes ingest and runs with the app's lifespan.
 
     Raises ``ConfigError`` for a bad ``INNKT_ALERT_*`` variable.
     """
-    service = AlertService(kv_of(app, state.settings.db), AlertSettings.from_env())
-    app.state.innkt_alerts = service
+    service = AlertService(kv_of(state), AlertSettings.from_env())
+    state.parts.alerts = service
     state.observers.append(service)
     state.health_sections["alerts"] = service.health
 
     async def start() -> None:
-        # Resolved at startup: the hub's own hook may run after this one.
-        publisher = hub_publisher(app)
-        if publisher is not None:
-            service.publishers.append(publisher)
+        # Looked up at startup, when every install_* hook has run, whatever their order.
+        if state.parts.hub is not None:
+            service.publishers.append(state.parts.hub.publish)
         await service.start()
 
     app.on_startup.append(start)

@@ -209,6 +209,7 @@ def serve(
         lifecycle_of,
     )
     from innkt_analytics.server._logging import configure_json_logging, observe_requests
+    from innkt_analytics.server._state import app_state
     from innkt_analytics.server._tls import server_ssl_context
     from innkt_analytics.server._ws_protocol import websocket_protocol
 
@@ -269,7 +270,7 @@ def serve(
     if json_logs:
         configure_json_logging(log_level)  # after the app: Litestar configures logging too
     config = uvicorn.Config(
-        observe_requests(app, app.state.innkt.metrics),
+        observe_requests(app, app_state(app).metrics),
         log_level=log_level,
         # json: uvicorn adds no handlers; its records reach ours (see _logging)
         log_config=None if json_logs else LOGGING_CONFIG,
@@ -300,7 +301,7 @@ def serve(
         config.load()
         config.ssl = ssl_context
     _tune_gc()
-    lifecycle = lifecycle_of(app.state.innkt)
+    lifecycle = lifecycle_of(app_state(app))
     GracefulServer(config, lifecycle, settings.shutdown_drain_seconds).run(sockets=[sock])
 
 

@@ -34,7 +34,14 @@ from litestar import Litestar, Request, Response, delete, get, put
 
 from innkt_analytics.server._ingest import read_json_body
 from innkt_analytics.server._kv import kv_of
-from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
+from innkt_analytics.server._state import (
+    JSON,
+    ApiError,
+    ServerState,
+    authenticate,
+    required,
+    state_of,
+)
 
 __all__ = [
     "DASHBOARD_HANDLERS",
@@ -112,16 +119,14 @@ def _etag(dashboard: Dashboard) -> str:
 
 
 async def _load(request: Request[Any, Any, Any], project: str, name: str) -> Dashboard | None:
-    value = await kv_of(request.app, state_of(request).settings.db).get(
-        NAMESPACE, _key(project, name)
-    )
+    value = await kv_of(state_of(request)).get(NAMESPACE, _key(project, name))
     return None if value is None else _decoder.decode(value)
 
 
 @get("/v1/dashboards", summary="The project's saved dashboards (read)", tags=["dashboards"])
 async def list_dashboards(request: Request[Any, Any, Any]) -> Response[bytes]:
     key = await authenticate(request, "read")
-    kv = kv_of(request.app, state_of(request).settings.db)
+    kv = kv_of(state_of(request))
     items = await kv.items(NAMESPACE, key.project + "/")
     return _json({"dashboards": [_decoder.decode(v) for _, v in items]})
 
@@ -146,7 +151,7 @@ async def put_dashboard(request: Request[Any, Any, Any], name: str) -> Response[
         dashboard = _decoder.decode(body)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_dashboard", str(exc)) from None
-    kv = kv_of(request.app, state.settings.db)
+    kv = kv_of(state)
     old = await _load(request, key.project, name)
     expected = request.headers.get("if-match")
     if expected is not None and expected.strip() != "*":
@@ -177,7 +182,7 @@ async def put_dashboard(request: Request[Any, Any, Any], name: str) -> Response[
 )
 async def delete_dashboard(request: Request[Any, Any, Any], name: str) -> None:
     key = await authenticate(request, "read")
-    kv = kv_of(request.app, state_of(request).settings.db)
+    kv = kv_of(state_of(request))
     if not await kv.delete(NAMESPACE, _key(key.project, _check_name(name))):
         raise ApiError(404, "not_found", f"no dashboard {name!r} in this project")
 
@@ -209,13 +214,15 @@ _PAGE_HEADERS: Final = {
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Asset:
+class Asset:
+    """A file of the page, with its validator."""
+
     body: bytes
     media_type: str
     etag: str
 
 
-def _load_assets(directory: Path) -> dict[str, _Asset]:
+def _load_assets(directory: Path) -> dict[str, Asset]:
     # A fixed table read once: a request can only name one of these files,
     # so no path from a URL ever reaches the file system.
     assets = {}
@@ -224,12 +231,12 @@ def _load_assets(directory: Path) -> dict[str, _Asset]:
         if path.is_file() and media is not None:
             body = path.read_bytes()
             etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-            assets[path.name] = _Asset(body, media, etag)
+            assets[path.name] = Asset(body, media, etag)
     return assets
 
 
 def _serve(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
-    assets: dict[str, _Asset] = request.app.state.innkt_assets
+    assets = required(state_of(request).parts.assets, "install_dashboard")
     asset = assets.get(name)
     if asset is None:
         raise ApiError(404, "not_found", f"no asset {name!r}")
@@ -260,6 +267,6 @@ DASHBOARD_HANDLERS: Final = (
 
 
 def install_dashboard(state: ServerState, app: Litestar) -> None:
-    """``on_state`` hook: load the page's assets and make sure the store exists."""
-    app.state.innkt_assets = _load_assets(STATIC_DIR)
-    kv_of(app, state.settings.db)
+    """``on_state`` hook: load the page's assets (dashboards live in ``install_kv``'s store)."""
+    state.parts.assets = _load_assets(STATIC_DIR)
+    kv_of(state)  # fail at build time, not at the first request, without the store

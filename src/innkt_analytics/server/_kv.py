@@ -24,9 +24,10 @@ from typing import Any, Final
 from litestar import Litestar
 
 from innkt_analytics._exceptions import ConfigError, StorageError
+from innkt_analytics.server._state import ServerState, required
 from innkt_analytics.server.storage import parse_db_url
 
-__all__ = ["KVStore", "PostgresKV", "SQLiteKV", "kv_of", "make_kv"]
+__all__ = ["KVStore", "PostgresKV", "SQLiteKV", "install_kv", "kv_of", "make_kv"]
 
 _TABLE: Final = "innkt_kv"
 
@@ -244,17 +245,19 @@ def make_kv(url: str) -> KVStore:
     return PostgresKV(url) if db.sqlite_path is None else SQLiteKV(db.sqlite_path)
 
 
-def kv_of(app: Litestar, url: str) -> KVStore:
-    """The app's one store for ``url``, created on first use.
+def install_kv(state: ServerState, app: Litestar) -> None:
+    """``create_app`` ``on_state`` hook, before the hooks of the subsystems that keep
+    documents (dashboards, alert rules): the app's one store, in ``settings.db``.
 
-    It opens in the app's startup hooks (after the event storage, so a new
-    SQLite file already exists) and closes at shutdown. Subsystems that keep
-    documents (dashboards, alert rules) share it.
+    It opens first among the startup hooks (after the event storage, so a new
+    SQLite file already exists) and closes last at shutdown.
     """
-    store: KVStore | None = getattr(app.state, "innkt_kv", None)
-    if store is None:
-        store = make_kv(url)
-        app.state.innkt_kv = store
-        app.on_startup.insert(0, store.open)
-        app.on_shutdown.append(store.close)
-    return store
+    store = make_kv(state.settings.db)
+    state.parts.kv = store
+    app.on_startup.insert(0, store.open)
+    app.on_shutdown.append(store.close)
+
+
+def kv_of(state: ServerState) -> KVStore:
+    """The store ``install_kv`` made. Raises ``LookupError`` without it."""
+    return required(state.parts.kv, "install_kv")

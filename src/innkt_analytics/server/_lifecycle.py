@@ -30,7 +30,7 @@ import uvicorn
 from litestar import Litestar, Request, Response, get
 
 from innkt_analytics._exceptions import ConnectionStateError
-from innkt_analytics.server._state import JSON, ServerState, state_of
+from innkt_analytics.server._state import JSON, ServerState, required, state_of
 from innkt_analytics.server._ws_protocol import FastSendProtocol
 from innkt_analytics.server.storage import StorageStatus
 
@@ -86,16 +86,13 @@ class Lifecycle:
 
 
 def lifecycle_of(state: ServerState) -> Lifecycle:
-    found = state.extensions.get("lifecycle")
-    if not isinstance(found, Lifecycle):
-        raise LookupError("install_lifecycle was not run on this app")
-    return found
+    return required(state.parts.lifecycle, "install_lifecycle")
 
 
 def install_lifecycle(state: ServerState, app: Litestar) -> None:
     """``create_app`` ``on_state`` hook: the phase, moved by startup and shutdown."""
     lifecycle = Lifecycle()
-    state.extensions["lifecycle"] = lifecycle
+    state.parts.lifecycle = lifecycle
     app.on_startup.append(lifecycle.started)
     app.on_shutdown.insert(0, lifecycle.stopping)
 

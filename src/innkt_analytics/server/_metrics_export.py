@@ -46,7 +46,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from innkt_analytics.server._metrics import ServerMetrics
-from innkt_analytics.server._state import ServerState, authenticate, state_of
+from innkt_analytics.server._state import ServerState, authenticate, required, state_of
 from innkt_analytics.server.storage import StorageHealth, StorageStatus
 
 __all__ = ["METRICS_HANDLERS", "install_metrics", "render_metrics"]
@@ -67,21 +67,21 @@ class _Collector:
         state, m = self.state, self.state.metrics
         yield from _requests(m)
         yield from _ingest(m)
-        hub = getattr(self.app.state, "realtime_hub", None)
+        hub = state.parts.hub
         connections = GaugeMetricFamily(
             "innkt_websocket_connections", "Open real-time WebSocket connections"
         )
-        connections.add_metric([], getattr(hub, "count", 0))
+        connections.add_metric([], hub.count if hub is not None else 0)
         yield connections
         dropped = CounterMetricFamily(
             "innkt_websocket_dropped_messages",
             "Messages dropped for slow real-time clients (each client is told how many)",
         )
-        dropped.add_metric([], getattr(hub, "dropped", 0))
+        dropped.add_metric([], hub.dropped if hub is not None else 0)
         yield dropped
         decisions = CounterMetricFamily(
             "innkt_rate_limit_decisions",
-            "Rate-limit decisions on authenticated requests",
+            "Rate-limit decisions on authenticated requests and WebSocket handshakes",
             labels=["decision"],
         )
         for decision, n in m.rate_limit.items():
@@ -110,8 +110,8 @@ class _Collector:
         yield ready
 
     def _ready(self) -> bool:
-        lifecycle = self.state.extensions.get("lifecycle")
-        serving = getattr(getattr(lifecycle, "phase", None), "value", "serving") == "serving"
+        lifecycle = self.state.parts.lifecycle
+        serving = lifecycle is None or lifecycle.phase.value == "serving"
         return serving and self.health is not None and self.health.status is StorageStatus.OK
 
 
@@ -186,13 +186,10 @@ def _numbers(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, fl
 
 async def render_metrics(state: ServerState) -> bytes:
     """The text exposition of this process's metrics (one storage health check)."""
-    exporter = state.extensions.get("metrics_exporter")
-    if not isinstance(exporter, _Exporter):
-        raise LookupError("install_metrics was not run on this app")
-    return await exporter.render()
+    return await required(state.parts.metrics, "install_metrics").render()
 
 
-class _Exporter:
+class MetricsExporter:
     def __init__(self, state: ServerState, app: Litestar) -> None:
         self.collector = _Collector(state, app)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -254,8 +251,8 @@ METRICS_HANDLERS: Final = (metrics,)
 def install_metrics(state: ServerState, app: Litestar) -> None:
     """``create_app`` ``on_state`` hook: the exporter, and its own listener when
     ``INNKT_METRICS_ADDRESS`` is set (checked by ``ServerSettings``)."""
-    exporter = _Exporter(state, app)
-    state.extensions["metrics_exporter"] = exporter
+    exporter = MetricsExporter(state, app)
+    state.parts.metrics = exporter
     address = state.settings.metrics_address
     if address:
 

@@ -56,7 +56,13 @@ from innkt_analytics.server._ratelimit import TokenBucket
 from innkt_analytics.server._realtime_aggregates import ProjectWindow
 from innkt_analytics.server._realtime_stream import EventLog, SendBudget
 from innkt_analytics.server._settings import ServerSettings
-from innkt_analytics.server._state import ServerState, presented_key, take_token
+from innkt_analytics.server._state import (
+    ServerState,
+    presented_key,
+    required,
+    state_of,
+    take_token,
+)
 from innkt_analytics.server._ws_protocol import SEND_TEXT_NOW, SendTextNow
 from innkt_analytics.server.storage import KeyRecord, StorageStatus
 
@@ -312,6 +318,17 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.fanout.close()
+
+    def publish(self, project: str, type: str, payload: dict[str, Any]) -> None:
+        """Push a server message (an alert) to ``project``'s connections on this instance.
+
+        Only connections with a read or admin key get it: an SDK's write key sees
+        configuration, never the project's data.
+        """
+        message = Prepared.of(make_envelope(type, payload))
+        for conn in list(self.projects.get(project, ())):
+            if conn.full:
+                conn.push_control(message)
 
     async def health(self) -> dict[str, Any]:
         return {
@@ -741,8 +758,7 @@ class Hub:
 @websocket("/v1/realtime")
 async def realtime_endpoint(socket: WebSocket[Any, Any, Any]) -> None:
     """The real-time hub (see docs/realtime.md)."""
-    hub: Hub = socket.app.state.realtime_hub
-    await hub.serve(socket)
+    await required(state_of(socket).parts.hub, "install_realtime").serve(socket)
 
 
 def install_realtime(state: ServerState, app: Litestar) -> None:
@@ -754,6 +770,6 @@ def install_realtime(state: ServerState, app: Litestar) -> None:
     hub = Hub(state, make_fanout(settings.channels, settings.db, settings.realtime_channel))
     state.observers.append(hub)
     state.health_sections["realtime"] = hub.health
-    app.state.realtime_hub = hub
+    state.parts.hub = hub
     app.on_startup.append(hub.start)
     app.on_shutdown.append(hub.stop)

@@ -1,7 +1,9 @@
 """Per-process server state shared by the route handlers, and request helpers.
 
-Handlers reach it with ``state_of(request)``. Helpers here turn requests into
-principals (auth, scopes, rate limits) and errors into the one JSON error body.
+Handlers reach it with ``state_of(request)``; it is the one object the app holds
+(``app_state(app)``), and the subsystems ``build_app`` wires in are typed fields
+of its ``parts``, not string keys of ``app.state``. Helpers here turn requests
+into principals (auth, scopes, rate limits) and errors into the one JSON error body.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ import collections
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
-from litestar import Request, Response
+from litestar import Litestar, Request, Response
 from litestar.connection import ASGIConnection
 
 from innkt_analytics._exceptions import InnktError
@@ -23,21 +25,35 @@ from innkt_analytics.server._auth import KeyCache, KeyRefused
 from innkt_analytics.server._metrics import ServerMetrics
 from innkt_analytics.server._ratelimit import RateLimiter
 from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.server._suppress import Suppressions
 from innkt_analytics.server.storage import KeyRecord, Storage
+
+if TYPE_CHECKING:  # each of these imports this module
+    from innkt_analytics.server._alerts import AlertService
+    from innkt_analytics.server._dashboard import Asset
+    from innkt_analytics.server._kv import KVStore
+    from innkt_analytics.server._lifecycle import Lifecycle
+    from innkt_analytics.server._metrics_export import MetricsExporter
+    from innkt_analytics.server._realtime import Hub
 
 __all__ = [
     "ApiError",
     "IngestObserver",
     "RateMeter",
+    "ServerParts",
     "ServerState",
+    "app_state",
     "authenticate",
     "authorize",
     "error_response",
+    "required",
     "state_of",
     "take_token",
 ]
 
 JSON = "application/json"
+
+T = TypeVar("T")
 
 
 class ApiError(InnktError):
@@ -105,6 +121,31 @@ class RateMeter:
 
 
 @dataclass
+class ServerParts:
+    """The subsystems ``build_app`` wires in, each set once by its ``install_*`` hook.
+
+    None means this app was built without it (``create_app`` alone); ``required``
+    turns that into a clear ``LookupError`` where a part is needed.
+    """
+
+    #: documents (dashboards, alert rules) in the events database
+    kv: KVStore | None = None
+    hub: Hub | None = None
+    alerts: AlertService | None = None
+    lifecycle: Lifecycle | None = None
+    metrics: MetricsExporter | None = None
+    #: the dashboard page's files by name
+    assets: dict[str, Asset] | None = None
+
+
+def required(part: T | None, name: str) -> T:
+    """``part``, or ``LookupError`` naming the ``install_*`` hook that was not run."""
+    if part is None:
+        raise LookupError(f"{name} was not run on this app")
+    return part
+
+
+@dataclass
 class ServerState:
     settings: ServerSettings
     storage: Storage
@@ -118,10 +159,19 @@ class ServerState:
     health_sections: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
     #: the last retention run: {"ranAt": epoch seconds, "deleted": n}
     retention_last: dict[str, Any] | None = None
-    #: per-subsystem objects (e.g. the privacy module's suppression cache)
+    #: the subsystems build_app wires in (real-time hub, alerts, dashboard, ...)
+    parts: ServerParts = field(default_factory=ServerParts)
+    #: subsystems not yet given a typed field in ``parts``
     extensions: dict[str, object] = field(default_factory=dict)
     #: counters for /metrics (see _metrics_export)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    #: the OpenAPI document, encoded at its first request (_openapi.document_bytes)
+    openapi_json: bytes | None = None
+    #: users deleted with their data: their new events are refused (_suppress)
+    suppressions: Suppressions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.suppressions = Suppressions(self.storage, self.settings.key_cache_seconds)
 
     def notify_events(self, project: str, events: list[ValidEvent]) -> None:
         for observer in self.observers:
@@ -132,9 +182,14 @@ class ServerState:
             observer.on_config(project, config)
 
 
-def state_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ServerState:
-    state: ServerState = connection.app.state.innkt
+def app_state(app: Litestar) -> ServerState:
+    """The ``ServerState`` ``create_app`` built ``app`` with."""
+    state: ServerState = app.state.innkt
     return state
+
+
+def state_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ServerState:
+    return app_state(connection.app)
 
 
 def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from innkt_analytics._protocol import ParsedBatch, Rejection
-from innkt_analytics.server._state import ServerState
 from innkt_analytics.server.storage import Storage
+
+if TYPE_CHECKING:  # _state builds the one Suppressions of a server
+    from innkt_analytics.server._state import ServerState
 
 __all__ = ["SUPPRESSED", "Suppressions", "suppressions_of"]
 
@@ -57,8 +59,4 @@ class Suppressions:
 
 
 def suppressions_of(state: ServerState) -> Suppressions:
-    found = state.extensions.get("suppressions")
-    if not isinstance(found, Suppressions):
-        found = Suppressions(state.storage, state.settings.key_cache_seconds)
-        state.extensions["suppressions"] = found
-    return found
+    return state.suppressions
