@@ -319,13 +319,25 @@ class Operation:
     etag: bool = False
 
 
+#: the ISO 8601 forms besides RFC 3339 that ``datetime.fromisoformat`` reads (no offset, a date)
+_ISO_8601: Final = (
+    r"^\d{4}-?\d{2}-?\d{2}([T ]\d{2}(:?\d{2}(:?\d{2}([.,]\d+)?)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+)
+
+
 def _time(name: str, what: str) -> Query:
-    schema = {"type": "string", "format": "date-time", "example": "2026-01-01T00:00:00Z"}
+    schema = {
+        "type": "string",
+        # empty is the same as absent
+        "anyOf": [{"format": "date-time"}, {"pattern": _ISO_8601}, {"maxLength": 0}],
+        "example": "2026-01-01T00:00:00Z",
+    }
     return Query(name, schema, f"{what} (ISO 8601; no offset means UTC)")
 
 
 def _id(name: str, what: str) -> Query:
-    return Query(name, {"type": "string", "maxLength": 128}, what)
+    # No maxLength: a longer id is accepted (and matches nothing, ids being <= 128)
+    return Query(name, {"type": "string"}, what)
 
 
 _FILTERS: Final = (
