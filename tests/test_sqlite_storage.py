@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
+from innkt_analytics.server.storage._sqlite import page_query
 from innkt_analytics.server.storage._sqlite_schema import _MIGRATIONS, SCHEMA_VERSION, statements
 from tests.test_storage_contract import row
 
@@ -210,3 +211,20 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+@pytest.mark.parametrize("flt", [EventFilter(), EventFilter(event_type="click")])
+def test_paging_without_a_selective_filter_walks_seq_order_without_sorting(
+    storage: SQLiteStorage, flt: EventFilter
+) -> None:
+    # An export pages through every event: each page must start at the cursor,
+    # not sort all of the project's events again (quadratic in the export's size).
+    insert(storage, *(row(f"e{i}", event_type="click" if i % 2 else "page") for i in range(50)))
+    sql, params = page_query("p", flt, 10, 1001)
+    with sqlite3.connect(storage.path) as conn:
+        plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+        got = [r[1] for r in conn.execute(sql, params)]
+    assert "TEMP B-TREE" not in plan, plan
+    assert "PRIMARY KEY" in plan, plan
+    expected = [f"e{i}" for i in range(10, 50) if flt.event_type is None or i % 2]
+    assert got == expected

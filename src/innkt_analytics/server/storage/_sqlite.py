@@ -190,12 +190,7 @@ class SQLiteStorage(Storage):
     async def query_events(
         self, project: str, flt: EventFilter, cursor: int | None, limit: int
     ) -> EventPage:
-        where, params = _where(project, flt)
-        if cursor is not None:
-            where += " AND seq > ?"
-            params.append(cursor)
-        sql = f"{_SELECT} WHERE {where} ORDER BY seq LIMIT ?"
-        params.append(limit + 1)
+        sql, params = page_query(project, flt, cursor, limit + 1)
 
         def run(conn: sqlite3.Connection) -> EventPage:
             rows = [event_row(r) for r in conn.execute(sql, params)]
@@ -476,6 +471,23 @@ def _insert_chunks(project: str, rows: Sequence[EventRow]) -> list[_w.Chunk]:
             )
         chunks.append((_insert_sql(len(chunk)), params, [r.event_id for r in chunk]))
     return chunks
+
+
+def page_query(
+    project: str, flt: EventFilter, cursor: int | None, limit: int
+) -> tuple[str, list[object]]:
+    """The SQL of one page of ``query_events`` (the export pages through it too)."""
+    where, params = _where(project, flt)
+    if flt.since is None and flt.until is None and flt.user_id is None and flt.session_id is None:
+        # Nothing selective: walk the table in seq order from the cursor. Left to
+        # itself, SQLite takes the (project, corrected) index for ``project = ?``
+        # and sorts every event of the project for each page, so paging through N
+        # events (an export) cost O(N^2): 0.6-1.0 s per page of 1,000 at 1M events.
+        where = "+" + where  # unary plus: no index on project for this term
+    if cursor is not None:
+        where += " AND seq > ?"
+        params.append(cursor)
+    return f"{_SELECT} WHERE {where} ORDER BY seq LIMIT ?", [*params, limit]
 
 
 def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:

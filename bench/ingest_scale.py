@@ -1,0 +1,235 @@
+"""Ingest at scale: one SQLite server database growing from 0 to N events, a realistic mix.
+
+    python bench/ingest_scale.py [--events 10000000] [--slice 1000000] [--batch 500]
+                                 [--processes 2] [--connections 4] [--ceiling-events 200000]
+                                 [--keep DIR]
+
+The traffic is what real clients send, not what our SDK sends on a good day:
+
+* 50 % SDK events: UUIDv7 ids (time-ordered), stamped now;
+* 30 % events from other clients (Segment, RudderStack): random UUIDv4 ids, stamped now;
+* 20 % late events from offline-first clients: times spread uniformly over the
+  last 30 days, UUIDv7 ids made at the event's time (as the SDK made them when
+  the event happened);
+
+20,000 users, sessions of ~20 events, five event types, in batches of ``--batch``
+from ``--processes`` sender processes x ``--connections`` keep-alive connections
+(bench/ingest.py's raw HTTP/1.1 senders). An event counts once the server
+answered 200 for its batch, which it does only after the durable commit.
+
+The rate is printed per ``--slice`` events as the database grows, with the load
+average and the bytes on disk per event. The baseline, measured in the same run
+(before the server run and again after it, to bracket the machine's load): the
+raw ceiling of the storage layer, the same mix of rows inserted straight through
+``SQLiteStorage.insert_events`` into a fresh database by as many tasks as there
+are connections (no HTTP, no JSON parsing).
+
+Targets (issue 14): every slice >= 40,000 events/s, and the last slice >= 75 % of
+the first. ``--keep DIR`` keeps the database (``DIR/scale.db``) for bench/query.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _load import TYPES, cpu_seconds, http_request
+from ingest import blast, rows_for
+from tests._server import ServerProcess
+
+from innkt_analytics._ids import uuid7
+from innkt_analytics.server.storage import EventRow, SQLiteStorage
+
+USERS = 20_000
+DAY_S = 86_400.0
+LATE_DAYS = 30
+
+
+def make_events(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """``n`` events of the mix: 50 % UUIDv7 now, 30 % UUIDv4 now, 20 % late UUIDv7."""
+    now = time.time()
+    out = []
+    for i in range(n):
+        kind = rng.random()
+        if kind < 0.8:
+            t = now - i * 1e-5  # now (a few ms apart within the slice's generation)
+            event_id = uuid7(t) if kind < 0.5 else str(uuid.uuid4())
+        else:
+            t = now - rng.random() * LATE_DAYS * DAY_S
+            event_id = uuid7(t)
+        user = rng.randrange(USERS)
+        out.append(
+            {
+                "eventId": event_id,
+                "eventType": TYPES[rng.randrange(len(TYPES))],
+                "sessionId": f"s{user}-{int(t // 1800)}",
+                "userId": f"u{user}",
+                "timestamp": dt.datetime.fromtimestamp(t, dt.UTC).isoformat(),
+                "properties": {"path": f"/products/{i % 321}", "referrer": "search", "n": i},
+                "context": {"app": {"version": "1.4.2"}, "locale": "en-GB"},
+            }
+        )
+    return out
+
+
+def bodies(events: list[dict[str, Any]], batch: int) -> list[bytes]:
+    sent = dt.datetime.now(dt.UTC).isoformat()
+    return [
+        msgspec.json.encode({"events": events[i : i + batch], "sentAt": sent})
+        for i in range(0, len(events), batch)
+    ]
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def db_bytes(path: Path) -> int:
+    """The database and its WAL (and any segment directory beside it)."""
+    total = 0
+    for p in path.parent.iterdir():
+        if p.name.startswith(path.name):
+            if p.is_dir():
+                total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            else:
+                total += p.stat().st_size
+    return total
+
+
+# -- the baseline: the storage layer's raw ceiling -----------------------------------------
+
+
+async def _insert_all(path: str, batches: list[list[EventRow]], tasks: int) -> float:
+    storage = SQLiteStorage(path)
+    await storage.open()
+    pending = iter(batches)
+
+    async def worker() -> None:
+        for rows in pending:  # shared iterator: each batch is taken once
+            await storage.insert_events("default", rows)
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(tasks)))
+        return time.perf_counter() - start
+    finally:
+        await storage.close()
+
+
+def ceiling(n: int, batch: int, tasks: int, seed: int) -> float:
+    """Events/s of the mix straight into ``SQLiteStorage`` on a fresh database."""
+    batches = rows_for(bodies(make_events(n, random.Random(seed)), batch))
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds = asyncio.run(_insert_all(str(Path(tmp) / "ceiling.db"), batches, tasks))
+    return n / seconds
+
+
+# -- the server, slice by slice ---------------------------------------------------------------
+
+
+def run_server(args: argparse.Namespace, directory: Path) -> list[tuple[int, float, str, int]]:
+    """Per slice: (events stored after it, events/s, load average, bytes on disk)."""
+    db = directory / "scale.db"
+    server = ServerProcess(
+        db, log_dir=directory / "logs", env={"INNKT_RATE_LIMIT_PER_SECOND": "0"}
+    ).start()
+    rng = random.Random(1)
+    slices: list[tuple[int, float, str, int]] = []
+    stored = 0
+    try:
+        assert server.proc is not None
+        while stored < args.events:
+            n = min(args.slice, args.events - stored)
+            requests = [
+                http_request(b, server.port, server.write_key)
+                for b in bodies(make_events(n, rng), args.batch)
+            ]
+            cpu = cpu_seconds(server.proc.pid)
+            _, accepted, wall, _ = blast(server.port, requests, args.processes, args.connections)
+            server_cpu = cpu_seconds(server.proc.pid) - cpu
+            if accepted != n:
+                raise RuntimeError(f"{accepted} of {n} events accepted")
+            stored += n
+            size = db_bytes(db)
+            slices.append((stored, n / wall, load(), size))
+            print(
+                f"  {stored:>12,} stored: {n / wall:9,.0f} events/s"
+                f"  (server+writer CPU {server_cpu / n * 1e6:5.1f} us/event;"
+                f" {size / stored:5.0f} B/event on disk; load {load()})",
+                flush=True,
+            )
+        counted = server.count_events()
+        if counted != stored:
+            raise RuntimeError(f"{counted} events stored, expected {stored}")
+    finally:
+        server.stop()
+    return slices
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--slice", type=int, default=1_000_000, help="events per printed rate")
+    parser.add_argument("--batch", type=int, default=500, help="events per request")
+    parser.add_argument("--processes", type=int, default=2, help="sender processes")
+    parser.add_argument("--connections", type=int, default=4, help="connections per process")
+    parser.add_argument(
+        "--ceiling-events", type=int, default=200_000, help="events in each baseline run"
+    )
+    parser.add_argument("--keep", type=Path, help="keep the database in this directory")
+    args = parser.parse_args()
+    tasks = args.processes * args.connections
+    print(
+        f"{args.events:,} events in slices of {args.slice:,}, batches of {args.batch};"
+        f" {args.processes} sender processes x {args.connections} connections;"
+        f" {os.cpu_count()} CPUs; mix: 50 % UUIDv7 now, 30 % UUIDv4 now,"
+        f" 20 % late (UUIDv7, last {LATE_DAYS} days); {USERS:,} users"
+    )
+    print(f"load average before: {load()}")
+    before = ceiling(args.ceiling_events, args.batch, tasks, seed=2)
+    print(
+        f"baseline: storage ceiling (SQLiteStorage.insert_events, fresh db, {tasks} tasks,"
+        f" {args.ceiling_events:,} events): {before:,.0f} events/s (load {load()})",
+        flush=True,
+    )
+    print("server over HTTP, durably acknowledged, per slice:")
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        slices = run_server(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            slices = run_server(args, Path(tmp))
+    after = ceiling(args.ceiling_events, args.batch, tasks, seed=3)
+    print(f"baseline again after the server run: {after:,.0f} events/s (load {load()})")
+    rates = [s[1] for s in slices]
+    base = (before + after) / 2
+    print(f"first slice {rates[0]:,.0f}, last slice {rates[-1]:,.0f} events/s:")
+    print(f"    last / first = {rates[-1] / rates[0]:.1%} (target >= 75 %)")
+    print(f"    slowest slice {min(rates):,.0f} events/s (target >= 40,000)")
+    print(
+        f"    first / baseline = {rates[0] / base:.1%}, last / baseline = {rates[-1] / base:.1%}"
+        f" (baseline = mean of the two ceiling runs)"
+    )
+    print(f"    on disk: {slices[-1][3] / slices[-1][0]:.0f} B/event (target <= 150)")
+    ok = min(rates) >= 40_000 and rates[-1] >= 0.75 * rates[0]
+    print(f"    {'meets' if ok else 'misses'} the ingest targets")
+    if args.keep is not None:
+        print(f"database kept: {args.keep / 'scale.db'}")
+    print(f"load average after: {load()}")
+
+
+if __name__ == "__main__":
+    main()
