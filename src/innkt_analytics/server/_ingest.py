@@ -50,11 +50,19 @@ def to_row(valid: ValidEvent, received_ms: int, sent_ms: int | None) -> EventRow
     )
 
 
-async def read_json_body(request: Request[Any, Any, Any], state: ServerState) -> bytes:
-    """The request body, gunzipped within the limits. Raises ``ApiError`` 400/413/415."""
+async def read_json_body(
+    request: Request[Any, Any, Any],
+    state: ServerState,
+    *,
+    also_json: frozenset[str] = frozenset(),
+) -> bytes:
+    """The request body, gunzipped within the limits. Raises ``ApiError`` 400/413/415.
+
+    ``also_json``: other Content-Types whose bodies are read as JSON all the same.
+    """
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
-    if media != JSON and not media.endswith("+json"):
+    if media != JSON and not media.endswith("+json") and media not in also_json:
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
     limit = state.settings.max_body_bytes
     length = request.headers.get("content-length")

@@ -30,9 +30,7 @@ from innkt_analytics._protocol import (
     Event,
     Limits,
     ParsedBatch,
-    ProtocolError,
     Rejection,
-    decode_gzip_bounded,
     parse_batch,
 )
 from innkt_analytics.server._ingest import read_json_body, store_parsed
@@ -371,27 +369,7 @@ async def _read_body(request: Request[Any, Any, Any], state: ServerState) -> byt
     ``application/x-www-form-urlencoded``. rudder-server reads every body as
     JSON whatever its type; so do we, for these labels.
     """
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in _JSON_AS_OTHER_MEDIA:
-        return await read_json_body(request, state)
-    limit = state.settings.max_body_bytes
-    length = request.headers.get("content-length")
-    # Refused before reading, as read_json_body does, so that the answer is in the
-    # Segment dialect rather than the framework's own body-cap error.
-    if length is not None and length.isdecimal() and int(length) > limit:
-        raise ApiError(413, "payload_too_large", f"body over the limit of {limit} bytes")
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError(413, "payload_too_large", f"body over the limit of {limit} bytes")
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding == "gzip":
-        try:
-            return decode_gzip_bounded(body, limit)
-        except ProtocolError as exc:
-            raise ApiError(exc.status, exc.code, exc.message) from None
-    if encoding not in ("", "identity"):
-        raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} not supported")
-    return body
+    return await read_json_body(request, state, also_json=_JSON_AS_OTHER_MEDIA)
 
 
 def _basic_user(header: str) -> str | None:
