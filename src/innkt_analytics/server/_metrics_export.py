@@ -58,9 +58,8 @@ _HEAD_LIMIT: Final = 8192
 class _Collector:
     """Builds the metric families from one snapshot taken just before rendering."""
 
-    def __init__(self, state: ServerState, app: Litestar) -> None:
+    def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.app = app
         self.health: StorageHealth | None = None
 
     def collect(self) -> Iterator[Metric]:
@@ -190,8 +189,8 @@ async def render_metrics(state: ServerState) -> bytes:
 
 
 class MetricsExporter:
-    def __init__(self, state: ServerState, app: Litestar) -> None:
-        self.collector = _Collector(state, app)
+    def __init__(self, state: ServerState) -> None:
+        self.collector = _Collector(state)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         ProcessCollector(registry=self.registry)
@@ -251,7 +250,7 @@ METRICS_HANDLERS: Final = (metrics,)
 def install_metrics(state: ServerState, app: Litestar) -> None:
     """``create_app`` ``on_state`` hook: the exporter, and its own listener when
     ``INNKT_METRICS_ADDRESS`` is set (checked by ``ServerSettings``)."""
-    exporter = MetricsExporter(state, app)
+    exporter = MetricsExporter(state)
     state.parts.metrics = exporter
     address = state.settings.metrics_address
     if address:
