@@ -208,7 +208,11 @@ def serve(
         GracefulWebSocketProtocol,
         lifecycle_of,
     )
-    from innkt_analytics.server._logging import configure_json_logging, observe_requests
+    from innkt_analytics.server._logging import (
+        configure_json_logging,
+        install_redaction,
+        observe_requests,
+    )
     from innkt_analytics.server._state import app_state
     from innkt_analytics.server._tls import server_ssl_context
     from innkt_analytics.server._ws_protocol import websocket_protocol
@@ -224,6 +228,7 @@ def serve(
     if log_level.lower() not in LOG_LEVELS:
         typer.echo(f"error: --log-level must be one of {', '.join(LOG_LEVELS)}", err=True)
         raise typer.Exit(2)
+    install_redaction()  # before anything logs: no key in any record, at any level
     json_logs = settings.log_format == "json"
     ssl_context = None
     if settings.tls_certfile:
