@@ -25,7 +25,6 @@ from innkt_analytics._transport import (
     AsyncHttpTransport,
     AsyncTransport,
     HealthStatus,
-    NetworkState,
     Send,
     ServiceState,
     TransportCore,
@@ -156,31 +155,22 @@ class AsyncAnalyticsBackendService(ServiceBase):
         if config_due:
             self._apply_fetched(await transport.fetch_config())
         if maintenance:
-            await self._io(queue.recover, time.time())
+            await self._io(self._maintain, queue)
         if probe:
             health = await transport.check_health()
             with self._lock:
                 core.on_probe(health, time.monotonic())
-        events, nbytes = queue.depth()
-        with self._lock:
-            send = core.send_due(time.monotonic(), events, nbytes, flush)
+        events, send = self._send_due(core, queue, flush)
         if send:
-            config = self.config
-            chunks = await self._io(
-                queue.claim, config.batch_size, config.max_request_bytes - 64, time.time()
-            )
+            chunks = await self._io(self._claim, queue)
             if chunks:
                 await self._deliver(transport, chunks)
-                return
-        if flush and (core.state is not NetworkState.ONLINE or events == 0):
-            self._flush_done = max(self._flush_done, flush_seq)
-            self._signal_progress()
+                return  # look again at once: more may be due
+        wait = self._round_over(core, flush_seq, flush, events)
+        self._signal_progress()  # a flush may be done
         if wake.is_set() or self._stopping.is_set():
             wake.clear()
             return
-        wait = core.next_wakeup(time.monotonic(), events)
-        if flush_seq > self._flush_done:
-            wait = min(wait, 0.05)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), wait)
         wake.clear()
@@ -210,13 +200,7 @@ class AsyncAnalyticsBackendService(ServiceBase):
                     step = flow.send(None)
         except StopIteration as stop:
             verdict = stop.value
-        queue = self._queue
-        if queue is None:
-            return
-        if verdict is None:
-            await self._io(queue.release, rowids)
-        else:
-            await self._io(self._settle, verdict, rowids)
+        await self._io(self._finish_delivery, verdict, rowids)
         self._signal_progress()
 
     async def _interrupted(self, seconds: float) -> bool:
@@ -244,9 +228,10 @@ class AsyncAnalyticsBackendService(ServiceBase):
         queue, progress = self._queue, self._progress
         if queue is None or progress is None:
             return False
-        # A process killed mid-send left its claims: release them now (see the sync flush).
+        # A process killed mid-send left its claims: release them now, and re-read the
+        # depth (see the sync flush).
         with contextlib.suppress(StorageError):  # pending_through reports a broken queue
-            await self._io(queue.recover, time.time())
+            await self._io(self._maintain, queue)
         self._flush_requested += 1
         ticket = self._flush_requested
         self._wake_sender()
@@ -278,10 +263,9 @@ class AsyncAnalyticsBackendService(ServiceBase):
         """Flush with a deadline, stop the sender task and the committer, close the
         queue. Returns what ``flush`` returned. Idempotent.
         """
-        if self._lifecycle is ServiceState.NEW:
-            return True
-        if self._lifecycle is ServiceState.CLOSED:
-            return True
+        needless = self._shutdown_needless()
+        if needless is not None:
+            return needless
         budget = self.config.shutdown_timeout if timeout is None else timeout
         ok = await self.flush(budget)
         with self._lock:

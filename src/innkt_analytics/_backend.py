@@ -22,13 +22,11 @@ from innkt_analytics._config import BackendConfig
 from innkt_analytics._exceptions import ConnectionStateError, StorageError
 from innkt_analytics._queue import (
     QueuedChunk,
-    SQLiteQueue,
 )
 from innkt_analytics._service import DropCallback, ServiceBase, abandoned_transports, log
 from innkt_analytics._transport import (
     HealthStatus,
     HttpTransport,
-    NetworkState,
     Send,
     ServiceState,
     ServiceStatus,
@@ -139,34 +137,23 @@ class AnalyticsBackendService(ServiceBase):
         if config_due:
             self._apply_fetched(transport.fetch_config())
         if maintenance:
-            queue.recover(time.time())
-            if isinstance(queue, SQLiteQueue):
-                queue.refresh()
+            self._maintain(queue)
         if probe:
             health = transport.check_health()
             with self._lock:
                 core.on_probe(health, time.monotonic())
-        events, nbytes = queue.depth()
-        with self._lock:
-            send = core.send_due(time.monotonic(), events, nbytes, flush)
+        events, send = self._send_due(core, queue, flush)
         if send:
-            config = self.config
-            chunks = queue.claim(config.batch_size, config.max_request_bytes - 64, time.time())
+            chunks = self._claim(queue)
             if chunks:
                 self._deliver(transport, chunks)
                 return  # look again at once: more may be due
         with self._sender_cond:
-            # Done for this flush when nothing can be sent now; a Retry-After hold is waited out.
-            if flush and (core.state is not NetworkState.ONLINE or events == 0):
-                self._flush_done = max(self._flush_done, flush_seq)
-                self._sender_cond.notify_all()
+            wait = self._round_over(core, flush_seq, flush, events)
+            self._sender_cond.notify_all()  # a flush may be done
             if self._sender_wake or self._stopping.is_set():
                 self._sender_wake = False
                 return
-            now = time.monotonic()
-            wait = core.next_wakeup(now, events)
-            if flush_seq > self._flush_done:
-                wait = min(wait, 0.05)
             self._sender_cond.wait(wait)
             self._sender_wake = False
 
@@ -189,13 +176,7 @@ class AnalyticsBackendService(ServiceBase):
                     step = flow.send(None)
         except StopIteration as stop:
             verdict = stop.value
-        if verdict is None:
-            # Interrupted mid-retry (pause or shutdown): the events stay queued.
-            queue = self._queue
-            if queue is not None:
-                queue.release(rowids)
-            return
-        self._settle(verdict, rowids)
+        self._finish_delivery(verdict, rowids)
         with self._sender_cond:
             self._sender_cond.notify_all()
 
@@ -221,8 +202,9 @@ class AnalyticsBackendService(ServiceBase):
             return False
         # A process killed mid-send left its claims: release them now, or a short-lived
         # process would find nothing it may send and return before delivering them.
+        # Re-read the depth too: another process sharing the file may have sent some.
         with contextlib.suppress(StorageError):  # pending_through reports a broken queue
-            queue.recover(time.time())
+            self._maintain(queue)
         with self._sender_cond:
             self._flush_requested += 1
             ticket = self._flush_requested
@@ -256,14 +238,9 @@ class AnalyticsBackendService(ServiceBase):
         the queue. Returns what ``flush`` returned. Idempotent; never raises for
         transport problems.
         """
-        if self._lifecycle is ServiceState.NEW:
-            return True
-        if self._forked:
-            # A child that never used the service: nothing of its own to flush.
-            self._lifecycle = ServiceState.CLOSED
-            return not self._ring
-        if self._lifecycle is ServiceState.CLOSED:
-            return True
+        needless = self._shutdown_needless()
+        if needless is not None:
+            return needless
         budget = self.config.shutdown_timeout if timeout is None else timeout
         start = time.monotonic()
         ok = self.flush(budget)

@@ -32,6 +32,7 @@ from innkt_analytics._protocol import ClientConfig, Event
 from innkt_analytics._queue import (
     Dropped,
     EventQueue,
+    QueuedChunk,
     SQLiteQueue,
     Tracked,
     encode_records,
@@ -461,6 +462,10 @@ class ServiceBase(PrivacyControls, IdentityControls):
             log.exception("innkt-analytics on_drop callback failed")
 
     # -- sender helpers shared by both front-ends -------------------------------------
+    # Every decision of a sender round lives here; a front-end only does the I/O
+    # (sync calls, or awaits and worker threads) and the waiting. The two had drifted
+    # apart (the asyncio sender never re-read a shared queue's depth), and
+    # tests/test_sdk_sender_parity.py runs one scenario through both.
 
     def _wake_sender(self) -> None: ...  # front-end specific: something changed
 
@@ -486,6 +491,61 @@ class ServiceBase(PrivacyControls, IdentityControls):
                 core.maintenance_due(now),
                 core.probe_due(now, flush),
             )
+
+    def _maintain(self, queue: EventQueue) -> None:
+        """Periodic upkeep (blocking disk I/O): release the claims of dead processes and
+        re-read the depth, which other processes sharing the file change."""
+        queue.recover(time.time())
+        if isinstance(queue, SQLiteQueue):
+            queue.refresh()
+
+    def _send_due(self, core: DeliveryCore, queue: EventQueue, flush: bool) -> tuple[int, bool]:
+        """(events queued, whether to claim and send now)."""
+        events, nbytes = queue.depth()
+        with self._lock:
+            return events, core.send_due(time.monotonic(), events, nbytes, flush)
+
+    def _claim(self, queue: EventQueue) -> list[QueuedChunk]:
+        """Claim the next request's chunks (blocking disk I/O)."""
+        config = self.config
+        chunks = queue.claim(config.batch_size, config.max_request_bytes - 64, time.time())
+        if not chunks and isinstance(queue, SQLiteQueue):
+            # The depth said events wait, yet none could be claimed: another process
+            # sharing the file sent (or holds) them. Re-read the depth, or the status
+            # would show them queued and the sender keep waking for them.
+            queue.refresh()
+        return list(chunks)
+
+    def _round_over(self, core: DeliveryCore, flush_seq: int, flush: bool, events: int) -> float:
+        """Nothing more to send this round: mark the flush done when the sender can do
+        no more for it (a Retry-After hold is waited out), and return how long to wait."""
+        with self._lock:
+            if flush and (core.state is not NetworkState.ONLINE or events == 0):
+                self._flush_done = max(self._flush_done, flush_seq)
+            wait = core.next_wakeup(time.monotonic(), events)
+            if flush_seq > self._flush_done:
+                wait = min(wait, 0.05)
+            return wait
+
+    def _finish_delivery(self, verdict: Verdict | None, rowids: list[int]) -> None:
+        """Settle a delivered request (blocking disk I/O); ``None``: it was interrupted
+        mid-retry (pause or shutdown) and its events stay queued."""
+        if verdict is not None:
+            self._settle(verdict, rowids)
+        elif self._queue is not None:
+            self._queue.release(rowids)
+
+    def _shutdown_needless(self) -> bool | None:
+        """``shutdown``'s answer when there is nothing to shut down, else ``None``."""
+        if self._lifecycle is ServiceState.NEW:
+            return True
+        if self._forked:
+            # A child that never used the service: nothing of its own to flush.
+            self._lifecycle = ServiceState.CLOSED
+            return not self._ring
+        if self._lifecycle is ServiceState.CLOSED:
+            return True
+        return None
 
     def _record(self, result: SendResult) -> None:
         with self._lock:
