@@ -15,6 +15,7 @@ must not linger in its depth.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -132,3 +133,29 @@ def test_sync_and_async_services_agree_after_another_process_sent_their_events(
         "state": "online",
     }
     assert results["sync"] == results["async"] == expected, results
+
+
+def test_a_forked_child_probes_health_with_the_sync_service_too(
+    shared_server: ServerProcess, tmp_path: Path
+) -> None:
+    # The asyncio service restarted a forked child's own sender before a health probe;
+    # the sync one raised ConnectionStateError ("not initialized") in the child.
+    service = AnalyticsBackendService(
+        BackendConfig.production(
+            shared_server.url, shared_server.write_key, queue_path=tmp_path / "q.db"
+        )
+    )
+    try:
+        assert service.check_backend_health().healthy
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                code = 0 if service.check_backend_health().healthy else 2
+                service.shutdown(10)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        service.shutdown(10)

@@ -84,8 +84,7 @@ class AsyncAnalyticsBackendService(ServiceBase):
         self._task = loop.create_task(self._sender_main(), name="innkt-analytics-sender")
 
     def _ensure_sender(self) -> None:
-        if self._forked:
-            self._restart_after_fork()
+        self._ensure_started()
         if self._task is None and self._lifecycle is ServiceState.RUNNING:
             self._start_sender()
 

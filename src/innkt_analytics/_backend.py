@@ -193,8 +193,7 @@ class AnalyticsBackendService(ServiceBase):
         """
         if self._lifecycle is not ServiceState.RUNNING:
             return self._lifecycle is ServiceState.CLOSED and not self._ring
-        if self._forked:
-            self._restart_after_fork()
+        self._ensure_started()
         deadline = time.monotonic() + (self.config.shutdown_timeout if timeout is None else timeout)
         watermark = self.commit()
         queue = self._queue
@@ -228,6 +227,7 @@ class AnalyticsBackendService(ServiceBase):
     def check_backend_health(self) -> HealthStatus:
         """Probe ``GET /v1/health`` now: status, latency in ms, server version. Never raises
         for transport problems; raises ``ConnectionStateError`` before ``initialize``."""
+        self._ensure_started()  # a forked child probes with its own connection
         transport = self._transport
         if transport is None:
             raise ConnectionStateError("the service is not initialized")

@@ -631,6 +631,12 @@ class ServiceBase(PrivacyControls, IdentityControls):
     def _forget_parent_io(self) -> None:
         """Front-end specific: drop (never close) inherited connections and threads."""
 
+    def _ensure_started(self) -> None:
+        """Before a caller's ``flush`` or health probe: a forked child starts its own
+        queue connection, committer and sender first (both front-ends)."""
+        if self._forked:
+            self._restart_after_fork()
+
     def _restart_after_fork(self) -> None:
         with self._lock:
             if not self._forked or self._config is None:
