@@ -255,7 +255,14 @@ def test_schemathesis_reaches_2xx_on_every_operation_and_never_5xx(
     server = server_factory(env={"INNKT_RATE_LIMIT_PER_SECOND": "0"})
     doc = httpx.get(server.url + "/openapi.json").json()
     seeded = _seed(server)
-    config = ["[generation]", "max-examples = 5", ""]
+    # No probes with methods the routes lack (405s): they cost time and show nothing here.
+    config = [
+        "[generation]",
+        "max-examples = 5",
+        "[phases.coverage]",
+        "unexpected-methods = []",
+        "",
+    ]
     for method, path, op in _operations(doc):
         for param in op.get("parameters", []):
             if param["name"] in seeded.get((method, path), {}):
