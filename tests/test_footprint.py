@@ -67,6 +67,15 @@ def test_import_innkt_analytics_is_lazy() -> None:
     assert asyncio_loaded == "False"
 
 
+def test_the_thread_service_loads_no_asyncio_nor_email() -> None:
+    # A threaded app pays neither for asyncio (the asyncio HTTP front imports it on use)
+    # nor for email.utils (only an HTTP-date Retry-After needs it).
+    loaded = _top_level_modules(
+        "from innkt_analytics import AnalyticsBackendService, BackendConfig"
+    )
+    assert not loaded & {"asyncio", "email"}, loaded & {"asyncio", "email"}
+
+
 def test_the_whole_public_api_loads_no_server_module() -> None:
     loaded = _top_level_modules(
         """
@@ -226,3 +235,26 @@ def test_the_asyncio_service_delivers_without_httpx(server: ServerProcess, tmp_p
     )
     assert out.splitlines() == ["True"]
     assert len(server.event_ids()) == 4
+
+
+def test_a_read_only_open_starts_no_writer_until_the_first_write(tmp_path: Path) -> None:
+    """What ``keys list`` relies on: reading needs no writer process; a write starts it."""
+    import asyncio
+
+    from innkt_analytics.server._auth import new_key_record
+    from innkt_analytics.server.storage import SQLiteStorage
+
+    async def scenario() -> tuple[int | None, int, int | None, int]:
+        storage = SQLiteStorage(str(tmp_path / "ro.db"))
+        await storage.open(start_writer=False)
+        try:
+            before = storage.writer_pid, len(await storage.list_keys())
+            await storage.create_key(new_key_record("p", frozenset({"read"}), "k").record)
+            return (*before, storage.writer_pid, len(await storage.list_keys()))
+        finally:
+            await storage.close()
+
+    pid_before, keys_before, pid_after, keys_after = asyncio.run(scenario())
+    assert (pid_before, keys_before) == (None, 0)
+    assert pid_after is not None
+    assert keys_after == 1

@@ -16,17 +16,20 @@ trust store). Proxy environment variables are not read.
 
 from __future__ import annotations
 
-import asyncio
 import select
 import socket
 import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import h11
+
+if TYPE_CHECKING:
+    # Imported where used: a thread-only app (the sync service) never loads asyncio.
+    import asyncio
 
 __all__ = ["AsyncHttpClient", "HttpResponse", "Origin", "SyncHttpClient"]
 
@@ -210,6 +213,8 @@ class AsyncHttpClient:
         self, method: str, path: str, headers: Mapping[str, str], body: bytes = b""
     ) -> HttpResponse:
         """Send one request and read the whole answer. Raises ``OSError``."""
+        import asyncio
+
         reader, writer, conn = await self._checkout()
         timeout = self.timeout
         try:
@@ -240,6 +245,8 @@ class AsyncHttpClient:
     async def _checkout(
         self,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]:
+        import asyncio
+
         if self._closed:
             raise ConnectionError("the HTTP client is closed")
         while self._idle:

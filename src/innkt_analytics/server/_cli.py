@@ -122,10 +122,15 @@ def _run(db: str, fn: Callable[[Storage], Awaitable[T]], *, must_exist: bool = T
 
 
 async def _with_storage(db: str, fn: Callable[[Storage], Awaitable[T]]) -> T:
-    from innkt_analytics.server.storage import make_storage
+    from innkt_analytics.server.storage import SQLiteStorage, make_storage
 
     storage = make_storage(db)
-    await storage.open()
+    if isinstance(storage, SQLiteStorage):
+        # The writer process starts on the first write: most of a read-only command's
+        # time was starting it and waiting for it to exit (docs/benchmarks.md).
+        await storage.open(start_writer=False)
+    else:
+        await storage.open()
     try:
         return await fn(storage)
     finally:

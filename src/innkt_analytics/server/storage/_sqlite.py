@@ -88,8 +88,12 @@ class SQLiteStorage(Storage):
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def open_sync(self) -> None:
-        """Create or migrate the database and start the writer process."""
+    def open_sync(self, *, start_writer: bool = True) -> None:
+        """Create or migrate the database and start the writer process.
+
+        With ``start_writer=False`` the writer starts on the first write instead:
+        the CLI's read-only commands (``keys list``) never pay for starting it.
+        """
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -102,13 +106,14 @@ class SQLiteStorage(Storage):
                 conn.close()
         except sqlite3.Error as exc:
             raise _convert_error(exc) from exc
-        self._writer = WriterClient(self.path, self._group_done, self._loop)
+        if start_writer:
+            self._writer = WriterClient(self.path, self._group_done, self._loop)
 
-    async def open(self) -> None:
+    async def open(self, *, start_writer: bool = True) -> None:
         """``open_sync``, and bind the storage to the running loop, which then
         reads the writer's answers itself (use it from this loop, as with PostgreSQL)."""
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.open_sync)
+        await asyncio.to_thread(self.open_sync, start_writer=start_writer)
 
     def close_sync(self) -> None:
         with self._writer_lock:
