@@ -170,3 +170,32 @@ def test_the_defaults_are_safe() -> None:
     assert 0 < s.http_body_timeout <= 600
     assert 1024 <= s.http_max_header_bytes <= 1024 * 1024
     assert s.http_max_connections > 0
+
+
+def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
+    # _connguard subclasses uvicorn's httptools protocol (not public API; pyproject
+    # bounds uvicorn's version): a rename fails here by name, not as a hang above.
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    for name in (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "on_headers_complete",
+        "on_message_complete",
+        "on_response_complete",
+        "send_400_response",
+        "handle_websocket_upgrade",
+        "_unset_keepalive_if_required",
+    ):
+        assert callable(getattr(HttpToolsProtocol, name, None)), name
+    for name in ("response_started", "response_complete", "disconnected", "message_event"):
+        assert name in RequestResponseCycle.__init__.__code__.co_names, name
+    assigned = {
+        *HttpToolsProtocol.__init__.__code__.co_names,
+        *HttpToolsProtocol.connection_made.__code__.co_names,
+        *HttpToolsProtocol.on_message_begin.__code__.co_names,
+    }
+    for name in ("cycle", "transport", "loop", "logger", "flow", "url", "headers"):
+        assert name in assigned, name
+    assert "timeout_keep_alive_task" in assigned
