@@ -158,7 +158,7 @@ def export_http(server: ServerProcess, fmt: str, key: str) -> tuple[int, float, 
     seconds = time.perf_counter() - start
     if fmt == "csv":
         lines -= 1  # the header
-    return lines, seconds, rss_kb(pid, "VmHWM") - before
+    return lines, seconds, max(0, rss_kb(pid, "VmHWM") - before)
 
 
 def export_parquet_cli(db: str, out: Path) -> tuple[int, float, int]:
