@@ -386,7 +386,7 @@ _SEGMENT_NEEDS: Final[dict[str, tuple[dict[str, Any], dict[str, Any]]]] = {
     "identify": (_A_USER, {}),
     "page": (_A_USER, {}),
     "screen": (_A_USER, {}),
-    "group": ({"required": ["groupId"]}, {"groupId": "g-1"}),
+    "group": ({"required": ["groupId"], **_A_USER}, {"groupId": "g-1"}),
     "alias": ({"required": ["userId", "previousId"]}, {"previousId": "anon-1"}),
 }
 
