@@ -41,11 +41,11 @@ def test_fail_next_exercises_retries_and_offline() -> None:
 
 def test_capturing_transport_validates_with_the_server_rules() -> None:
     drops: list[Dropped] = []
-    transport = CapturingTransport(limits=Limits(max_event_bytes=200))
+    transport = CapturingTransport(limits=Limits(max_event_bytes=400))
     service = capturing_service(transport)
     service.on_drop = drops.extend
     try:
-        service.track("x", {"pad": "y" * 300})  # fine for the SDK, too big for these limits
+        service.track("x", {"pad": "y" * 600})  # fine for the SDK, too big for these limits
         service.track("x", {"i": 1})
         assert service.flush(5)
         assert [e.properties for e in transport.events] == [{"i": 1}]
