@@ -199,3 +199,44 @@ def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
     for name in ("cycle", "transport", "loop", "logger", "flow", "url", "headers"):
         assert name in assigned, name
     assert "timeout_keep_alive_task" in assigned
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length body, read to its end."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_body_sent_after_an_early_answer_is_not_taken_for_a_huge_head(
+    limited: ServerProcess,
+) -> None:
+    # A bad key is answered 401 before the body is read; the client goes on sending
+    # the body (64 KiB, far more than INNKT_HTTP_MAX_HEADER_BYTES here), then reuses
+    # the connection. Those bytes are the body, not the next request's head.
+    body = b'{"events": [' + b" " * (64 * 1024) + b"]}"
+    with _connect(limited) as sock:
+        sock.sendall(
+            b"POST /v1/events/batch HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer ik_nope_nope_nope\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        first = _read_response(sock)
+        assert first.startswith(b"HTTP/1.1 401"), first
+        sock.sendall(body)
+        sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = _read_response(sock)
+    assert second.startswith(b"HTTP/1.1 200"), second

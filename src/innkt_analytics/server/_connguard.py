@@ -83,6 +83,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         _in_head = False
         _refusal: bytes | None = None
         _discarding = False
+        #: the last request's body has been read to its end (a new head may follow)
+        _body_done = True
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -117,8 +119,13 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def data_received(self, data: bytes) -> None:
             if self._discarding:
                 return
-            if not self._in_head and (self.cycle is None or self.cycle.response_complete):
-                # The first bytes of a request: the head must now arrive in time.
+            if (
+                not self._in_head
+                and self._body_done
+                and (self.cycle is None or self.cycle.response_complete)
+            ):
+                # The first bytes of a request: the head must now arrive in time. (Not
+                # the rest of a body the handler answered before reading it.)
                 self._in_head = True
                 self._head_bytes = 0
                 self._arm(limits.header_timeout, self._on_head_timeout)
@@ -138,12 +145,17 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if size > limits.max_header_bytes:
                 self._refusal = _error(431, "headers_too_large", "the request head is too large")
                 raise _HeadTooLarge
+            self._body_done = False
             self._arm(limits.body_timeout, self._on_body_timeout)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
+            self._body_done = True
             self._disarm()
             super().on_message_complete()
+            if self.cycle is not None and self.cycle.response_complete:
+                # Answered before its body was read: now the connection is idle.
+                self._arm(limits.idle_timeout, self._on_idle)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
