@@ -7,7 +7,7 @@
     ├── ApiError                    the server's answer to a bad request (server._state)
     ├── TransportError              the backend could not be reached or answered badly
     │   ├── ServerError             the server answered with an error status
-    │   └── NetworkError            connect/read/timeout: httpx errors are converted here
+    │   └── NetworkError            connect/read/timeout (the transports return these as SendResult)
     ├── StorageError                local or server storage failed
     │   ├── StorageFullError        the disk or the configured limit is full
     │   └── IntegrityError          a backup or a store failed its integrity check

@@ -1,7 +1,7 @@
 """TLS options shared by the SDK's HTTP and WebSocket clients.
 
 Certificates are always verified: by default against the system's trust store
-(httpx's certifi bundle, the ``ssl`` module's defaults for WebSockets); a
+(``ssl.create_default_context()``, for HTTP and for WebSockets); a
 ``ca_bundle`` replaces it with a private CA; an ``ssl.SSLContext`` gives full
 control (client certificates, pinning). There is no switch that turns
 verification off and no fallback to plain HTTP: a certificate that does not
@@ -63,7 +63,7 @@ def tls_failure(exc: BaseException) -> str | None:
         if isinstance(current, ssl.SSLError):
             return f"TLS handshake failed: {current.reason or current}"
         current = current.__cause__ or current.__context__
-    # httpx re-raises ssl errors as ConnectError carrying only the text
+    # a client library may re-raise ssl errors as another error carrying only the text
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return f"TLS certificate verification failed: {text}"
