@@ -67,3 +67,19 @@ def test_the_table_reads_as_the_environment_would() -> None:
         for name, cell in _table().items()
     }
     assert ServerSettings.from_env(environ) == ServerSettings()
+
+
+def test_the_alert_settings_table_is_alert_settings() -> None:
+    # The INNKT_ALERT_* variables are read by their own class; their table is in the
+    # dashboard guide, next to the alerts (docs/operations.md links to it).
+    from innkt_analytics.server._alerts import AlertSettings
+
+    text = (DOC.parent / "dashboard.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in text.splitlines():
+        match = _ROW.match(line)
+        if match and match.group(1).startswith("ALERT_"):
+            rows[match.group(1).removeprefix("ALERT_").lower()] = match.group(2).strip()
+    fields = {f.name: f.default for f in dataclasses.fields(AlertSettings)}
+    assert set(rows) == set(fields)
+    assert {n: _parse(c, fields[n]) for n, c in rows.items()} == fields
