@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import httpx
 
@@ -162,3 +163,12 @@ def test_delete_and_export_follow_the_person(
     after = _post(server, [_event(anon="a-7"), _event(user="u-7"), _event(user="bystander")])
     assert after["accepted"] == 1
     assert [x["error"] for x in after["rejected"]] == ["suppressed", "suppressed"]  # type: ignore[union-attr]
+
+
+def test_linking_can_be_turned_off(server_factory: ServerFactory) -> None:
+    server = server_factory(env={"INNKT_IDENTITY": "false"})
+    _post(server, [_event("identify", user="u-off", anon="a-off")])
+    r = _person(server, "u-off")
+    assert r.status_code == 404
+    assert r.json()["message"] == "persons are not enabled on this server"
+    assert not Path(server.db_path + ".identity.db").exists()

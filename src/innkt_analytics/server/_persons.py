@@ -82,9 +82,14 @@ class Identity:
     def __init__(self, store: IdentityStore) -> None:
         self.store = store
         self._known: dict[tuple[str, str], tuple[int, int, bool]] = {}
+        #: (project, a, b, alias) -> the earliest time already stored
+        self._links: dict[tuple[str, str, str, bool], int] = {}
 
     async def record(self, project: str, valid: Sequence[ValidEvent]) -> None:
-        links, ids = observe(valid)
+        observed, ids = observe(valid)
+        links = [
+            k for k in observed if self._links.get((project, k.a, k.b, k.alias), k.at + 1) > k.at
+        ]
         fresh: dict[str, IdInfo] = {}
         for ident, info in ids.items():
             known = self._known.get((project, ident))
@@ -101,6 +106,11 @@ class Identity:
         await self.store.record(project, sorted(links), fresh)
         if len(self._known) > _CACHE_LIMIT:
             self._known.clear()
+        if len(self._links) > _CACHE_LIMIT:
+            self._links.clear()
+        for k in links:
+            key = (project, k.a, k.b, k.alias)
+            self._links[key] = min(k.at, self._links.get(key, k.at))
         for ident, info in fresh.items():
             old = self._known.get((project, ident))
             if old is None:
@@ -114,6 +124,9 @@ class Identity:
     def forget(self, project: str, ids: Sequence[str]) -> None:
         for ident in ids:
             self._known.pop((project, ident), None)
+        gone = set(ids)
+        for key in [k for k in self._links if k[0] == project and (k[1] in gone or k[2] in gone)]:
+            del self._links[key]
 
 
 def identity_of(state: ServerState) -> Identity | None:
@@ -238,6 +251,8 @@ PERSON_HANDLERS: Final = (get_person, search_persons)
 
 def install_identity(state: ServerState, app: Litestar) -> None:
     """``create_app`` ``on_state`` hook: the store opens after the events storage."""
+    if not state.settings.identity:
+        return
     store = make_identity(state.settings.db)
     state.extensions["identity"] = Identity(store)
     app.on_startup.append(store.open)

@@ -35,6 +35,9 @@ class ServerSettings:
     #: token bucket per API key: requests per second (0 disables) and burst size
     rate_limit_per_second: float = 1000.0
     rate_limit_burst: int = 2000
+    #: identity graph: link ids into persons at ingest (docs/identity.md); off skips the
+    #: links and the persons routes answer 404
+    identity: bool = True
     #: seconds a 503 asks clients to wait while storage is unavailable or full
     unavailable_retry_after: float = 5.0
     #: seconds an API key lookup is cached (revocations take effect within this)
