@@ -17,7 +17,9 @@ from tests._server import ServerProcess
 #: far above the settings below: a server that never gives up fails, a slow machine does not
 BOUND = 20.0
 LIMITS = {
-    "INNKT_HTTP_IDLE_TIMEOUT": "1",
+    # long enough that the 200 connections of the cap test are all open before the
+    # first idle ones close, even on a slow machine
+    "INNKT_HTTP_IDLE_TIMEOUT": "3",
     "INNKT_HTTP_HEADER_TIMEOUT": "1",
     "INNKT_HTTP_BODY_TIMEOUT": "1.5",
     "INNKT_HTTP_MAX_HEADER_BYTES": "8192",
