@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from pathlib import Path
@@ -172,3 +173,50 @@ def test_linking_can_be_turned_off(server_factory: ServerFactory) -> None:
     assert r.status_code == 404
     assert r.json()["message"] == "persons are not enabled on this server"
     assert not Path(server.db_path + ".identity.db").exists()
+
+
+def test_the_same_links_in_another_order_give_the_same_persons(
+    backend_server: ServerProcess,
+) -> None:
+    # Two projects of one server get the same journeys, one in the order they
+    # happened, the other reversed and replayed (offline queues, late events).
+    server = backend_server
+    journeys = [
+        _event("identify", user="u-1", anon="a-1", at="2026-11-27T10:00:00Z"),
+        _event("identify", user="u-2", anon="a-1", at="2026-11-27T10:01:00Z"),  # guarded
+        _event("identify", user="u-2", anon="a-2", at="2026-11-27T10:02:00Z"),
+        _event(user="u-3", anon="a-3", at="2026-11-27T10:03:00Z"),
+        _event("alias", user="u-4", at="2026-11-27T10:04:00Z", properties={"previousId": "u-3"}),
+        _event(anon="a-5", at="2026-11-27T10:05:00Z"),
+        # a late copy of a-2's identify from a device's offline queue, older than a
+        # competing link: the earliest time of each link decides
+        _event("identify", user="u-9", anon="a-2", at="2026-11-27T09:30:00Z"),
+        _event("identify", user="u-2", anon="a-2", at="2026-11-27T09:00:00Z"),
+    ]
+    ids = ["a-1", "a-2", "a-3", "a-5", "u-1", "u-2", "u-3", "u-4", "u-9"]
+    answers = []
+    for project, order in (("in-order", journeys), ("reversed", journeys[::-1] * 2)):
+        write = server.create_key("write", project)
+        read = server.create_key("read", project)
+        for event in order:  # one batch each: every one is a separate commit
+            r = httpx.post(
+                server.url + "/v1/events/batch",
+                headers={"Authorization": f"Bearer {write}"},
+                json={"events": [{**event, "eventId": str(uuid.uuid4())}]},
+            )
+            assert r.status_code == 200, r.text
+        answers.append(
+            {
+                i: httpx.get(
+                    server.url + f"/v1/persons/{i}", headers={"Authorization": f"Bearer {read}"}
+                ).json()
+                for i in ids
+            }
+        )
+    # lastSeen is written again only when it moves by more than a minute
+    for i in ids:
+        times = [dt.datetime.fromisoformat(a[i].pop("lastSeen")) for a in answers]
+        assert abs(times[0] - times[1]) <= dt.timedelta(minutes=1)
+    assert answers[0] == answers[1]
+    persons = {tuple(p["ids"]) for p in answers[0].values()}
+    assert persons == {("a-1", "u-1"), ("a-2", "u-2"), ("a-3", "u-3", "u-4"), ("a-5",), ("u-9",)}
