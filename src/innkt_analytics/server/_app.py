@@ -37,6 +37,7 @@ from innkt_analytics.server._state import (
     presented_key,
     state_of,
 )
+from innkt_analytics.server.insights._routes import insights
 from innkt_analytics.server.storage import Storage, StorageStatus
 
 __all__ = ["create_app"]
@@ -226,6 +227,7 @@ def create_app(
             ingest_event,
             list_events,
             stats,
+            insights,
             get_config,
             put_config,
             export_events,

@@ -34,6 +34,7 @@ from innkt_analytics.server._dashboard import Dashboard
 from innkt_analytics.server._query import BUCKETS, MAX_PAGE
 from innkt_analytics.server._segment import SegmentMessage
 from innkt_analytics.server._state import JSON, app_state
+from innkt_analytics.server.insights import _model as ins
 
 __all__ = [
     "OPERATIONS",
@@ -399,6 +400,26 @@ _SEGMENT_SINGLE: Final = Operation(
 )
 
 #: (method, path) -> Operation for every route in the document
+_INSIGHTS_RANGE: Final = {"dateFrom": "2026-03-01", "dateTo": "2026-03-08", "timezone": "UTC"}
+#: (kind, query, result, example) of each insights route (docs/insights.md)
+_INSIGHTS: Final[tuple[tuple[str, type[msgspec.Struct], type[msgspec.Struct], Any], ...]] = (
+    (
+        "trends",
+        ins.TrendsQuery,
+        ins.TrendsResult,
+        _INSIGHTS_RANGE | {"series": [{"event": "view"}]},
+    ),
+    (
+        "funnels",
+        ins.FunnelQuery,
+        ins.FunnelResult,
+        _INSIGHTS_RANGE | {"steps": [{"event": "view"}, {"event": "buy"}]},
+    ),
+    ("retention", ins.RetentionQuery, ins.RetentionResult, _INSIGHTS_RANGE),
+    ("paths", ins.PathsQuery, ins.PathsResult, _INSIGHTS_RANGE | {"start": {"event": "view"}}),
+    ("lifecycle", ins.LifecycleQuery, ins.LifecycleResult, _INSIGHTS_RANGE),
+)
+
 OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
     ("get", "/v1/health"): Operation("public", Health, extra_errors=(503,)),
     ("get", "/v1/health/live"): Operation("public", Liveness, storage=False),
@@ -434,6 +455,12 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
             ),
         ),
     ),
+    **{
+        ("post", f"/v1/insights/{kind}"): Operation(
+            "read", answer, body=body, body_example=example, extra_errors=(422,)
+        )
+        for kind, body, answer, example in _INSIGHTS
+    },
     ("get", "/v1/export"): Operation(
         "read",
         ("application/x-ndjson", "text/csv"),
@@ -584,6 +611,7 @@ _ERROR_TEXT: Final = {
     412: "If-Match names another version",
     413: "Body over the size limit",
     415: "Body not JSON, or an unsupported Content-Encoding",
+    422: "The query would read more events or memory than allowed",
     429: "Rate limited; retry after Retry-After seconds",
     503: "Storage unavailable or the server not ready; retry after Retry-After seconds",
 }
