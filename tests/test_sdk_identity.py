@@ -116,3 +116,16 @@ def test_hashed_user_ids_hash_an_alias_previous_user_id_too() -> None:
 
     assert alias("u-old").properties == {"previousId": hash_value(salt, "u-old")}
     assert alias("anon").properties == {"previousId": "anon"}  # the device's own anonymous id
+
+
+def test_a_corrupt_identity_file_is_replaced_not_fatal(tmp_path: Path) -> None:
+    from innkt_analytics._identity import IdentityStore
+
+    path = tmp_path / "q.sqlite3.identity.json"
+    store = IdentityStore(path)
+    first = store.load()
+    assert store.load() == first  # kept
+    path.write_bytes(b'{"anonymousId": ')  # a torn write from another tool
+    fresh = store.load()
+    assert fresh.anonymous_id != first.anonymous_id
+    assert IdentityStore(path).load() == fresh

@@ -47,7 +47,9 @@ class IdentityStore:
 
         Two processes starting together on a new device agree on one id: the
         file is created with a hard link, which fails if another process won.
-        Raises ``StorageError`` for an unreadable or corrupt file.
+        A corrupt file is replaced by a new identity (the app keeps working; the
+        next ``identify`` links the new anonymous id). Raises ``StorageError``
+        for a file that cannot be read or written.
         """
         try:
             return msgspec.json.decode(self.path.read_bytes(), type=DeviceIdentity)
@@ -55,8 +57,10 @@ class IdentityStore:
             pass
         except OSError as exc:
             raise StorageError(f"cannot read identity file {self.path}: {exc}") from exc
-        except msgspec.DecodeError as exc:
-            raise StorageError(f"corrupt identity file {self.path}: {exc}") from exc
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            fresh = _new()
+            self.save(fresh)
+            return fresh
         fresh = _new()
         tmp = self._write_temp(fresh)
         try:
