@@ -220,3 +220,19 @@ def test_the_same_links_in_another_order_give_the_same_persons(
     assert answers[0] == answers[1]
     persons = {tuple(p["ids"]) for p in answers[0].values()}
     assert persons == {("a-1", "u-1"), ("a-2", "u-2"), ("a-3", "u-3", "u-4"), ("a-5",), ("u-9",)}
+
+
+def test_search_without_a_person_and_a_hub_too_big_to_walk(server: ServerProcess) -> None:
+    found = httpx.get(
+        server.url + "/v1/persons", params={"id": "nobody"}, headers=server.headers("read")
+    )
+    assert found.json() == {"persons": []}
+    # a constant anonymousId sent by every device links 10,001 user ids
+    events = [_event(user=f"u-{i}", anon="unknown") for i in range(10_001)]
+    for start in range(0, len(events), 2500):
+        _post(server, events[start : start + 2500])
+    r = _person(server, "u-1")
+    assert r.status_code == 422
+    assert r.json()["error"] == "graph_too_large"
+    r = httpx.delete(server.url + "/v1/users/u-1", headers=server.headers("admin"))
+    assert r.status_code == 422  # nothing deleted: which ids are the person's is unknown

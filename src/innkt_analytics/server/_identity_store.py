@@ -34,7 +34,14 @@ from typing import Any, Final
 from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics.server._identity import Link, person_id_of
 
-__all__ = ["IdInfo", "IdentityStore", "PostgresIdentity", "SQLiteIdentity", "make_identity"]
+__all__ = [
+    "GraphTooLarge",
+    "IdInfo",
+    "IdentityStore",
+    "PostgresIdentity",
+    "SQLiteIdentity",
+    "make_identity",
+]
 
 #: at most this many ids are read around one id; a bigger graph is an error
 #: (a shared, constant anonymousId such as "unknown" would otherwise be a hub)
@@ -76,6 +83,10 @@ _ID_UPSERT: Final = (
     f" traits = CASE WHEN {_NEWER} THEN excluded.traits ELSE identity_ids.traits END,"
     f" traits_at = CASE WHEN {_NEWER} THEN excluded.traits_at ELSE identity_ids.traits_at END"
 )
+
+
+class GraphTooLarge(StorageError):
+    """More than ``MAX_COMPONENT`` ids are linked around the id asked for."""
 
 
 @dataclass(slots=True)
@@ -151,7 +162,7 @@ class IdentityStore(abc.ABC):
     async def component(self, project: str, start: str) -> tuple[list[Link], set[str]]:
         """The links and ids connected to ``start`` (over links of either kind).
 
-        Raises ``StorageError`` past ``MAX_COMPONENT`` ids.
+        Raises ``GraphTooLarge`` past ``MAX_COMPONENT`` ids.
         """
         seen, frontier, links = {start}, [start], set()
         while frontier:
@@ -164,7 +175,7 @@ class IdentityStore(abc.ABC):
                         seen.add(x)
                         frontier.append(x)
             if len(seen) > MAX_COMPONENT:
-                raise StorageError(f"identity graph: more than {MAX_COMPONENT} linked ids")
+                raise GraphTooLarge(f"more than {MAX_COMPONENT} ids are linked to {start!r}")
         return sorted(links), seen
 
 

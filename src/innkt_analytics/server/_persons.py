@@ -22,11 +22,17 @@ from litestar import Litestar, Request, Response, get
 from innkt_analytics._exceptions import StorageError
 from innkt_analytics._protocol import ValidEvent
 from innkt_analytics.server._identity import Link, Person, links_of_event, person_of, resolve
-from innkt_analytics.server._identity_store import IdentityStore, IdInfo, make_identity
+from innkt_analytics.server._identity_store import (
+    GraphTooLarge,
+    IdentityStore,
+    IdInfo,
+    make_identity,
+)
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
 
 __all__ = [
     "PERSON_HANDLERS",
+    "GraphTooLarge",
     "PersonView",
     "find_person",
     "identity_of",
@@ -220,6 +226,8 @@ async def _lookup(request: Request[Any, Any, Any], some_id: str) -> PersonView |
     identity = _required(state)
     try:
         person = await find_person(identity, key.project, _check_id(some_id))
+    except GraphTooLarge as exc:
+        raise ApiError(422, "graph_too_large", str(exc)) from None
     except StorageError as exc:
         raise ApiError(
             503, "storage_unavailable", str(exc), retry_after=state.settings.unavailable_retry_after

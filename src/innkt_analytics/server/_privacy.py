@@ -22,7 +22,7 @@ from litestar import Request, Response, delete, get
 from litestar.response import Stream
 
 from innkt_analytics.server._export import iter_rows, render_ndjson
-from innkt_analytics.server._persons import find_person, identity_of
+from innkt_analytics.server._persons import GraphTooLarge, find_person, identity_of
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
 from innkt_analytics.server._suppress import suppressions_of
 from innkt_analytics.server.storage import AuditEntry, EventFilter
@@ -88,7 +88,10 @@ async def delete_user(request: Request[Any, Any, Any], user_id: str) -> Response
 async def _person_ids(state: ServerState, project: str, user: str) -> list[str]:
     """Every id of the person holding ``user``, ``user`` first (just it, without a person)."""
     identity = identity_of(state)
-    person = None if identity is None else await find_person(identity, project, user)
+    try:
+        person = None if identity is None else await find_person(identity, project, user)
+    except GraphTooLarge as exc:
+        raise ApiError(422, "graph_too_large", str(exc)) from None
     others = [] if person is None else [i for i in person.ids if i != user]
     return [user, *others]
 
