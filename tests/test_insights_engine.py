@@ -142,11 +142,23 @@ def trends(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def funnels(draw: st.DrawFn) -> dict[str, Any]:
+    steps = draw(st.lists(specs(), min_size=2, max_size=4))
     return draw(ranges()) | {
-        "steps": draw(st.lists(specs(), min_size=2, max_size=4)),
+        "steps": steps,
         "windowSeconds": draw(st.sampled_from([60, 7200, 86400, 14 * 86400, 14 * 86400])),
         "countBy": draw(st.sampled_from(["user", "session"])),
         "breakdown": draw(breakdowns),
+        "dropped": draw(
+            st.one_of(
+                st.none(),
+                st.builds(
+                    lambda step, limit, after: {"step": step, "limit": limit, "after": after},
+                    st.integers(2, len(steps)),
+                    st.integers(1, 3),
+                    st.sampled_from([None, "anon1", "s2", "u2"]),
+                ),
+            )
+        ),
     }
 
 

@@ -50,6 +50,18 @@ def steps(n: int) -> list[dict[str, Any]]:
             "expected `int` >= 1",
         ),
         ("funnels", RANGE | {"stepz": []}, "stepz", "unknown field"),
+        (
+            "funnels",
+            RANGE | {"steps": steps(3), "dropped": {"step": 4}},
+            "dropped.step",
+            "the funnel has 3 steps",
+        ),
+        (
+            "funnels",
+            RANGE | {"steps": steps(3), "dropped": {"step": 1}},
+            "dropped.step",
+            "expected `int` >= 2",
+        ),
         ("funnels", RANGE, "steps", "required"),
         (
             "funnels",

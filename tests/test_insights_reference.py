@@ -251,3 +251,14 @@ def test_results_are_camel_case_json(kind: str) -> None:
     query = parse_query(kind, msgspec.json.encode(body))
     text = msgspec.json.encode(run_reference(query, [ev("a", "view", T0)], "p")).decode()
     assert "_" not in text.replace("$other", "")
+
+
+def test_funnel_dropped_users_paged() -> None:
+    events = [ev(f"v{u}", "view", T0, u) for u in ("c", "a", "b", "d")]
+    events.append(ev("buy-d", "buy", T0 + M, "d"))
+    body = MARCH | {"steps": [{"event": "view"}, {"event": "buy"}]}
+    got = answer("funnels", body | {"dropped": {"step": 2, "limit": 2}}, events)
+    assert (got["dropped"], got["droppedNext"]) == (["a", "b"], "b")
+    got = answer("funnels", body | {"dropped": {"step": 2, "limit": 2, "after": "b"}}, events)
+    assert (got["dropped"], got["droppedNext"]) == (["c"], None)
+    assert answer("funnels", body, events)["dropped"] is None

@@ -306,8 +306,25 @@ def _funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Fun
         cols.append(f"count(*) FILTER (WHERE depth > {k})")
         if k:
             cols.append(f"list((t{k} - t{k - 1}) / 1000.0) FILTER (WHERE depth > {k})")
+    prefix = text
     text += f" SELECT {', '.join(cols)} FROM best GROUP BY r ORDER BY r"
     rows = con.execute(text, sql.params).fetchall()
+    dropped: list[str] | None = None
+    dropped_next: str | None = None
+    if q.dropped is not None and q.breakdown is None:
+        page = q.dropped
+        after = "true" if page.after is None else f"a > {sql.p(page.after)}"
+        dropped = [
+            a
+            for (a,) in con.execute(
+                f"{prefix} SELECT a FROM best WHERE depth = {sql.p(page.step - 1)} AND {after} "
+                f"ORDER BY a LIMIT {sql.p(page.limit + 1)}",
+                sql.params,
+            ).fetchall()
+        ]
+        if len(dropped) > page.limit:
+            dropped = dropped[: page.limit]
+            dropped_next = dropped[-1]
 
     def steps(row: tuple[Any, ...]) -> Any:
         counts: list[int] = [row[2]]
@@ -318,7 +335,11 @@ def _funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Fun
         return funnel_steps(counts, times)
 
     if q.breakdown is None:
-        return FunnelResult(steps=steps(rows[0]) if rows else funnel_steps([0] * n, [[]] * n))
+        return FunnelResult(
+            steps=steps(rows[0]) if rows else funnel_steps([0] * n, [[]] * n),
+            dropped=dropped,
+            dropped_next=dropped_next,
+        )
     overall = _funnel(con, FunnelQuery(**{**_fields(q), "breakdown": None}), project)
     overall.breakdown = [FunnelBreakdownResult(breakdown_value=r[1], steps=steps(r)) for r in rows]
     return overall

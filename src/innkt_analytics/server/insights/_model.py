@@ -27,6 +27,7 @@ __all__ = [
     "MAX_BUCKETS",
     "OPERATORS",
     "Breakdown",
+    "DroppedPage",
     "EventSpec",
     "FunnelQuery",
     "FunnelResult",
@@ -155,11 +156,21 @@ class FunnelStep(EventSpec, kw_only=True):
     pass
 
 
+class DroppedPage(_S, kw_only=True):
+    """Which dropped actors to list: those who reached step ``step - 1`` (1-based) and
+    not ``step``, by id, the ``limit`` after ``after``."""
+
+    step: Annotated[int, msgspec.Meta(ge=2, le=10)]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    after: str | None = None
+
+
 class FunnelQuery(_Ranged, kw_only=True):
     steps: list[FunnelStep]
     window_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW_SECONDS)] = 14 * 86400
     count_by: Literal["user", "session"] = "user"
     breakdown: Breakdown | None = None
+    dropped: DroppedPage | None = None
 
 
 class RetentionQuery(_Ranged, kw_only=True):
@@ -224,6 +235,10 @@ class FunnelBreakdownResult(_R, kw_only=True):
 class FunnelResult(_R, kw_only=True):
     steps: list[FunnelStepResult]
     breakdown: list[FunnelBreakdownResult] | None = None
+    #: the page of dropped actors' ids asked for with ``dropped``, in id order
+    dropped: list[str] | None = None
+    #: ``after`` for the next page; null on the last
+    dropped_next: str | None = None
 
 
 class RetentionCohort(_R, kw_only=True):
@@ -348,6 +363,8 @@ def validate(query: Query) -> None:
             _filters(f"steps[{i}].filters", step.filters)
         if query.breakdown is not None:
             _key("breakdown.property", query.breakdown.property)
+        if query.dropped is not None and query.dropped.step > len(query.steps):
+            raise QueryError("dropped.step", f"the funnel has {len(query.steps)} steps")
     elif isinstance(query, RetentionQuery):
         _filters("target.filters", query.target.filters)
         _filters("returning.filters", query.returning.filters)

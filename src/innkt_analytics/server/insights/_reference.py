@@ -30,7 +30,9 @@ answers (tests/test_insights_engine.py). The semantics, shared by both:
   ``windowSeconds`` after the step-1 event (the earliest choice never loses a later
   step). The actor's attempt is the one reaching the most steps, then the earliest.
   A step's ``count`` is the actors whose attempt reached it; times to convert are from
-  the previous step's event, median and p90 nearest-rank, in seconds. With a
+  the previous step's event, median and p90 nearest-rank, in seconds. ``dropped``
+  lists the ids of the actors whose attempt reached step ``step - 1`` and not
+  ``step``, in id (code point) order, a page of ``limit`` after ``after``. With a
   breakdown the value is the step-1 event's, and attempts are grouped by it.
 * **Retention.** An actor's cohort is the bucket (``period``) of its first ``target``
   event in the range. ``values[0]`` is the cohort's size; ``values[i]`` the cohort's
@@ -336,7 +338,17 @@ def _funnel(q: FunnelQuery, events: list[InsightEvent]) -> FunnelResult:
         if key is not None:
             by_actor[key].append(e)
     attempts = {a: att for a, seq in by_actor.items() if (att := _attempts(q, seq))}
-    result = FunnelResult(steps=_funnel_of(q, [_best(att) for att in attempts.values()]))
+    best = {a: _best(att) for a, att in attempts.items()}
+    result = FunnelResult(steps=_funnel_of(q, list(best.values())))
+    if q.dropped is not None:
+        page = q.dropped
+        ids = sorted(
+            a
+            for a, b in best.items()
+            if len(b) == page.step - 1 and (page.after is None or a > page.after)
+        )
+        result.dropped = ids[: page.limit]
+        result.dropped_next = ids[page.limit - 1] if len(ids) > page.limit else None
     if q.breakdown is not None:
         b = q.breakdown
         entering: dict[str | None, set[str]] = defaultdict(set)
