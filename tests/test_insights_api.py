@@ -160,3 +160,21 @@ def test_read_scope_and_json_body(shared_server: ServerProcess) -> None:
     assert httpx.post(url, json=RANGE, headers=shared_server.headers("write")).status_code == 403
     r = httpx.post(url, content=b"x", headers=shared_server.headers("read"))
     assert r.status_code == 415, r.text
+
+
+def test_a_deleted_user_leaves_the_answers(server: ServerProcess) -> None:
+    """Insights read the storage as it is now: no stale answer after a deletion."""
+    events = _events()
+    r = httpx.post(
+        server.url + "/v1/events/batch", json={"events": events}, headers=server.headers()
+    )
+    assert r.status_code == 200, r.text
+    body = RANGE | {"series": [{"math": "unique_users"}], "interval": "month"}
+    url, read = server.url + "/v1/insights/trends", server.headers("read")
+    assert httpx.post(url, json=body, headers=read).json()["series"][0]["values"] == [5]
+    r = httpx.delete(server.url + "/v1/users/u3", headers=server.headers("admin"))
+    assert r.status_code == 200, r.text
+    assert httpx.post(url, json=body, headers=read).json()["series"][0]["values"] == [4]
+    log = [_as_insight("default", e) for e in events if e["userId"] != "u3"]
+    expected = run_reference(parse_query("trends", msgspec.json.encode(body)), log, "default")
+    assert httpx.post(url, json=body, headers=read).json() == msgspec.to_builtins(expected)
