@@ -498,9 +498,11 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
         extra_errors=(404,),
         path={"key_id": _KEY_ID},
     ),
-    ("delete", "/v1/users/{user_id}"): Operation("admin", UserDeleted, path={"user_id": _USER}),
+    ("delete", "/v1/users/{user_id}"): Operation(
+        "admin", UserDeleted, path={"user_id": _USER}, extra_errors=(422,)
+    ),
     ("get", "/v1/users/{user_id}/export"): Operation(
-        "admin", ("application/x-ndjson",), path={"user_id": _USER}
+        "admin", ("application/x-ndjson",), path={"user_id": _USER}, extra_errors=(422,)
     ),
     ("get", "/v1/audit"): Operation(
         "admin",
@@ -525,9 +527,10 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
                 required=True,
             ),
         ),
+        extra_errors=(422,),
     ),
     ("get", "/v1/persons/{person_or_id}"): Operation(
-        "read", Person, extra_errors=(404,), path={"person_or_id": _USER}
+        "read", Person, extra_errors=(404, 422), path={"person_or_id": _USER}
     ),
     ("get", "/v1/alerts"): Operation("read", Alerts),
     ("get", "/v1/alerts/rules"): Operation("admin", AlertRuleList),
@@ -611,7 +614,8 @@ _ERROR_TEXT: Final = {
     412: "If-Match names another version",
     413: "Body over the size limit",
     415: "Body not JSON, or an unsupported Content-Encoding",
-    422: "The query would read more events or memory than allowed",
+    422: "Too large to answer: the query would read more events or memory than allowed"
+    " (query_too_large), or the id's identity graph is too large (graph_too_large)",
     429: "Rate limited; retry after Retry-After seconds",
     503: "Storage unavailable or the server not ready; retry after Retry-After seconds",
 }
