@@ -75,6 +75,7 @@ QUERIES: list[tuple[str, dict[str, Any]]] = [
     ("retention", RANGE | {"target": {"event": "signup"}, "periods": 4}),
     ("paths", RANGE | {"start": {"event": "signup"}, "steps": 3}),
     ("lifecycle", RANGE | {"event": {"event": "view"}}),
+    ("stickiness", RANGE | {"event": {"event": "view"}}),
 ]
 
 
@@ -107,6 +108,7 @@ def test_answers_equal_the_reference(backend_server: ServerProcess) -> None:
     assert sum(answers["lifecycle"]["resurrecting"]) > 0
     assert any(s["values"] != [0] * 6 for s in answers["trends"]["previous"])
     assert answers["paths"]["edges"]
+    assert sum(answers["stickiness"]["actors"]) == 5
 
 
 @pytest.fixture(scope="module")

@@ -240,11 +240,19 @@ def test_paths(log: list[InsightEvent], body: dict[str, Any]) -> None:
 
 @SETTINGS
 @given(logs, lifecycle())
+def test_stickiness(log: list[InsightEvent], body: dict[str, Any]) -> None:
+    check("stickiness", body, log)
+
+
+@SETTINGS
+@given(logs, lifecycle())
 def test_lifecycle(log: list[InsightEvent], body: dict[str, Any]) -> None:
     check("lifecycle", body, log)
 
 
-@pytest.mark.parametrize("kind", ["trends", "funnels", "retention", "paths", "lifecycle"])
+@pytest.mark.parametrize(
+    "kind", ["trends", "funnels", "retention", "paths", "lifecycle", "stickiness"]
+)
 def test_empty_log(kind: str) -> None:
     """No events at all: zero-filled answers, the same from both."""
     body: dict[str, Any] = {"dateFrom": "2026-03-01", "dateTo": "2026-03-03"}

@@ -262,3 +262,15 @@ def test_funnel_dropped_users_paged() -> None:
     got = answer("funnels", body | {"dropped": {"step": 2, "limit": 2, "after": "b"}}, events)
     assert (got["dropped"], got["droppedNext"]) == (["c"], None)
     assert answer("funnels", body, events)["dropped"] is None
+
+
+def test_stickiness() -> None:
+    # u1 on days 0, 1 and twice on 2; u2 on day 0 only; u3 before the range only
+    days = {"u1": [0, 1, 2, 2], "u2": [0], "u3": [-1]}
+    events = [
+        ev(f"{u}-{i}", "view", T0 + d * DAY + i * H, u)
+        for u, ds in days.items()
+        for i, d in enumerate(ds)
+    ]
+    got = answer("stickiness", MARCH | {"event": {"event": "view"}}, events)
+    assert got["actors"] == [1, 0, 1]

@@ -418,6 +418,7 @@ _INSIGHTS: Final[tuple[tuple[str, type[msgspec.Struct], type[msgspec.Struct], An
     ("retention", ins.RetentionQuery, ins.RetentionResult, _INSIGHTS_RANGE),
     ("paths", ins.PathsQuery, ins.PathsResult, _INSIGHTS_RANGE | {"start": {"event": "view"}}),
     ("lifecycle", ins.LifecycleQuery, ins.LifecycleResult, _INSIGHTS_RANGE),
+    ("stickiness", ins.StickinessQuery, ins.StickinessResult, _INSIGHTS_RANGE),
 )
 
 OPERATIONS: Final[dict[tuple[str, str], Operation]] = {

@@ -36,6 +36,8 @@ from innkt_analytics.server.insights._model import (
     RetentionQuery,
     RetentionResult,
     SeriesResult,
+    StickinessQuery,
+    StickinessResult,
     TrendsQuery,
     TrendsResult,
 )
@@ -164,6 +166,8 @@ def run(query: Query, source: pa.Table, project: str) -> Any:
             return _retention(con, query, project)
         if isinstance(query, PathsQuery):
             return _paths(con, query, project)
+        if isinstance(query, StickinessQuery):
+            return _stickiness(con, query, project)
         return _lifecycle(con, query, project)
     finally:
         con.close()
@@ -446,3 +450,19 @@ def _lifecycle(con: duckdb.DuckDBPyConnection, q: LifecycleQuery, project: str) 
         resurrecting=[got.get((b, "resurrecting"), 0) for b in labels],
         dormant=[-got.get((b, "dormant"), 0) for b in labels],
     )
+
+
+def _stickiness(
+    con: duckdb.DuckDBPyConnection, q: StickinessQuery, project: str
+) -> StickinessResult:
+    start, end = q.range_ms()
+    n = len(bucket_labels(start, end, q.interval, zoneinfo.ZoneInfo(q.timezone)))
+    sql = _Sql()
+    text = (
+        f"WITH {sql.base(q, project)}, per AS (SELECT actor, "
+        f"count(DISTINCT {sql.bucket(q.interval, q.timezone)}) AS k FROM ev "
+        f"WHERE actor IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)} "
+        f"AND {sql.spec(q.event)} GROUP BY actor) SELECT k, count(*) FROM per GROUP BY k"
+    )
+    got = dict(con.execute(text, sql.params).fetchall())
+    return StickinessResult(actors=[got.get(k, 0) for k in range(1, n + 1)])

@@ -46,6 +46,8 @@ __all__ = [
     "RetentionResult",
     "Series",
     "SeriesResult",
+    "StickinessQuery",
+    "StickinessResult",
     "TrendsQuery",
     "TrendsResult",
     "parse_query",
@@ -191,7 +193,12 @@ class LifecycleQuery(_Ranged, kw_only=True):
     interval: Literal["hour", "day", "week", "month"] = "day"
 
 
-Query = TrendsQuery | FunnelQuery | RetentionQuery | PathsQuery | LifecycleQuery
+class StickinessQuery(_Ranged, kw_only=True):
+    event: EventSpec = msgspec.field(default_factory=EventSpec)
+    interval: Literal["hour", "day", "week", "month"] = "day"
+
+
+Query = TrendsQuery | FunnelQuery | RetentionQuery | PathsQuery | LifecycleQuery | StickinessQuery
 
 
 # -- results ---------------------------------------------------------------------------
@@ -264,6 +271,11 @@ class PathsResult(_R, kw_only=True):
     edges: list[PathEdge]
 
 
+class StickinessResult(_R, kw_only=True):
+    #: ``actors[k - 1]``: the actors active in exactly k of the range's buckets
+    actors: list[int]
+
+
 class LifecycleResult(_R, kw_only=True):
     buckets: list[str]
     new: list[int]
@@ -281,6 +293,7 @@ _KINDS: Final[dict[str, type[Query]]] = {
     "retention": RetentionQuery,
     "paths": PathsQuery,
     "lifecycle": LifecycleQuery,
+    "stickiness": StickinessQuery,
 }
 _DECODERS: Final = {k: msgspec.json.Decoder(t) for k, t in _KINDS.items()}
 _AT_RE: Final = re.compile(r"^(?P<msg>.*) - at `\$\.?(?P<path>[^`]*)`$", re.S)
@@ -349,7 +362,7 @@ def validate(query: Query) -> None:
         if query.breakdown is not None:
             _key("breakdown.property", query.breakdown.property)
         return
-    if isinstance(query, LifecycleQuery):
+    if isinstance(query, LifecycleQuery | StickinessQuery):
         if span > _APPROX_BUCKET[query.interval] * MAX_BUCKETS:
             raise QueryError("dateTo", f"a range of more than {MAX_BUCKETS} {query.interval}s")
         _filters("event.filters", query.event.filters)

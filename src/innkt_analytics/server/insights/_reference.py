@@ -46,6 +46,8 @@ answers (tests/test_insights_engine.py). The semantics, shared by both:
   active actor is *new* when it is its first active bucket ever, *returning* when it
   was active in the previous bucket, else *resurrecting*; an actor active in the
   previous bucket and not in this one is *dormant* (negative).
+* **Stickiness.** For k = 1 … the number of buckets of the range, the actors whose
+  matching events in the range fall in exactly k distinct buckets.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ from innkt_analytics.server.insights._model import (
     RetentionQuery,
     RetentionResult,
     SeriesResult,
+    StickinessQuery,
+    StickinessResult,
     TrendsQuery,
     TrendsResult,
 )
@@ -121,6 +125,8 @@ def run_reference(query: Query, events: Iterable[InsightEvent], project: str) ->
         return _funnel(query, in_range)
     if isinstance(query, RetentionQuery):
         return _retention(query, in_range, zone, start, end)
+    if isinstance(query, StickinessQuery):
+        return _stickiness(query, in_range, zone, start, end)
     return _paths(query, in_range)
 
 
@@ -467,3 +473,17 @@ def _lifecycle(
         out.resurrecting.append(resurrecting)
         out.dormant.append(dormant)
     return out
+
+
+def _stickiness(
+    q: StickinessQuery, events: list[InsightEvent], zone: zoneinfo.ZoneInfo, start: int, end: int
+) -> StickinessResult:
+    n = len(bucket_labels(start, end, q.interval, zone))
+    matches = _spec(q.event)
+    active: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        if e.actor is not None and matches(e):
+            active[e.actor].add(label(truncate(local(e.timestamp, zone), q.interval)))
+    return StickinessResult(
+        actors=[sum(1 for b in active.values() if len(b) == k) for k in range(1, n + 1)]
+    )

@@ -1,4 +1,4 @@
-"""``POST /v1/insights/{trends|funnels|retention|paths|lifecycle}`` (read scope).
+"""``POST /v1/insights/{trends|funnels|retention|paths|lifecycle|stickiness}`` (read scope).
 
 The events come from the storage's public interface (``query_events``, paged) into
 an Arrow table, and the DuckDB engine answers in a worker thread. This is the seam
@@ -30,7 +30,7 @@ from innkt_analytics.server.storage import EventFilter, Storage
 
 __all__ = ["KINDS", "MAX_EVENTS", "insights"]
 
-KINDS: Final = ("trends", "funnels", "retention", "paths", "lifecycle")
+KINDS: Final = ("trends", "funnels", "retention", "paths", "lifecycle", "stickiness")
 MAX_EVENTS: Final = 1_000_000
 _PAGE: Final = 1000
 _encoder = msgspec.json.Encoder()
@@ -71,7 +71,7 @@ def _answer(query: Query, events: list[InsightEvent], project: str) -> bytes:
 
 @post(
     [f"/v1/insights/{kind}" for kind in KINDS],
-    summary="Insights: trends, funnels, retention, paths, lifecycle",
+    summary="Insights: trends, funnels, retention, paths, lifecycle, stickiness",
     tags=["insights"],
     status_code=200,
 )
