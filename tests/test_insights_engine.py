@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from innkt_analytics.server.insights._engine import run
 from innkt_analytics.server.insights._events import InsightEvent, to_arrow
-from innkt_analytics.server.insights._model import MATHS, Query, parse_query
+from innkt_analytics.server.insights._model import MATHS, Query, QueryTooLarge, parse_query
 from innkt_analytics.server.insights._reference import run_reference
 
 # 2026-03-27T00:00Z: Europe's DST change (2026-03-29) falls inside the generated days
@@ -262,3 +262,13 @@ def test_empty_log(kind: str) -> None:
         "paths": {"start": {}},
     }.get(kind, {})
     check(kind, body, [])
+
+
+def test_memory_limit_is_a_clear_error() -> None:
+    """Past its memory limit the engine raises QueryTooLarge (the route's 422)."""
+    log = [InsightEvent("p", f"e{i}", "view", T0 + i * 1000, f"u{i % 50}") for i in range(50_000)]
+    body = {"dateFrom": "2026-03-01", "dateTo": "2026-04-30", "start": {}}
+    query = parse_query("paths", msgspec.json.encode(body))
+    with pytest.raises(QueryTooLarge, match="more than 1MB of memory"):
+        run(query, to_arrow(log), "p", memory_limit="1MB")
+    assert run(query, to_arrow(log), "p").starts == 50

@@ -32,6 +32,7 @@ from innkt_analytics.server.insights._model import (
     PathsResult,
     PropertyFilter,
     Query,
+    QueryTooLarge,
     RetentionCohort,
     RetentionQuery,
     RetentionResult,
@@ -142,35 +143,41 @@ class _Sql:
         )
 
 
-def _connect(source: pa.Table) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(config={"threads": 1, "memory_limit": MEMORY_LIMIT})
+def _connect(source: pa.Table, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"threads": 1, "memory_limit": memory_limit})
     # epoch_ms gives a naive UTC TIMESTAMP; the session zone makes its TIMESTAMPTZ UTC too
     con.execute("SET TimeZone = 'UTC'")
     con.register("src", source)
     return con
 
 
-def run(query: Query, source: pa.Table, project: str) -> Any:
+def run(query: Query, source: pa.Table, project: str, *, memory_limit: str = MEMORY_LIMIT) -> Any:
     """The answer to ``query`` over the events of ``project`` in ``source``.
 
-    ``source`` has the columns of ``ARROW_SCHEMA``. Raises ``duckdb.Error`` when the
-    database fails (for example past its memory limit).
+    ``source`` has the columns of ``ARROW_SCHEMA``. Raises ``QueryTooLarge`` past
+    ``memory_limit`` (a DuckDB size such as ``"256MB"``).
     """
-    con = _connect(source)
+    con = _connect(source, memory_limit)
     try:
-        if isinstance(query, TrendsQuery):
-            return _trends(con, query, project)
-        if isinstance(query, FunnelQuery):
-            return _funnel(con, query, project)
-        if isinstance(query, RetentionQuery):
-            return _retention(con, query, project)
-        if isinstance(query, PathsQuery):
-            return _paths(con, query, project)
-        if isinstance(query, StickinessQuery):
-            return _stickiness(con, query, project)
-        return _lifecycle(con, query, project)
+        return _run(con, query, project)
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryTooLarge(f"the query needs more than {memory_limit} of memory") from exc
     finally:
         con.close()
+
+
+def _run(con: duckdb.DuckDBPyConnection, query: Query, project: str) -> Any:
+    if isinstance(query, TrendsQuery):
+        return _trends(con, query, project)
+    if isinstance(query, FunnelQuery):
+        return _funnel(con, query, project)
+    if isinstance(query, RetentionQuery):
+        return _retention(con, query, project)
+    if isinstance(query, PathsQuery):
+        return _paths(con, query, project)
+    if isinstance(query, StickinessQuery):
+        return _stickiness(con, query, project)
+    return _lifecycle(con, query, project)
 
 
 # -- trends ----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ __all__ = [
     "PropertyFilter",
     "Query",
     "QueryError",
+    "QueryTooLarge",
     "RetentionCohort",
     "RetentionQuery",
     "RetentionResult",
@@ -97,6 +98,10 @@ class QueryError(ValueError):
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
         self.message = message
+
+
+class QueryTooLarge(Exception):
+    """A query that would read more events or use more memory than allowed (HTTP 422)."""
 
 
 class _S(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-import duckdb
 import msgspec
 from litestar import Request, Response, post
 
@@ -23,6 +22,7 @@ from innkt_analytics.server.insights._model import (
     LifecycleQuery,
     Query,
     QueryError,
+    QueryTooLarge,
     TrendsQuery,
     parse_query,
 )
@@ -65,8 +65,8 @@ async def _load(
 def _answer(query: Query, events: list[InsightEvent], project: str) -> bytes:
     try:
         return _encoder.encode(run(query, to_arrow(events), project))
-    except duckdb.OutOfMemoryException:
-        raise ApiError(422, "query_too_large", "the query needs more memory than allowed") from None
+    except QueryTooLarge as exc:
+        raise ApiError(422, "query_too_large", str(exc)) from None
 
 
 @post(
