@@ -7,7 +7,8 @@ engine is tested against; ``_reference``'s docstring is the semantics of every q
 
 from __future__ import annotations
 
-from innkt_analytics.server.insights._engine import run
+from typing import TYPE_CHECKING, Any
+
 from innkt_analytics.server.insights._events import InsightEvent, to_arrow
 from innkt_analytics.server.insights._model import (
     FunnelQuery,
@@ -26,6 +27,9 @@ from innkt_analytics.server.insights._model import (
     parse_query,
 )
 from innkt_analytics.server.insights._reference import run_reference
+
+if TYPE_CHECKING:
+    from innkt_analytics.server.insights._engine import run
 
 __all__ = [
     "FunnelQuery",
@@ -47,3 +51,12 @@ __all__ = [
     "run_reference",
     "to_arrow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``run`` imports DuckDB and pyarrow (~0.3 s): only when an insights query runs
+    if name == "run":
+        from innkt_analytics.server.insights._engine import run
+
+        return run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

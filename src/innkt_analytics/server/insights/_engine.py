@@ -154,7 +154,7 @@ def _connect(source: pa.Table, memory_limit: str) -> duckdb.DuckDBPyConnection:
 def run(query: Query, source: pa.Table, project: str, *, memory_limit: str = MEMORY_LIMIT) -> Any:
     """The answer to ``query`` over the events of ``project`` in ``source``.
 
-    ``source`` has the columns of ``ARROW_SCHEMA``. Raises ``QueryTooLarge`` past
+    ``source`` has the columns of ``arrow_schema()``. Raises ``QueryTooLarge`` past
     ``memory_limit`` (a DuckDB size such as ``"256MB"``).
     """
     con = _connect(source, memory_limit)

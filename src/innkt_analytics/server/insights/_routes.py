@@ -16,7 +16,6 @@ from litestar import Request, Response, post
 
 from innkt_analytics.server._ingest import read_json_body
 from innkt_analytics.server._state import JSON, ApiError, authenticate, state_of
-from innkt_analytics.server.insights._engine import run
 from innkt_analytics.server.insights._events import InsightEvent, to_arrow
 from innkt_analytics.server.insights._model import (
     LifecycleQuery,
@@ -63,6 +62,9 @@ async def _load(
 
 
 def _answer(query: Query, events: list[InsightEvent], project: str) -> bytes:
+    # imported on first use: DuckDB and pyarrow cost the server ~0.3 s at start
+    from innkt_analytics.server.insights._engine import run
+
     try:
         return _encoder.encode(run(query, to_arrow(events), project))
     except QueryTooLarge as exc:
