@@ -135,7 +135,10 @@ def trends(draw: st.DrawFn) -> dict[str, Any]:
             s["mathProperty"] = "amount"
         series.append(s)
     query = draw(ranges())
-    query["interval"] = draw(st.sampled_from(["hour", "day", "week", "month"]))
+    query["interval"] = draw(st.sampled_from(["minute", "hour", "day", "week", "month"]))
+    if query["interval"] == "minute":  # at most 1,500 buckets: one day
+        start = dt.date.fromisoformat(query["dateFrom"][:10])
+        query["dateFrom"], query["dateTo"] = str(start), str(start + dt.timedelta(days=1))
     query |= {"series": series, "breakdown": draw(breakdowns), "compare": draw(st.booleans())}
     return query
 
