@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics.server._identity import Link, person_id_of
+from innkt_analytics.server.storage._pg_pool import asyncpg_module, open_pool_with_schema
 
 __all__ = [
     "GraphTooLarge",
@@ -337,14 +338,6 @@ def _pg(value: str) -> str:
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
-def _asyncpg() -> Any:
-    try:
-        import asyncpg
-    except ImportError as exc:
-        raise ConfigError("db", f"PostgreSQL support needs asyncpg: {exc}") from exc
-    return asyncpg
-
-
 class PostgresIdentity(IdentityStore):
     """The tables in PostgreSQL, through a small asyncpg pool of its own."""
 
@@ -353,16 +346,14 @@ class PostgresIdentity(IdentityStore):
         self._pool: Any = None
 
     async def open(self) -> None:
-        asyncpg = _asyncpg()
-        try:
-            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
-            async with self._pool.acquire() as conn, conn.transaction():
-                # servers starting together would race on the catalog otherwise
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('innkt_identity'))")
-                for statement in _PG_SCHEMA:
-                    await conn.execute(statement)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StorageError(f"identity store: {exc}") from exc
+        # servers starting together would race on the catalog otherwise: one advisory lock
+        self._pool = await open_pool_with_schema(
+            self.url,
+            what="identity store",
+            lock="innkt_identity",
+            statements=_PG_SCHEMA,
+            max_size=4,
+        )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -370,7 +361,7 @@ class PostgresIdentity(IdentityStore):
             self._pool = None
 
     async def _with(self, fn: Any) -> Any:
-        asyncpg = _asyncpg()
+        asyncpg = asyncpg_module()
         if self._pool is None:
             raise StorageError("identity store is not open")
         try:

@@ -23,9 +23,10 @@ from typing import Any, Final
 
 from litestar import Litestar
 
-from innkt_analytics._exceptions import ConfigError, StorageError
+from innkt_analytics._exceptions import StorageError
 from innkt_analytics.server._state import ServerState, required
 from innkt_analytics.server.storage import parse_db_url
+from innkt_analytics.server.storage._pg_pool import asyncpg_module, open_pool_with_schema
 
 __all__ = ["KVStore", "PostgresKV", "SQLiteKV", "install_kv", "kv_of", "make_kv"]
 
@@ -155,15 +156,6 @@ class SQLiteKV(KVStore):
         return [(k, bytes(v)) for k, v in rows if k.startswith(prefix)]
 
 
-def _asyncpg() -> Any:
-    """The asyncpg module, imported on first use (it is an optional dependency)."""
-    try:
-        import asyncpg
-    except ImportError as exc:
-        raise ConfigError("db", f"PostgreSQL support needs asyncpg: {exc}") from exc
-    return asyncpg
-
-
 class PostgresKV(KVStore):
     """The table in PostgreSQL, through a small asyncpg pool of its own."""
 
@@ -172,20 +164,17 @@ class PostgresKV(KVStore):
         self._pool: Any = None
 
     async def open(self) -> None:
-        asyncpg = _asyncpg()
-        try:
-            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2)
-            async with self._pool.acquire() as conn, conn.transaction():
-                # Several servers may start at once; CREATE TABLE IF NOT EXISTS
-                # alone can still race on the catalog, so serialise it.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('innkt_kv'))")
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
-                    " ns text NOT NULL, key text NOT NULL, value bytea NOT NULL,"
-                    " updated_at bigint NOT NULL, PRIMARY KEY (ns, key))"
-                )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StorageError(f"key-value store: {exc}") from exc
+        self._pool = await open_pool_with_schema(
+            self.url,
+            what="key-value store",
+            lock="innkt_kv",
+            statements=[
+                f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
+                " ns text NOT NULL, key text NOT NULL, value bytea NOT NULL,"
+                " updated_at bigint NOT NULL, PRIMARY KEY (ns, key))"
+            ],
+            max_size=2,
+        )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -193,7 +182,7 @@ class PostgresKV(KVStore):
             self._pool = None
 
     async def _call(self, method: str, sql: str, *args: Any) -> Any:
-        asyncpg = _asyncpg()
+        asyncpg = asyncpg_module()
         if self._pool is None:
             raise StorageError("key-value store is not open")
         try:
