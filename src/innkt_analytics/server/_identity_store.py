@@ -24,9 +24,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
-import os
 import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,6 +32,7 @@ from typing import Any, Final
 from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics.server._identity import Link, person_id_of
 from innkt_analytics.server.storage._pg_pool import asyncpg_module, open_pool_with_schema
+from innkt_analytics.server.storage._side_sqlite import SideSQLite
 
 __all__ = [
     "GraphTooLarge",
@@ -184,53 +183,19 @@ class SQLiteIdentity(IdentityStore):
     """The tables in the SQLite file, through one connection of its own."""
 
     def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(path)
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()  # sqlite3 objects are not for concurrent use
+        self._db = SideSQLite(path, what="identity store", schema=_SQLITE_SCHEMA)
+        self.path = self._db.path
         self._pending: list[_Pending] = []
         self._flushing = False
 
-    def _open_sync(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        try:
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            for statement in _SQLITE_SCHEMA:
-                conn.execute(statement)
-        except sqlite3.Error:
-            conn.close()
-            raise
-        self._conn = conn
-
     async def open(self) -> None:
-        try:
-            await asyncio.to_thread(self._open_sync)
-        except sqlite3.Error as exc:
-            raise StorageError(f"identity store: {exc}") from exc
+        await self._db.open()
 
     async def close(self) -> None:
-        def run() -> None:
-            with self._lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-
-        await asyncio.to_thread(run)
+        await self._db.close()
 
     async def _do(self, fn: Any) -> Any:
-        def run() -> Any:
-            with self._lock:
-                if self._conn is None:
-                    raise StorageError("identity store is not open")
-                try:
-                    return fn(self._conn)
-                except sqlite3.Error as exc:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise StorageError(f"identity store: {exc}") from exc
-
-        return await asyncio.to_thread(run)
+        return await self._db.run(fn)
 
     async def record(self, project: str, links: Sequence[Link], ids: dict[str, IdInfo]) -> None:
         # Group commit: the batches that arrive while one transaction is being

@@ -14,10 +14,7 @@ the project into the key (``"<project>/<name>"``) and list by prefix.
 from __future__ import annotations
 
 import abc
-import asyncio
-import os
 import sqlite3
-import threading
 import time
 from typing import Any, Final
 
@@ -27,6 +24,7 @@ from innkt_analytics._exceptions import StorageError
 from innkt_analytics.server._state import ServerState, required
 from innkt_analytics.server.storage import parse_db_url
 from innkt_analytics.server.storage._pg_pool import asyncpg_module, open_pool_with_schema
+from innkt_analytics.server.storage._side_sqlite import SideSQLite
 
 __all__ = ["KVStore", "PostgresKV", "SQLiteKV", "install_kv", "kv_of", "make_kv"]
 
@@ -72,60 +70,31 @@ class SQLiteKV(KVStore):
     """The table in a SQLite file, through one connection of its own."""
 
     def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(path)
-        self._conn: sqlite3.Connection | None = None
-        # One connection shared by worker threads: sqlite3 objects are not
-        # safe for concurrent use, so calls take turns.
-        self._lock = threading.Lock()
-
-    def _open_sync(self) -> None:
-        parent = os.path.dirname(self.path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        try:
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(
+        self._db = SideSQLite(
+            path,
+            what="key-value store",
+            schema=[
                 f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
                 " ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
                 " updated_at INTEGER NOT NULL, PRIMARY KEY (ns, key))"
-            )
-        except sqlite3.Error:
-            conn.close()
-            raise
-        self._conn = conn
+            ],
+        )
+        self.path = self._db.path
 
     async def _run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[Any], int]:
         """Run one statement (autocommit); returns its rows and rowcount."""
 
-        def run() -> tuple[list[Any], int]:
-            with self._lock:
-                if self._conn is None:
-                    raise StorageError("key-value store is not open")
-                try:
-                    cur = self._conn.execute(sql, params)
-                    return cur.fetchall(), cur.rowcount
-                except sqlite3.Error as exc:
-                    raise StorageError(f"key-value store: {exc}") from exc
+        def run(conn: sqlite3.Connection) -> tuple[list[Any], int]:
+            cur = conn.execute(sql, params)
+            return cur.fetchall(), cur.rowcount
 
-        return await asyncio.to_thread(run)
+        return await self._db.run(run)
 
     async def open(self) -> None:
-        try:
-            await asyncio.to_thread(self._open_sync)
-        except sqlite3.Error as exc:
-            raise StorageError(f"key-value store: {exc}") from exc
+        await self._db.open()
 
     async def close(self) -> None:
-        def run() -> None:
-            with self._lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-
-        await asyncio.to_thread(run)
+        await self._db.close()
 
     async def get(self, namespace: str, key: str) -> bytes | None:
         rows, _ = await self._run(
