@@ -37,6 +37,7 @@ from innkt_analytics.server._state import (
     presented_key,
     state_of,
 )
+from innkt_analytics.server.insights._cache import data_changed
 from innkt_analytics.server.insights._routes import insights
 from innkt_analytics.server.storage import Storage, StorageStatus
 
@@ -143,6 +144,8 @@ async def enforce_retention(state: ServerState) -> dict[str, int]:
             deleted[project] = await storage.delete_events_before(
                 project, now_ms - days * 86_400_000
             )
+            if deleted[project]:
+                data_changed(state, project)
     state.retention_last = {"ranAt": time.time(), "deleted": deleted}
     return deleted
 

@@ -26,6 +26,7 @@ from innkt_analytics._protocol import (
 from innkt_analytics.server._persons import record_identity
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
 from innkt_analytics.server._suppress import suppressions_of
+from innkt_analytics.server.insights._cache import data_changed
 from innkt_analytics.server.storage import EventRow
 
 __all__ = ["ingest_batch", "ingest_event", "read_json_body", "store_parsed", "to_row"]
@@ -105,6 +106,7 @@ async def store_parsed(
         ) from None
     finally:
         metrics.commit_done(commit)
+        data_changed(state, project)  # even a failed commit may have stored some
     try:
         # Before the answer, so links are durable once acknowledged; from every
         # valid event, not only new ones, so a resend repairs a failed write.

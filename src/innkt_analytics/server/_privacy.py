@@ -25,6 +25,7 @@ from innkt_analytics.server._export import iter_rows, render_ndjson
 from innkt_analytics.server._persons import GraphTooLarge, find_person, identity_of
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
 from innkt_analytics.server._suppress import suppressions_of
+from innkt_analytics.server.insights._cache import data_changed
 from innkt_analytics.server.storage import AuditEntry, EventFilter
 
 __all__ = [
@@ -72,6 +73,7 @@ async def delete_user(request: Request[Any, Any, Any], user_id: str) -> Response
     at = time.time_ns() // 1_000_000
     for each in ids:  # each call is idempotent, so a failed run is simply repeated
         deleted += await state.storage.delete_user(admin.project, each, at)
+        data_changed(state, admin.project)
     identity = identity_of(state)
     if identity is not None:
         # last: until the events are gone, a repeated request must still find the person

@@ -82,6 +82,13 @@ class ServerSettings:
     #: seconds ``serve`` keeps trying to reach PostgreSQL when it starts first (0 gives
     #: up at once); SQLite errors are never retried
     storage_startup_wait: float = 30.0
+    #: insights (docs/insights.md): seconds a query may run before it is interrupted
+    #: (422 query_timeout); answers cached (0: none), and seconds one is kept on SQLite
+    #: and on PostgreSQL (where other instances' writes are not seen)
+    insights_timeout: float = 30.0
+    insights_cache_size: int = 256
+    insights_cache_ttl: float = 300.0
+    insights_cache_ttl_postgres: float = 10.0
     #: TLS: a PEM certificate chain and its private key; with both, ``serve`` speaks
     #: only HTTPS and WSS (TLS 1.2 or newer)
     tls_certfile: str = ""
@@ -154,6 +161,11 @@ class ServerSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be positive")
+        if self.insights_timeout <= 0:
+            raise ConfigError("insights_timeout", "must be positive")
+        for name in ("insights_cache_size", "insights_cache_ttl", "insights_cache_ttl_postgres"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must be >= 0")
         for name in ("shutdown_drain_seconds", "shutdown_timeout"):
             if not 0 <= getattr(self, name) <= 3600:
                 raise ConfigError(name, "must be 0..3600 seconds")

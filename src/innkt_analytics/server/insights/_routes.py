@@ -4,35 +4,84 @@ The events come from the storage's public interface (``query_events``, paged) in
 an Arrow table, and the DuckDB engine answers in a worker thread. This is the seam
 until the storage has a columnar read path: the whole range is read per query, so
 ``MAX_EVENTS`` bounds what one query may load (422 ``query_too_large`` past it).
+
+Answers are cached (``_cache``): ``X-Innkt-Cache: hit`` or ``miss`` says which. A
+query gets ``insights_timeout`` seconds for loading and running together; past it
+its DuckDB connection is interrupted from the event loop's thread and the answer is
+422 ``query_timeout`` (a narrower range or fewer steps is the cure, not a retry).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+import threading
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from litestar import Request, Response, post
 
 from innkt_analytics.server._ingest import read_json_body
 from innkt_analytics.server._state import JSON, ApiError, authenticate, state_of
+from innkt_analytics.server.insights._cache import insights_of
 from innkt_analytics.server.insights._events import InsightEvent, to_arrow
 from innkt_analytics.server.insights._model import (
     LifecycleQuery,
     Query,
     QueryError,
-    QueryTooLarge,
     TrendsQuery,
     parse_query,
 )
 from innkt_analytics.server.storage import EventFilter, Storage
 
-__all__ = ["KINDS", "MAX_EVENTS", "insights"]
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = ["CACHE_HEADER", "KINDS", "MAX_EVENTS", "Job", "answer_within", "insights", "run_within"]
 
 KINDS: Final = ("trends", "funnels", "retention", "paths", "lifecycle", "stickiness")
 MAX_EVENTS: Final = 1_000_000
+#: the response header that says whether the answer came from the cache
+CACHE_HEADER: Final = "X-Innkt-Cache"
 _PAGE: Final = 1000
+#: how often a stopped query's connection is interrupted again, and for how long at
+#: most the answer waits for its thread to give up (a query between two statements
+#: has nothing to interrupt yet)
+_REINTERRUPT: Final = 0.02
+_STOP_GRACE: Final = 2.0
 _encoder = msgspec.json.Encoder()
+
+
+class _Stopped(Exception):
+    """The query's job was stopped (its time limit passed)."""
+
+
+class Job:
+    """One query's DuckDB connection, which another thread may interrupt."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self.stopped = False
+        #: whether DuckDB gave up a statement because of ``stop``
+        self.interrupted = False
+
+    def attach(self, con: duckdb.DuckDBPyConnection | None) -> None:
+        with self._lock:
+            self._con = con
+            if con is not None and self.stopped:
+                con.interrupt()
+
+    @property
+    def running(self) -> bool:
+        """Whether a DuckDB connection is open for the query (it can be interrupted)."""
+        return self._con is not None
+
+    def stop(self) -> None:
+        """Interrupt the running statement (thread-safe; repeat it between statements)."""
+        with self._lock:
+            self.stopped = True
+            if self._con is not None:
+                self._con.interrupt()
 
 
 def _read_range(query: Query) -> tuple[int | None, int]:
@@ -61,14 +110,107 @@ async def _load(
         cursor = page.next_cursor
 
 
-def _answer(query: Query, events: list[InsightEvent], project: str) -> bytes:
-    # imported on first use: DuckDB and pyarrow cost the server ~0.3 s at start
-    from innkt_analytics.server.insights._engine import run
+def _answer(
+    query: Query,
+    events: list[InsightEvent],
+    project: str,
+    job: Job,
+) -> bytes:
+    # imported on first use: DuckDB and pyarrow cost the server ~0.3 s at start.
+    # The engine's own connect/run pair (what ``run`` does), so the connection can
+    # be handed to ``job`` for interrupting.
+    import duckdb
 
+    from innkt_analytics.server.insights._engine import MEMORY_LIMIT, _connect, _run
+
+    source = to_arrow(events)
+    if job.stopped:
+        raise _Stopped
+    con = _connect(source, MEMORY_LIMIT)
+    job.attach(con)
     try:
-        return _encoder.encode(run(query, to_arrow(events), project))
-    except QueryTooLarge as exc:
-        raise ApiError(422, "query_too_large", str(exc)) from None
+        return _encoder.encode(_run(con, query, project))
+    except duckdb.InterruptException:
+        job.interrupted = True
+        raise _Stopped from None
+    except duckdb.OutOfMemoryException:
+        raise ApiError(
+            422, "query_too_large", f"the query needs more than {MEMORY_LIMIT} of memory"
+        ) from None
+    finally:
+        job.attach(None)
+        con.close()
+
+
+def _timed_out(limit: float) -> ApiError:
+    return ApiError(
+        422,
+        "query_timeout",
+        f"the query ran past the time limit of {limit:g} s (INNKT_INSIGHTS_TIMEOUT) and "
+        "was stopped: narrow its range or simplify it",
+    )
+
+
+async def _stop(job: Job, work: asyncio.Future[bytes]) -> None:
+    """Interrupt ``job`` until its thread gives up (at most ``_STOP_GRACE`` seconds)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + _STOP_GRACE
+    while not work.done() and loop.time() < until:
+        job.stop()
+        await asyncio.wait({work}, timeout=_REINTERRUPT)
+    # whatever it ends with, nobody awaits it any more
+    work.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+async def answer_within(
+    storage: Storage,
+    query: Query,
+    project: str,
+    limit: float,
+    job: Job | None = None,
+) -> bytes:
+    """The encoded answer to ``query``, loading and running within ``limit`` seconds.
+
+    Raises ``ApiError`` 422 ``query_timeout`` past the limit (the DuckDB statement
+    under way is interrupted), 422 ``query_too_large`` past the event or memory bound.
+    """
+    job = job or Job()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    since, until = _read_range(query)
+    try:
+        async with asyncio.timeout_at(deadline):
+            events = await _load(storage, project, since, until)
+    except TimeoutError:
+        raise _timed_out(limit) from None
+    return await run_within(
+        query, events, project, max(0.0, deadline - loop.time()), job, limit=limit
+    )
+
+
+async def run_within(
+    query: Query,
+    events: list[InsightEvent],
+    project: str,
+    seconds: float,
+    job: Job,
+    *,
+    limit: float | None = None,
+) -> bytes:
+    """The encoded answer over ``events``, computed in a worker thread within ``seconds``.
+
+    Past them ``job`` is stopped (its DuckDB statement interrupted) and ``ApiError``
+    422 ``query_timeout`` names ``limit`` (default ``seconds``), the whole query's limit.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(_answer, query, events, project, job))
+    try:
+        await asyncio.wait({work}, timeout=seconds)
+    finally:
+        if not work.done():  # past the limit, or the request itself was cancelled
+            await _stop(job, work)
+    if not work.done() or isinstance(work.exception(), _Stopped):
+        raise _timed_out(seconds if limit is None else limit)
+    return work.result()  # an answer that made it just past the limit is still good
 
 
 @post(
@@ -87,7 +229,18 @@ async def insights(request: Request[Any, Any, Any]) -> Response[bytes]:
         query = parse_query(kind, body)
     except QueryError as exc:
         raise ApiError(400, "invalid_query", str(exc)) from None
-    since, until = _read_range(query)
-    events = await _load(state.storage, key.project, since, until)
-    answer = await asyncio.to_thread(_answer, query, events, key.project)
-    return Response(answer, media_type=JSON)
+    runtime = insights_of(state)
+    # the data version is read before the events are: an answer is never filed
+    # under a version newer than the data it was computed from
+    cache_key = runtime.key(key.project, kind, query)
+    cached = runtime.cache.get(cache_key)
+    if cached is not None:
+        return Response(cached, media_type=JSON, headers={CACHE_HEADER: "hit"})
+    try:
+        answer = await answer_within(state.storage, query, key.project, runtime.timeout)
+    except ApiError as exc:
+        if exc.code == "query_timeout":
+            runtime.timeouts += 1
+        raise
+    runtime.cache.put(cache_key, answer)
+    return Response(answer, media_type=JSON, headers={CACHE_HEADER: "miss"})
