@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import socket
 import sqlite3
 import struct
@@ -351,12 +352,10 @@ def fast_config(url: str, key: str, queue: Path | None, **options: Any) -> Backe
 
 def stored(db_path: str, session: str) -> list[int]:
     """The ``properties.i`` of every stored event of a session, sorted (duplicates kept)."""
-    with contextlib.closing(sqlite3.connect(db_path)) as db:
-        rows = db.execute(
-            "SELECT json_extract(payload, '$.properties.i') FROM events WHERE session_id = ?",
-            (session,),
-        ).fetchall()
-    return sorted(r[0] for r in rows)
+    from tests._server import sqlite_events
+
+    rows = sqlite_events(db_path, "payload", "session_id = ?", (session,))
+    return sorted(json.loads(r[0])["properties"]["i"] for r in rows)  # type: ignore[arg-type]
 
 
 def queued(queue_path: Path) -> int:

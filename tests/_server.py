@@ -27,6 +27,32 @@ _KEY = re.compile(r"created (\w+) key \(project '[^']+'\): (\S+)")
 _URL = re.compile(r"listening on (https?://\S+)")
 
 
+def sqlite_events(
+    db: str | Path, columns: str, where: str, params: tuple[object, ...]
+) -> list[tuple[object, ...]]:
+    """Matching rows of a SQLite server database in seq order, from the hot log and the
+    Parquet segments of one snapshot (``where``: SQL valid in SQLite and DuckDB)."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("BEGIN")  # one snapshot: a compaction moves rows between the reads
+        hot = conn.execute(
+            f"SELECT {columns} FROM events WHERE {where} ORDER BY seq", params
+        ).fetchall()
+        files = [r[0] for r in conn.execute("SELECT file FROM segments ORDER BY min_seq")]
+    if not files:
+        return hot
+    import duckdb
+
+    paths = [f"{db}.segments/{f}" for f in files]
+    cold = (
+        duckdb.connect()
+        .execute(
+            f"SELECT {columns} FROM read_parquet(?) WHERE {where} ORDER BY seq", [paths, *params]
+        )
+        .fetchall()
+    )
+    return cold + hot
+
+
 class ServerProcess:
     def __init__(
         self,
@@ -195,13 +221,7 @@ class ServerProcess:
                 "SELECT event_id FROM events WHERE project = %s ORDER BY seq", (project,)
             )
             return [r[0] for r in rows]
-        with contextlib.closing(sqlite3.connect(self.db)) as conn:
-            return [
-                r[0]
-                for r in conn.execute(
-                    "SELECT event_id FROM events WHERE project = ? ORDER BY seq", (project,)
-                )
-            ]
+        return [str(r[0]) for r in sqlite_events(self.db, "event_id", "project = ?", (project,))]
 
     def count_events(self, project: str | None = None) -> int:
         if self.is_postgres:
@@ -209,11 +229,17 @@ class ServerProcess:
                 return int(self._pg_rows("SELECT count(*) FROM events")[0][0])
             rows = self._pg_rows("SELECT count(*) FROM events WHERE project = %s", (project,))
             return int(rows[0][0])
-        with contextlib.closing(sqlite3.connect(self.db)) as conn:
-            if project is None:
-                return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-            return int(
-                conn.execute(
-                    "SELECT COUNT(*) FROM events WHERE project = ?", (project,)
-                ).fetchone()[0]
-            )
+        # the hot log, and the Parquet segments the compactor moved events to
+        with contextlib.closing(sqlite3.connect(self.db, isolation_level=None)) as conn:
+            where, params = ("", ()) if project is None else (" WHERE project = ?", (project,))
+            conn.execute("BEGIN")  # one snapshot: a compaction moves rows between the two
+            hot = int(conn.execute("SELECT COUNT(*) FROM events" + where, params).fetchone()[0])
+            files = [r[0] for r in conn.execute("SELECT file FROM segments")]
+        if not files:
+            return hot
+        import duckdb
+
+        paths = [f"{self.db}.segments/{f}" for f in files]
+        sql = "SELECT COUNT(*) FROM read_parquet(?)" + where
+        [(cold,)] = duckdb.connect().execute(sql, [paths, *params]).fetchall()
+        return hot + int(cold)

@@ -51,12 +51,9 @@ def _queued_ids(path: Path) -> list[str]:
 
 
 def _server_ids(server: ServerProcess, sid: str) -> list[str]:
-    import contextlib
-    import sqlite3
+    from tests._server import sqlite_events
 
-    with contextlib.closing(sqlite3.connect(server.db_path)) as db:
-        rows = db.execute("SELECT event_id FROM events WHERE session_id = ?", (sid,)).fetchall()
-    return [r[0] for r in rows]
+    return [str(r[0]) for r in sqlite_events(server.db_path, "event_id", "session_id = ?", (sid,))]
 
 
 def test_kill_9_while_tracking_50000_events_then_restart(

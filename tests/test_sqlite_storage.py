@@ -1,14 +1,16 @@
-"""SQLite specifics: the user and session indexes the writer process fills in bulk,
-and the migration that introduced them (schema version 3)."""
+"""SQLite specifics: the storage engine's hot log, segments and dedup runs across
+compaction, merges, deletions and restarts, the v3 migration, the writer process."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
-from innkt_analytics.server.storage._sqlite import page_query
-from innkt_analytics.server.storage._sqlite_schema import _MIGRATIONS, SCHEMA_VERSION, statements
+from innkt_analytics.server.storage._engine import EngineSettings
+from innkt_analytics.server.storage._sqlite_schema import SCHEMA_VERSION, migrate
 from tests.test_storage_contract import row
 
 
@@ -42,121 +44,179 @@ def ids(storage: SQLiteStorage, flt: EventFilter) -> list[str]:
     return [r.event_id for r in page.rows]
 
 
-def index_state(path: str) -> tuple[int, int]:
-    """(hwm, newest seq)."""
+def compact(storage: SQLiteStorage) -> None:
+    storage.compact_sync()
+
+
+def listed(path: str) -> tuple[int, int, int]:
+    """(hot rows, segments, dedup runs)."""
     with sqlite3.connect(path) as conn:
-        hwm = conn.execute("SELECT hwm FROM index_state").fetchone()[0]
-        top = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-    return int(hwm), int(top)
+        hot, segments, runs = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM segments),"
+            " (SELECT COUNT(*) FROM dedup_runs)"
+        ).fetchone()
+    return int(hot), int(segments), int(runs)
 
 
-def wait_indexed(path: str) -> None:
-    """Until the writer, idle, has moved every event into the bulk indexes; then
-    the index tables must hold exactly the events' users and sessions."""
-    deadline = time.monotonic() + 10
-    while (state := index_state(path))[0] != state[1]:
-        assert time.monotonic() < deadline, f"index never caught up: {state}"
-        time.sleep(0.02)
-    with sqlite3.connect(path) as conn:
-        for table, column in (("events_by_user", "user_id"), ("events_by_session", "session_id")):
-            expected = conn.execute(
-                f"SELECT project, {column}, seq FROM events WHERE {column} IS NOT NULL"
-            ).fetchall()
-            indexed = conn.execute(f"SELECT project, {column}, seq FROM {table}").fetchall()
-            assert sorted(indexed) == sorted(expected), table
-
-
-def test_filters_find_events_both_in_the_bulk_index_and_above_it(
-    storage: SQLiteStorage,
-) -> None:
+def test_filters_find_events_in_segments_and_in_the_hot_log(storage: SQLiteStorage) -> None:
     insert(storage, ev("a1", "u1", "s1"), ev("a2", "u1", "s2"), ev("b1", "u2", "s1"))
-    wait_indexed(storage.path)
-    with sqlite3.connect(storage.path) as conn:
-        indexed = conn.execute("SELECT count(*) FROM events_by_user").fetchone()[0]
-    assert indexed == 3
+    compact(storage)
+    assert listed(storage.path) == (0, 1, 1)
     insert(storage, ev("a3", "u1", "s1"), ev("b2", "u2", "s2"))
-    # Hold the write lock so the writer cannot index the new rows while we look.
-    holder = sqlite3.connect(storage.path, isolation_level=None, timeout=30)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        hwm, top = index_state(storage.path)
-        assert hwm < top  # the two new rows are not in the bulk index yet
-        assert ids(storage, EventFilter(user_id="u1")) == ["a1", "a2", "a3"]
-        assert ids(storage, EventFilter(session_id="s1")) == ["a1", "b1", "a3"]
-        assert ids(storage, EventFilter(user_id="u2", session_id="s2")) == ["b2"]
-        stats = asyncio.run(storage.stats("p", EventFilter(user_id="u2"), 60_000))
-        assert stats.total == 2
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    wait_indexed(storage.path)
+    assert listed(storage.path)[0] == 2
     assert ids(storage, EventFilter(user_id="u1")) == ["a1", "a2", "a3"]
-    assert ids(storage, EventFilter(session_id="s2")) == ["a2", "b2"]
+    assert ids(storage, EventFilter(session_id="s1")) == ["a1", "b1", "a3"]
+    assert ids(storage, EventFilter(user_id="u2", session_id="s2")) == ["b2"]
+    assert ids(storage, EventFilter(any_id="u2")) == ["b1", "b2"]
+    stats = asyncio.run(storage.stats("p", EventFilter(user_id="u2"), 60_000))
+    assert (stats.total, stats.unique_sessions, stats.unique_users) == (2, 2, 1)
+    page = asyncio.run(storage.query_events("p", EventFilter(), None, 2))
+    assert [r.event_id for r in page.rows] == ["a1", "a2"]
+    rest = asyncio.run(storage.query_events("p", EventFilter(), page.next_cursor, 10))
+    assert [r.event_id for r in rest.rows] == ["b1", "a3", "b2"]
+    assert rest.next_cursor is None
+
+
+def test_a_replay_of_compacted_events_is_a_duplicate_even_after_merges(tmp_path: Path) -> None:
+    storage = SQLiteStorage(str(tmp_path / "s.db"), engine=EngineSettings(fanin=2, run_fanin=2))
+    storage.open_sync()
+    try:
+        for i in range(5):
+            insert(storage, ev(f"e{i}", "u1", "s1"))
+            compact(storage)
+        hot, segments, runs = listed(storage.path)
+        assert hot == 0
+        assert (segments, runs) < (5, 5)  # merged
+        assert insert(storage, *(ev(f"e{i}", "u1", "s1") for i in range(7))) == {"e5", "e6"}
+        assert ids(storage, EventFilter()) == [f"e{i}" for i in range(7)]
+    finally:
+        storage.close_sync()
+
+
+def test_seqs_keep_growing_after_compaction_empties_the_hot_log(storage: SQLiteStorage) -> None:
+    insert(storage, ev("a", "u1", "s1"), ev("b", "u1", "s1"))
+    first = asyncio.run(storage.query_events("p", EventFilter(), None, 10)).rows
+    compact(storage)
+    asyncio.run(storage.delete_user("p", "u1", 1))
+    insert(storage, ev("c", "u2", "s1"))
+    [row_c] = asyncio.run(storage.query_events("p", EventFilter(), None, 10)).rows
+    assert row_c.seq > max(r.seq for r in first)
 
 
 def test_deleting_a_user_removes_their_events_from_both_places(storage: SQLiteStorage) -> None:
     insert(storage, ev("a1", "u1", "s1"), ev("b1", "u2", "s1"))
-    wait_indexed(storage.path)
-    insert(storage, ev("a2", "u1", "s2"))
-    assert asyncio.run(storage.delete_user("p", "u1", 1)) == 2
-    assert ids(storage, EventFilter(user_id="u1")) == []
+    compact(storage)
+    anonymous = dataclasses.replace(ev("a3", None, "s2"), anonymous_id="u1")
+    insert(storage, ev("a2", "u1", "s2"), anonymous)
+    assert asyncio.run(storage.delete_user("p", "u1", 1)) == 3
+    assert ids(storage, EventFilter()) == ["b1"]
     assert ids(storage, EventFilter(session_id="s1")) == ["b1"]
     with sqlite3.connect(storage.path) as conn:
-        left = conn.execute("SELECT user_id FROM events_by_user").fetchall()
-    assert left == [("u2",)]
+        assert conn.execute("SELECT COUNT(*) FROM pending_deletes").fetchone()[0] == 0
+    # deleted ids are free again, as in the hot log
+    assert insert(storage, ev("a1", "u1", "s1")) == {"a1"}
 
 
-def test_deleting_the_newest_events_never_hides_the_next_ones(storage: SQLiteStorage) -> None:
-    # SQLite hands out the seqs of deleted newest rows again; had the bulk index's
-    # high-water mark stayed above them, the new rows would never be indexed.
-    insert(storage, ev("a1", "u1", "s1"), ev("a2", "u1", "s1"), ev("a3", "u1", "s1"))
-    wait_indexed(storage.path)
-    assert asyncio.run(storage.delete_user("p", "u1", 1)) == 3
-    insert(storage, ev("b1", "u2", "s2"), ev("b2", "u2", "s2"))
-    wait_indexed(storage.path)
-    assert ids(storage, EventFilter(user_id="u2")) == ["b1", "b2"]
-    assert ids(storage, EventFilter(session_id="s2")) == ["b1", "b2"]
+def test_a_compaction_that_lost_rows_to_a_deletion_changes_nothing(
+    storage: SQLiteStorage,
+) -> None:
+    insert(storage, ev("a1", "u1", "s1"), ev("b1", "u2", "s1"))
+    with sqlite3.connect(storage.path) as conn:
+        top = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+    # The compactor read 3 rows, but the hot log holds 2 now: the writer refuses.
+    assert storage.write_sync("compact", top, 3, None, None) is False
+    assert listed(storage.path) == (2, 0, 0)
 
 
-def test_a_version_2_database_is_migrated_with_its_events_indexed(tmp_path: Path) -> None:
-    path = str(tmp_path / "v2.db")
+def test_a_restart_removes_unlisted_files_and_finishes_pending_deletes(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    storage = SQLiteStorage(path)
+    storage.open_sync()
+    insert(storage, ev("a1", "u1", "s1"), ev("b1", "u2", "s1"))
+    compact(storage)
+    storage.close_sync()
+    folder = Path(path + ".segments")
+    (folder / "seg-000000000009-deadbeef.parquet.tmp").write_bytes(b"half written")
+    (folder / "run-000000000009-deadbeef.bin").write_bytes(b"never committed")
+    with sqlite3.connect(path) as conn:  # as if the server died inside delete_user
+        conn.execute("INSERT INTO pending_deletes (project, id) VALUES ('p', 'u1')")
+    storage = SQLiteStorage(path)
+    storage.open_sync()
+    try:
+        assert not (folder / "seg-000000000009-deadbeef.parquet.tmp").exists()
+        assert not (folder / "run-000000000009-deadbeef.bin").exists()
+        assert ids(storage, EventFilter()) == ["b1"]
+    finally:
+        storage.close_sync()
+
+
+def test_readers_see_every_event_exactly_once_while_compaction_runs(tmp_path: Path) -> None:
+    engine = EngineSettings(compact_rows=40, compact_age=0.01, fanin=3, run_fanin=3, trash_grace=0)
+    storage = SQLiteStorage(str(tmp_path / "s.db"), engine=engine)
+    storage.open_sync()
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            stats = asyncio.run(storage.stats("p", EventFilter(), 86_400_000))
+            seen.append(stats.total)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for b in range(30):
+            insert(storage, *(ev(f"e{b}-{i}", f"u{i % 7}", f"s{b}") for i in range(20)))
+        stop.set()
+        watcher.join()
+        storage.compact_sync()
+        assert listed(storage.path)[0] == 0
+        assert ids_all(storage) == [f"e{b}-{i}" for b in range(30) for i in range(20)]
+    finally:
+        stop.set()
+        storage.close_sync()
+    # Never an event counted twice or missed: the totals only grow, by whole batches.
+    assert seen == sorted(seen)
+    assert all(t % 20 == 0 and t <= 600 for t in seen)
+    assert len(set(seen)) > 1
+
+
+def ids_all(storage: SQLiteStorage) -> list[str]:
+    out: list[str] = []
+    cursor: int | None = None
+    while True:
+        page = asyncio.run(storage.query_events("p", EventFilter(), cursor, 37))
+        out += [r.event_id for r in page.rows]
+        if page.next_cursor is None:
+            return out
+        cursor = page.next_cursor
+
+
+def test_a_version_3_database_is_migrated_in_place(tmp_path: Path) -> None:
+    # A v3 file as the previous release made it: its schema and its writer's rows.
+    path = str(tmp_path / "v3.db")
     with sqlite3.connect(path, isolation_level=None) as conn:
-        for version in (1, 2):
-            for statement in statements(_MIGRATIONS[version]):
-                conn.execute(statement)
+        migrate(conn, upto=3)
         conn.executemany(
             "INSERT INTO events (project, event_id, event_type, session_id, user_id, ts,"
             " received_at, corrected, payload) VALUES ('p', ?, 't', ?, ?, 1, 1, 1, x'7b7d')",
             [("e1", "s1", "u1"), ("e2", "s2", "u1"), ("e3", "s1", None)],
         )
-        conn.execute("PRAGMA user_version=2")
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     storage = SQLiteStorage(path)
     storage.open_sync()
     try:
         with sqlite3.connect(path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-            assert index_state(path) == (3, 3)
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert ids(storage, EventFilter(user_id="u1")) == ["e1", "e2"]
+        compact(storage)
+        assert listed(storage.path)[:2] == (0, 1)
         assert ids(storage, EventFilter(session_id="s1")) == ["e1", "e3"]
-        insert(storage, ev("e4", "u1", "s1"))
+        assert insert(storage, ev("e1", "u1", "s1"), ev("e4", "u1", "s1")) == {"e4"}
         assert ids(storage, EventFilter(user_id="u1")) == ["e1", "e2", "e4"]
+        assert asyncio.run(storage.health()).events == 4
     finally:
         storage.close_sync()
-
-
-def test_batches_with_duplicates_are_indexed_exactly(storage: SQLiteStorage) -> None:
-    # The writer indexes from what it inserted; a batch with replayed ids takes
-    # another path (the new rows are read back): both must index exactly.
-    insert(storage, ev("a", "u1", "s1"), ev("b", "u2", "s1"))
-    insert(storage, ev("a", "u1", "s1"), ev("c", "u3", None), ev("b", "u2", "s1"))
-    insert(storage, ev("d", None, "s2"), ev("d", None, "s2"), ev("e", "u1", "s2"))
-    insert(storage, ev("g", "u4", "s3"))
-    wait_indexed(storage.path)
-    assert ids(storage, EventFilter(user_id="u1")) == ["a", "e"]
-    assert ids(storage, EventFilter(session_id="s2")) == ["d", "e"]
-    insert(storage, ev("f", "u1", "s1"))
-    wait_indexed(storage.path)
-    assert ids(storage, EventFilter(user_id="u1")) == ["a", "e", "f"]
 
 
 def test_the_writer_process_ignores_ctrl_c_and_stops_when_the_storage_closes(
@@ -211,20 +271,3 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
-
-
-@pytest.mark.parametrize("flt", [EventFilter(), EventFilter(event_type="click")])
-def test_paging_without_a_selective_filter_walks_seq_order_without_sorting(
-    storage: SQLiteStorage, flt: EventFilter
-) -> None:
-    # An export pages through every event: each page must start at the cursor,
-    # not sort all of the project's events again (quadratic in the export's size).
-    insert(storage, *(row(f"e{i}", event_type="click" if i % 2 else "page") for i in range(50)))
-    sql, params = page_query("p", flt, 10, 1001)
-    with sqlite3.connect(storage.path) as conn:
-        plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
-        got = [r[1] for r in conn.execute(sql, params)]
-    assert "TEMP B-TREE" not in plan, plan
-    assert "PRIMARY KEY" in plan, plan
-    expected = [f"e{i}" for i in range(10, 50) if flt.event_type is None or i % 2]
-    assert got == expected

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -29,17 +30,45 @@ from innkt_analytics.server.storage import (
     Suppression,
     make_storage,
 )
+from innkt_analytics.server.storage._engine import EngineSettings
+from innkt_analytics.server.storage._sqlite import SQLiteStorage
 
 T = TypeVar("T")
 DAY = 86_400_000
 NOW = time.time_ns() // 1_000_000 // DAY * DAY  # midnight today, UTC
 
 
+class ColdSQLite(SQLiteStorage):
+    """The SQLite engine compacting after every write: every event a test reads back
+    comes from Parquet segments and dedup runs, merged two at a time, not the hot log."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, engine=EngineSettings(fanin=2, run_fanin=2, trash_grace=0))
+
+    async def insert_events(self, project: str, rows: Sequence[EventRow]) -> set[str]:
+        stored = await super().insert_events(project, rows)
+        await asyncio.to_thread(self.compact_sync)
+        return stored
+
+
+@pytest.fixture(
+    params=["sqlite", "sqlite-cold", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database per backend; ``cold:`` marks the compacting SQLite engine."""
+    if request.param == "sqlite":
+        return str(tmp_path / "storage.db")
+    if request.param == "sqlite-cold":
+        return "cold:" + str(tmp_path / "storage.db")
+    url: str = request.getfixturevalue("pg_database")
+    return url
+
+
 def with_storage(url: str, body: Callable[[Storage], Awaitable[T]]) -> T:
     """Open the storage at ``url``, run ``body`` on it, close it."""
 
     async def main() -> T:
-        storage = make_storage(url)
+        storage = ColdSQLite(url[5:]) if url.startswith("cold:") else make_storage(url)
         await storage.open()
         try:
             return await body(storage)

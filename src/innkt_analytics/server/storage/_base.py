@@ -59,6 +59,8 @@ class EventFilter:
     user_id: str | None = None
     since: int | None = None  # inclusive, on the corrected timestamp
     until: int | None = None  # exclusive
+    #: events whose user_id or anonymous_id equals this (a person's ids, one at a time)
+    any_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -250,7 +252,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def delete_user(self, project: str, user_id: str, at: int) -> int:
-        """Delete the user's events and suppress the id, in one transaction.
+        """Delete the events whose ``user_id`` *or* ``anonymous_id`` is the id, and
+        suppress the id, in one transaction.
 
         Returns the number of events deleted.
         """

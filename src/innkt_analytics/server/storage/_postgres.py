@@ -488,9 +488,12 @@ class PostgresStorage(Storage):
 
         async def run(conn: Any) -> int:
             async with conn.transaction():
-                # the ids go too, as deleting a row frees its unique key in SQLite
+                # the ids go too, as deleting a row frees its unique key in SQLite;
+                # anonymous_id has no index (it would cost every insert): a deletion,
+                # rare, scans the project's rows instead
                 status = await conn.execute(
-                    "WITH gone AS (DELETE FROM events WHERE project = $1 AND user_id = $2"
+                    "WITH gone AS (DELETE FROM events WHERE project = $1"
+                    " AND (user_id = $2 OR anonymous_id = $2)"
                     " RETURNING event_id) DELETE FROM event_ids d USING gone"
                     " WHERE d.project = $1 AND d.event_id = gone.event_id",
                     project,
@@ -608,4 +611,7 @@ def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:
         if value is not None:
             params.append(clean_text(value) if isinstance(value, str) else value)
             clauses.append(f"{column} {op} ${len(params)}")
+    if flt.any_id is not None:
+        params.append(clean_text(flt.any_id))
+        clauses.append(f"(user_id = ${len(params)} OR anonymous_id = ${len(params)})")
     return " AND ".join(clauses), params

@@ -8,6 +8,12 @@ answered. A process, not a thread: the event loop parses on one core while the
 writer binds, steps and fsyncs on the other, instead of both taking turns on one
 GIL. Reads go through per-thread connections in a small thread pool, never
 blocking the writer.
+
+The events themselves live in the storage engine (docs/operations.md): the
+``events`` table is an arrival-ordered hot log; a compactor thread
+(``_engine.py``) moves its rows into zstd Parquet segments with dedup runs of
+their ids; reads (``_columnar.py``) run in DuckDB over the segments and the hot
+rows of one snapshot.
 """
 
 from __future__ import annotations
@@ -15,18 +21,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
 
 from innkt_analytics._exceptions import StorageError, StorageFullError
 from innkt_analytics._protocol import ClientConfig
+from innkt_analytics.server.storage import _engine_backup
 from innkt_analytics.server.storage import _sqlite_writer as _w
 from innkt_analytics.server.storage._base import (
     KEY_COLUMNS,
@@ -41,9 +48,10 @@ from innkt_analytics.server.storage._base import (
     StorageStatus,
     Suppression,
     audit_entry,
-    event_row,
     key_record,
 )
+from innkt_analytics.server.storage._columnar import Reader, where
+from innkt_analytics.server.storage._engine import Compactor, EngineSettings, segment_dir
 from innkt_analytics.server.storage._sqlite_client import WriterClient, storage_error
 from innkt_analytics.server.storage._sqlite_schema import migrate
 
@@ -51,15 +59,14 @@ __all__ = ["SQLiteStorage"]
 
 T = TypeVar("T")
 
-_COLUMNS: Final = (
-    "project, event_id, event_type, session_id, user_id, anonymous_id,"
-    " ts, sent_at, received_at, corrected, future, payload"
-)
-_NCOLS: Final = 12
-_CHUNK: Final = 32766 // _NCOLS
-_SELECT: Final = (
-    "SELECT seq, event_id, event_type, session_id, user_id, anonymous_id,"
-    " ts, sent_at, received_at, corrected, future, payload FROM events"
+_CHUNK: Final = 32766 // _w.NCOLS
+_STATS_COLUMNS: Final = (
+    "project",
+    "event_type",
+    "corrected",
+    "session_id",
+    "user_id",
+    "anonymous_id",
 )
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -73,8 +80,13 @@ class SQLiteStorage(Storage):
 
     backend = "sqlite"
 
-    def __init__(self, path: str, *, readers: int = 2) -> None:
+    def __init__(
+        self, path: str, *, readers: int = 2, engine: EngineSettings | None = None
+    ) -> None:
         self.path = os.path.abspath(path)
+        self.engine_settings = engine or EngineSettings()
+        self.compactor: Compactor | None = None
+        self.columnar = Reader(self.path)
         self._closed = False
         self._writer: WriterClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,16 +110,24 @@ class SQLiteStorage(Storage):
         if parent:
             os.makedirs(parent, exist_ok=True)
         try:
+            _engine_backup.finish_restore(Path(self.path))  # a restore a crash interrupted
             conn = _w.connect_writer(self.path)
             try:
                 migrate(conn)
-                self._event_count = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+                self._event_count = int(
+                    conn.execute(
+                        "SELECT (SELECT COUNT(*) FROM events)"
+                        " + (SELECT coalesce(sum(rows), 0) FROM segments)"
+                    ).fetchone()[0]
+                )
             finally:
                 conn.close()
         except sqlite3.Error as exc:
             raise _convert_error(exc) from exc
         if start_writer:
             self._writer = WriterClient(self.path, self._group_done, self._loop)
+            self.compactor = Compactor(self.path, self.write_sync, self.engine_settings)
+            self.compactor.start()
 
     async def open(self, *, start_writer: bool = True) -> None:
         """``open_sync``, and bind the storage to the running loop, which then
@@ -116,6 +136,9 @@ class SQLiteStorage(Storage):
         await asyncio.to_thread(self.open_sync, start_writer=start_writer)
 
     def close_sync(self) -> None:
+        compactor, self.compactor = self.compactor, None
+        if compactor is not None:
+            compactor.stop()
         with self._writer_lock:
             self._closed = True
             writer, self._writer = self._writer, None
@@ -190,15 +213,23 @@ class SQLiteStorage(Storage):
         answer: list[str] | None = await self._write("insert", _insert_chunks(project, rows))
         stored = {r.event_id for r in rows} if answer is None else set(answer)
         self._event_count += len(stored)
+        if self.compactor is not None:
+            self.compactor.poke()
         return stored
+
+    def compact_sync(self) -> None:
+        """Compact and merge everything now (tests, backups); the compactor does this
+        in the background on its own."""
+        compactor = self.compactor
+        if compactor is None:
+            raise StorageError("storage is not open for writing")
+        compactor.run_until_idle()
 
     async def query_events(
         self, project: str, flt: EventFilter, cursor: int | None, limit: int
     ) -> EventPage:
-        sql, params = page_query(project, flt, cursor, limit + 1)
-
         def run(conn: sqlite3.Connection) -> EventPage:
-            rows = [event_row(r) for r in conn.execute(sql, params)]
+            rows = self.columnar.page(conn, project, flt, cursor, limit + 1)
             more = len(rows) > limit
             rows = rows[:limit]
             return EventPage(rows=rows, next_cursor=rows[-1].seq if more and rows else None)
@@ -206,30 +237,28 @@ class SQLiteStorage(Storage):
         return await self._read(run)
 
     async def stats(self, project: str, flt: EventFilter, bucket_ms: int) -> Stats:
-        where, params = _where(project, flt)
+        cond, params = where(project, flt)
 
         def run(conn: sqlite3.Connection) -> Stats:
-            by_type = dict(
-                conn.execute(
-                    f"SELECT event_type, COUNT(*) FROM events WHERE {where}"
-                    " GROUP BY event_type ORDER BY COUNT(*) DESC",
-                    params,
-                ).fetchall()
-            )
-            series = conn.execute(
-                f"SELECT (corrected / ?) * ?, COUNT(*) FROM events WHERE {where}"
-                " GROUP BY 1 ORDER BY 1",
-                [bucket_ms, bucket_ms, *params],
-            ).fetchall()
-            sessions, users = conn.execute(
-                f"SELECT COUNT(DISTINCT session_id), COUNT(DISTINCT user_id)"
-                f" FROM events WHERE {where}",
+            snap = self.columnar.snapshot(conn, project, flt, _STATS_COLUMNS)
+            source = f"({snap.source(_STATS_COLUMNS)}) WHERE {cond}"
+            [(total, sessions, users, by_type, series)] = self.columnar.query(
+                snap,
+                f"WITH ev AS (SELECT * FROM {source}),"
+                " t AS (SELECT event_type, COUNT(*) AS n FROM ev GROUP BY 1),"
+                f" b AS (SELECT (corrected // {int(bucket_ms)}) * {int(bucket_ms)} AS k,"
+                " COUNT(*) AS n FROM ev GROUP BY 1)"
+                " SELECT (SELECT COUNT(*) FROM ev),"
+                " (SELECT COUNT(DISTINCT session_id) FROM ev),"
+                " (SELECT COUNT(DISTINCT user_id) FROM ev),"
+                " (SELECT list(struct_pack(k := event_type, n := n) ORDER BY n DESC) FROM t),"
+                " (SELECT list(struct_pack(k := k, n := n) ORDER BY k) FROM b)",
                 params,
-            ).fetchone()
+            )
             return Stats(
-                total=sum(by_type.values()),
-                by_event_type=by_type,
-                series=[(int(t), int(c)) for t, c in series],
+                total=int(total),
+                by_event_type={d["k"]: int(d["n"]) for d in by_type or []},
+                series=[(int(d["k"]), int(d["n"])) for d in series or []],
                 unique_sessions=int(sessions),
                 unique_users=int(users),
             )
@@ -237,16 +266,40 @@ class SQLiteStorage(Storage):
         return await self._read(run)
 
     async def delete_events_before(self, project: str | None, before: int) -> int:
-        if project is None:
-            statement: Statement = ("DELETE FROM events WHERE corrected < ?", (before,))
-        else:
-            statement = (
-                "DELETE FROM events WHERE project = ? AND corrected < ?",
-                (project, before),
-            )
-        [(deleted, _)] = await self._sql(statement)
+        flt = EventFilter(until=before)
+        cond, params = where(project, flt)
+        [(deleted, _)] = await self._sql((f"DELETE FROM events WHERE {cond}", tuple(params)))
+        deleted += await self._rewrite_segments(project, None, before)
         self._event_count -= deleted
         return deleted
+
+    async def _rewrite_segments(
+        self, project: str | None, ids: list[str] | None, before: int | None
+    ) -> int:
+        compactor = self.compactor or Compactor(self.path, self.write_sync, self.engine_settings)
+
+        def run() -> int:
+            with compactor.locked():
+                gone = compactor.delete_matching(project, ids, before)
+                if ids is not None and project is not None:
+                    self.write_sync(
+                        "sql",
+                        [
+                            (
+                                "DELETE FROM pending_deletes WHERE project = ? AND id = ?",
+                                (project, i),
+                            )
+                            for i in ids
+                        ],
+                    )
+                return gone
+
+        try:
+            return await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            raise _convert_error(exc) from exc
+        except OSError as exc:
+            raise storage_error(_w.error_of(exc)) from exc
 
     # -- config --------------------------------------------------------------------
 
@@ -357,15 +410,22 @@ class SQLiteStorage(Storage):
     # -- privacy -------------------------------------------------------------------
 
     async def delete_user(self, project: str, user_id: str, at: int) -> int:
-        where, params = _where(project, EventFilter(user_id=user_id))
-        [(deleted, _), _] = await self._sql(
-            (f"DELETE FROM events WHERE {where}", tuple(params)),
+        cond, params = where(project, EventFilter(any_id=user_id))
+        [(deleted, _), _, _] = await self._sql(
+            (f"DELETE FROM events WHERE {cond}", tuple(params)),
             (
                 "INSERT INTO suppressed_users (project, user_id, deleted_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (project, user_id) DO UPDATE SET deleted_at = excluded.deleted_at",
                 (project, user_id, at),
             ),
+            # Segments are rewritten next; should this process die first, the next
+            # start finishes the job from this row.
+            (
+                "INSERT OR IGNORE INTO pending_deletes (project, id) VALUES (?, ?)",
+                (project, user_id),
+            ),
         )
+        deleted += await self._rewrite_segments(project, [user_id], None)
         self._event_count -= deleted
         return deleted
 
@@ -410,17 +470,41 @@ class SQLiteStorage(Storage):
 
     # -- health --------------------------------------------------------------------
 
+    def size_bytes(self) -> int:
+        """The database, its WAL and the segment directory, in bytes."""
+        paths = [self.path, self.path + "-wal"]
+        folder = segment_dir(self.path)
+        if os.path.isdir(folder):
+            paths += [os.path.join(folder, n) for n in os.listdir(folder)]
+        total = 0
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.path.getsize(p)
+        return total
+
+    def _engine_health(self, conn: sqlite3.Connection) -> dict[str, object]:
+        hot, segments, runs = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM segments),"
+            " (SELECT COUNT(*) FROM dedup_runs)"
+        ).fetchone()
+        compactor = self.compactor
+        return {
+            "hotEvents": int(hot),
+            "segments": int(segments),
+            "dedupRuns": int(runs),
+            "compactions": compactor.compactions if compactor else 0,
+            "compactionError": compactor.last_error if compactor else None,
+        }
+
     async def health(self) -> StorageHealth:
         def run(conn: sqlite3.Connection) -> StorageHealth:
             conn.execute("SELECT 1 FROM api_keys LIMIT 1").fetchall()  # is the file readable?
-            size = sum(
-                os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p)
-            )
             return StorageHealth(
                 status=StorageStatus.OK,
                 backend=self.backend,
-                size_bytes=size,
+                size_bytes=self.size_bytes(),
                 events=self._event_count,
+                extra=self._engine_health(conn),
             )
 
         try:
@@ -445,15 +529,6 @@ class SQLiteStorage(Storage):
         return result
 
 
-@functools.lru_cache(maxsize=64)
-def _insert_sql(n: int) -> str:
-    placeholders = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * n)
-    return (
-        f"INSERT INTO events ({_COLUMNS}) VALUES {placeholders}"
-        " ON CONFLICT (project, event_id) DO NOTHING"
-    )
-
-
 def _insert_chunks(project: str, rows: Sequence[EventRow]) -> list[_w.Chunk]:
     chunks: list[_w.Chunk] = []
     for start in range(0, len(rows), _CHUNK):
@@ -474,53 +549,8 @@ def _insert_chunks(project: str, rows: Sequence[EventRow]) -> list[_w.Chunk]:
                 r.future,
                 r.payload,
             )
-        chunks.append((_insert_sql(len(chunk)), params, [r.event_id for r in chunk]))
+        chunks.append((_w.insert_sql(len(chunk)), params, [r.event_id for r in chunk]))
     return chunks
-
-
-def page_query(
-    project: str, flt: EventFilter, cursor: int | None, limit: int
-) -> tuple[str, list[object]]:
-    """The SQL of one page of ``query_events`` (the export pages through it too)."""
-    where, params = _where(project, flt)
-    if flt.since is None and flt.until is None and flt.user_id is None and flt.session_id is None:
-        # Nothing selective: walk the table in seq order from the cursor. Left to
-        # itself, SQLite takes the (project, corrected) index for ``project = ?``
-        # and sorts every event of the project for each page, so paging through N
-        # events (an export) cost O(N^2): 0.6-1.0 s per page of 1,000 at 1M events.
-        where = "+" + where  # unary plus: no index on project for this term
-    if cursor is not None:
-        where += " AND seq > ?"
-        params.append(cursor)
-    return f"{_SELECT} WHERE {where} ORDER BY seq LIMIT ?", [*params, limit]
-
-
-def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:
-    clauses = ["project = ?"]
-    params: list[object] = [project]
-    if flt.event_type is not None:
-        clauses.append("event_type = ?")
-        params.append(flt.event_type)
-    for column, table, value in (
-        ("session_id", "events_by_session", flt.session_id),
-        ("user_id", "events_by_user", flt.user_id),
-    ):
-        if value is not None:
-            # The index table holds the events up to index_state.hwm; the few newer
-            # ones are found by their seq, which the writer hands out in order.
-            clauses.append(
-                f"{column} = ? AND seq IN (SELECT seq FROM {table}"
-                f" WHERE project = ? AND {column} = ? UNION ALL SELECT seq FROM events"
-                f" WHERE seq > (SELECT hwm FROM index_state) AND project = ? AND {column} = ?)"
-            )
-            params += (value, project, value, project, value)
-    if flt.since is not None:
-        clauses.append("corrected >= ?")
-        params.append(flt.since)
-    if flt.until is not None:
-        clauses.append("corrected < ?")
-        params.append(flt.until)
-    return " AND ".join(clauses), params
 
 
 def now_ms() -> int:

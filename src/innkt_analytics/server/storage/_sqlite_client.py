@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.util
 import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -36,6 +38,15 @@ def storage_error(value: tuple[str, str]) -> StorageError:
     """The exception for a ``(kind, message)`` from ``_sqlite_writer.error_of``."""
     kind, message = value
     return StorageFullError(message) if kind == "full" else StorageError(message)
+
+
+def _paths() -> str:
+    """Where the writer imports ``_dedup_runs`` and numpy from (it runs with ``-I -S``)."""
+    dirs = [os.path.dirname(_w.__file__)]
+    spec = importlib.util.find_spec("numpy")
+    if spec is not None and spec.submodule_search_locations:
+        dirs.append(os.path.dirname(next(iter(spec.submodule_search_locations))))
+    return os.pathsep.join(dirs)
 
 
 class WriterClient:
@@ -58,7 +69,7 @@ class WriterClient:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         with child:
             self.proc = subprocess.Popen(  # noqa: S603 (our interpreter, our file)
-                [sys.executable, "-I", "-S", _w.__file__, str(child.fileno()), path],
+                [sys.executable, "-I", "-S", _w.__file__, str(child.fileno()), path, _paths()],
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
             )

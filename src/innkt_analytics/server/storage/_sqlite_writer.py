@@ -14,14 +14,19 @@ concurrent requests cost one fsync. The answer to a group is one frame: a list o
 failed and was rolled back; ``value`` is ``(kind, message)``) or ``GROUP_FAILED``
 (the transaction itself failed: nothing of the group was stored).
 
-The two secondary indexes whose inserts scatter over the whole tree, by user and
-by session, are not maintained per insert: this process adds the new events to
-``events_by_user`` and ``events_by_session`` in sorted bulk every ``INDEX_BATCH``
-events, or when idle, and moves ``index_state.hwm`` past them. Queries find newer
-events by scanning the few rows above ``hwm`` (see ``_sqlite.py``).
+The database's ``events`` table is the *hot log*: events in arrival order with one
+unique index, so an insert costs the same at 10M stored events as at none.
 
-Standard library only, and importable as a module too: the process starts in
-a few tens of milliseconds and imports nothing of the package.
+Inserts are also checked against the *dedup runs* of compacted events
+(``_dedup_runs.py``, loaded from the ``dedup_runs`` table): the hot log's unique
+index only knows the events not compacted yet. ``compact`` and ``swap`` are the
+compactor's commits (``_engine.py``): they change which rows are in the hot log and
+which files are in the segment and run lists in one transaction, and this process
+loads a new run before the next insert is checked.
+
+Standard library (and numpy, for the runs) only, and importable as a module too:
+the process starts in a few tens of milliseconds and imports nothing of the
+package; ``_dedup_runs.py`` is imported by path (``argv[3]`` lists the directories).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import marshal
+import os
 import signal
 import socket
 import sqlite3
@@ -43,10 +49,14 @@ HEADER: Final = struct.Struct("!I")
 OK: Final = 0
 FAILED: Final = 1
 GROUP_FAILED: Final = 2
-#: events added to the user and session indexes in one bulk step
-INDEX_BATCH: Final = 20_000
-#: seconds without jobs after which the indexes catch up with what is left
-INDEX_IDLE: Final = 0.2
+
+#: columns of one events row as inserted, in the order of ``COLUMNS``
+COLUMNS: Final = (
+    "project, event_id, event_type, session_id, user_id, anonymous_id,"
+    " ts, sent_at, received_at, corrected, future, payload"
+)
+NCOLS: Final = 12
+_INSERT_SQL: dict[int, str] = {}
 
 Job = tuple[int, str, tuple[Any, ...]]
 Result = tuple[int, int, Any]
@@ -139,27 +149,161 @@ def _disk_full(exc: BaseException) -> bool:
 # -- the operations ---------------------------------------------------------------------
 
 
+def insert_sql(n: int) -> str:
+    """The INSERT of ``n`` rows of ``COLUMNS`` that skips ids already in the hot log."""
+    sql = _INSERT_SQL.get(n)
+    if sql is None:
+        placeholders = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * n)
+        sql = (
+            f"INSERT INTO events ({COLUMNS}) VALUES {placeholders}"
+            " ON CONFLICT (project, event_id) DO NOTHING"
+        )
+        if len(_INSERT_SQL) < 64:
+            _INSERT_SQL[n] = sql
+    return sql
+
+
+class Runs:
+    """The dedup runs of compacted events, as loaded from the ``dedup_runs`` table."""
+
+    def __init__(self, db_path: str) -> None:
+        self.dir = db_path + ".segments"
+        self.open: dict[str, Any] = {}  # file name -> _dedup_runs.Run
+
+    def reload(self, conn: sqlite3.Connection) -> None:
+        names = [r[0] for r in conn.execute("SELECT file FROM dedup_runs ORDER BY id")]
+        if names and _dedup is None:
+            raise RuntimeError("dedup runs exist but numpy is not importable")
+        keep = {}
+        for name in names:
+            run = self.open.pop(name, None)
+            keep[name] = run if run is not None else _dedup.Run(f"{self.dir}/{name}")
+        for run in self.open.values():
+            run.close()
+        self.open = keep
+
+    def add(self, name: str) -> None:
+        self.open[name] = _dedup.Run(f"{self.dir}/{name}")
+
+    def drop_compacted(self, chunk: Chunk) -> Chunk:
+        """The chunk without the rows whose id a run holds (a replay of old events)."""
+        _, params, ids = chunk
+        if not self.open:
+            return chunk
+        keys = [(params[i * NCOLS], ids[i]) for i in range(len(ids))]
+        hi, lo = _dedup.digests(keys)
+        seen = _dedup.contains_any(list(self.open.values()), hi, lo)
+        if not seen.any():
+            return chunk
+        keep = [i for i in range(len(ids)) if not seen[i]]
+        new_params: list[object] = []
+        for i in keep:
+            new_params += params[i * NCOLS : (i + 1) * NCOLS]
+        return insert_sql(len(keep)), new_params, [ids[i] for i in keep]
+
+
+_dedup: Any = None
+RUNS: Runs | None = None  # set by main(); the ops below use it
+
+
 def op_insert(conn: sqlite3.Connection, chunks: list[Chunk]) -> list[str] | None:
     """Insert events; ``None`` when all were new, else the ids that were stored."""
     # No RETURNING: it would step once per row. One step inserts the whole chunk.
     stored: list[str] = []
     all_new = True
-    for sql, params, ids in chunks:
+    for chunk in chunks:
+        if RUNS is not None:
+            checked = RUNS.drop_compacted(chunk)
+            if checked is not chunk:
+                all_new = False
+                chunk = checked
+                if not chunk[2]:
+                    continue
+        sql, params, ids = chunk
+        before = conn.execute(_LAST_SEQ).fetchone()
         cur = conn.execute(sql, params)
         inserted = cur.rowcount
         if inserted == len(ids):
             stored += ids  # the usual case: none of the ids was stored before
             continue
         all_new = False
-        if inserted > 0 and cur.lastrowid is not None:
-            # Some were duplicates. The new rows took the rowids after the old
-            # maximum, in one run ending at lastrowid: read their ids back.
-            last = cur.lastrowid
+        if inserted > 0:
+            # Some were duplicates. The new rows took seqs above the old maximum
+            # (AUTOINCREMENT: not one run, a conflict may use one up): read them back.
             found = conn.execute(
-                "SELECT event_id FROM events WHERE seq > ? AND seq <= ?", (last - inserted, last)
+                "SELECT event_id FROM events WHERE seq > ?", (before[0] if before else 0,)
             )
             stored += [r[0] for r in found]
     return None if all_new else stored
+
+
+_LAST_SEQ: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+_SEGMENT_COLUMNS: Final = (
+    "file, rows, bytes, min_seq, max_seq, min_corrected, max_corrected, tier, sha256"
+)
+_RUN_COLUMNS: Final = "file, entries, bytes, sha256"
+
+
+def _insert_file(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+    columns = _SEGMENT_COLUMNS if table == "segments" else _RUN_COLUMNS
+    names = [c.strip() for c in columns.split(",")]
+    conn.execute(
+        f"INSERT INTO {table} ({columns}) VALUES ({','.join('?' * len(names))})",
+        [row[n] for n in names],
+    )
+
+
+def op_compact(
+    conn: sqlite3.Connection,
+    upto: int,
+    expected: int,
+    segment: dict[str, Any] | None,
+    run: dict[str, Any] | None,
+) -> bool:
+    """Move the hot rows with ``seq <= upto`` out: they are now in ``segment`` and
+    their digests in ``run``. False (and nothing changes) when the rows are no longer
+    the ``expected`` number: a deletion took some meanwhile, the compactor retries."""
+    have = conn.execute("SELECT COUNT(*) FROM events WHERE seq <= ?", (upto,)).fetchone()[0]
+    if have != expected:
+        return False
+    if segment is not None:
+        _insert_file(conn, "segments", segment)
+    if run is not None:
+        _insert_file(conn, "dedup_runs", run)
+    conn.execute("DELETE FROM events WHERE seq <= ?", (upto,))
+    if run is not None and RUNS is not None:
+        RUNS.add(run["file"])  # checked from the next insert on, even in this group
+    return True
+
+
+def op_swap(
+    conn: sqlite3.Connection,
+    table: str,
+    old_ids: list[int],
+    new: dict[str, Any] | None,
+    at: int,
+    statements: list[tuple[str, tuple[Any, ...]]],
+) -> bool:
+    """Replace files of ``segments`` or ``dedup_runs`` by one new file (a merge, or a
+    rewrite without deleted rows; ``new`` None: they are simply gone). The old files go
+    to ``trash``. False when one of them is no longer listed (someone else replaced it)."""
+    if table not in ("segments", "dedup_runs"):
+        raise ValueError(f"not a file table: {table}")
+    marks = ",".join("?" * len(old_ids))
+    old = conn.execute(f"SELECT file FROM {table} WHERE id IN ({marks})", old_ids).fetchall()
+    if len(old) != len(old_ids):
+        return False
+    conn.executemany(
+        "INSERT OR REPLACE INTO trash (file, at) VALUES (?, ?)", [(f, at) for (f,) in old]
+    )
+    conn.execute(f"DELETE FROM {table} WHERE id IN ({marks})", old_ids)
+    if new is not None:
+        _insert_file(conn, table, new)
+    for sql, params in statements:
+        conn.execute(sql, params)
+    if table == "dedup_runs" and RUNS is not None:
+        RUNS.reload(conn)
+    return True
 
 
 def op_sql(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
@@ -182,32 +326,9 @@ OPS: Final[dict[str, Callable[..., Any]]] = {
     "insert": op_insert,
     "sql": op_sql,
     "probe": op_probe,
+    "compact": op_compact,
+    "swap": op_swap,
 }
-
-
-def index_catch_up(conn: sqlite3.Connection) -> None:
-    """Add the events above ``hwm`` to the user and session indexes."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        hwm = int(conn.execute("SELECT hwm FROM index_state").fetchone()[0])
-        top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-        if top > hwm:
-            for table, column in (
-                ("events_by_user", "user_id"),
-                ("events_by_session", "session_id"),
-            ):
-                conn.execute(
-                    f"INSERT OR IGNORE INTO {table} (project, {column}, seq)"
-                    f" SELECT project, {column}, seq FROM events"
-                    f" WHERE seq > ? AND seq <= ? AND {column} IS NOT NULL ORDER BY 1, 2, 3",
-                    (hwm, top),
-                )
-        conn.execute("UPDATE index_state SET hwm = ?", (top,))
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
 
 
 # -- group commit -------------------------------------------------------------------------
@@ -265,7 +386,6 @@ class Writer:
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._eof = False
-        self._unindexed = 0
 
     def _read(self) -> None:
         reader = FrameReader(self._sock)
@@ -285,33 +405,21 @@ class Writer:
         while True:
             with self._cond:
                 if not self._pending and not self._eof:
-                    self._cond.wait(INDEX_IDLE if self._unindexed else None)
+                    self._cond.wait()
                 jobs = list(self._pending)
                 self._pending.clear()
                 eof = self._eof
             if not jobs:
                 if eof:
                     return
-                if self._unindexed:
-                    self._catch_up()
                 continue
             results = commit_group(self._conn, jobs)
-            for (_, op, args), (_, status, _) in zip(jobs, results, strict=True):
-                if op == "insert" and status == OK:
-                    self._unindexed += sum(len(chunk[2]) for chunk in args[0])
+            if RUNS is not None and any(op in ("compact", "swap") for _, op, _ in jobs):
+                RUNS.reload(self._conn)  # what committed, whatever was rolled back
             try:
                 send_frame(self._sock, results)
             except OSError:
                 return  # the server is gone; what was committed stays committed
-            if self._unindexed >= INDEX_BATCH:
-                self._catch_up()
-
-    def _catch_up(self) -> None:
-        try:
-            index_catch_up(self._conn)
-        except sqlite3.Error:
-            return  # a full disk, say: the rows stay findable above hwm; try again later
-        self._unindexed = 0
 
 
 def main(argv: list[str]) -> None:
@@ -321,8 +429,19 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd, path = int(argv[1]), argv[2]
+    global _dedup, RUNS
+    if len(argv) > 3:
+        sys.path[:0] = argv[3].split(os.pathsep)
+        try:
+            import _dedup_runs  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:  # no numpy: fine until the first run exists (Runs.reload)
+            pass
+        else:
+            _dedup = _dedup_runs
     sock = socket.socket(fileno=fd)
     conn = connect_writer(path)
+    RUNS = Runs(path)
+    RUNS.reload(conn)
     try:
         Writer(conn, sock).run()
     finally:

@@ -1,0 +1,192 @@
+"""The SQLite storage engine's read path: DuckDB over Parquet segments + the hot tail.
+
+Every read takes a *snapshot* in one SQLite read transaction: the list of segments
+and the matching rows of the hot log. The writer commits a compaction (rows leave
+the hot log, the segment is listed) in one transaction, so a snapshot sees every
+event exactly once. The hot rows become an Arrow table and DuckDB queries the
+segments and that table together, in-process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from innkt_analytics.server.storage import _segments
+from innkt_analytics.server.storage._base import EventFilter, EventRow, event_row
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+__all__ = ["Reader", "Snapshot", "where"]
+
+#: the columns query_events returns, in ``_base.event_row``'s order
+ROW_COLUMNS: Final = tuple(c for c in _segments.HOT_COLUMNS if c != "project")
+
+
+def where(project: str | None, flt: EventFilter) -> tuple[str, list[object]]:
+    """A WHERE clause valid in both SQLite and DuckDB, with ``?`` parameters."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if project is not None:
+        clauses.append("project = ?")
+        params.append(project)
+    for column, value in (
+        ("event_type", flt.event_type),
+        ("session_id", flt.session_id),
+        ("user_id", flt.user_id),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if flt.any_id is not None:
+        clauses.append("(user_id = ? OR anonymous_id = ?)")
+        params += (flt.any_id, flt.any_id)
+    if flt.since is not None:
+        clauses.append("corrected >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        clauses.append("corrected < ?")
+        params.append(flt.until)
+    return " AND ".join(clauses) or "true", params
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    path: str
+    min_seq: int
+    max_seq: int
+    min_corrected: int
+    max_corrected: int
+
+
+@dataclass(slots=True)
+class Snapshot:
+    segments: list[Segment]
+    hot: pa.Table
+
+    def source(self, columns: Sequence[str]) -> str:
+        """SQL for a relation of ``columns`` over every segment and the hot rows
+        (registered as ``hot``)."""
+        cols = ", ".join(columns)
+        parts = [f"SELECT {cols} FROM hot"]
+        if self.segments:
+            files = ", ".join(_quote(s.path) for s in self.segments)
+            parts.insert(0, f"SELECT {cols} FROM read_parquet([{files}])")
+        return " UNION ALL ".join(parts)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Reader:
+    """Snapshots and DuckDB queries; one DuckDB connection per thread."""
+
+    def __init__(self, db_path: str) -> None:
+        self.dir = db_path + ".segments"
+        self._local = threading.local()
+
+    def duck(self) -> duckdb.DuckDBPyConnection:
+        con: duckdb.DuckDBPyConnection | None = getattr(self._local, "duck", None)
+        if con is None:
+            import duckdb
+
+            con = duckdb.connect(config={"threads": 2})
+            self._local.duck = con
+        return con
+
+    def snapshot(
+        self,
+        conn: sqlite3.Connection,
+        project: str | None,
+        flt: EventFilter,
+        columns: Sequence[str],
+        after_seq: int | None = None,
+    ) -> Snapshot:
+        """The segments that can hold matching events and the matching hot rows."""
+        sql, params = where(project, flt)
+        if after_seq is not None:
+            sql += " AND seq > ?"
+            params.append(after_seq)
+        conn.execute("BEGIN")
+        try:
+            listed = conn.execute(
+                "SELECT file, min_seq, max_seq, min_corrected, max_corrected FROM segments"
+                " ORDER BY min_seq"
+            ).fetchall()
+            hot = _segments.hot_rows(conn, sql, params, tuple(columns))
+        finally:
+            conn.execute("COMMIT")
+        segments = [
+            Segment(f"{self.dir}/{name}", *bounds)
+            for name, *bounds in listed
+            if (flt.since is None or bounds[3] >= flt.since)
+            and (flt.until is None or bounds[2] < flt.until)
+            and (after_seq is None or bounds[1] > after_seq)
+        ]
+        return Snapshot(segments, hot)
+
+    def query(self, snap: Snapshot, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        con = self.duck()
+        con.register("hot", snap.hot)
+        try:
+            return con.execute(sql, list(params)).fetchall()
+        finally:
+            con.unregister("hot")
+
+    def page(
+        self,
+        conn: sqlite3.Connection,
+        project: str,
+        flt: EventFilter,
+        cursor: int | None,
+        limit: int,
+    ) -> list[EventRow]:
+        """Up to ``limit`` matching rows with ``seq > cursor``, in seq order.
+
+        Segments hold disjoint seq ranges, older than every hot row: they are read one
+        at a time in order, and the hot rows last, until ``limit`` rows are found.
+        """
+        snap = self.snapshot(conn, project, flt, ROW_COLUMNS, after_seq=cursor)
+        cond, params = where(project, flt)
+        if cursor is not None:
+            cond += " AND seq > ?"
+            params.append(cursor)
+        out: list[EventRow] = []
+        con = self.duck()
+        for seg in snap.segments:
+            need = limit - len(out)
+            if need <= 0:
+                break
+            rows = con.execute(
+                f"SELECT {', '.join(ROW_COLUMNS)} FROM read_parquet({_quote(seg.path)})"
+                f" WHERE {cond} ORDER BY seq LIMIT {need}",
+                params,
+            ).fetchall()
+            out += [_row(r) for r in rows]
+        if len(out) < limit and snap.hot.num_rows:
+            hot = snap.hot.slice(0, limit - len(out)).to_pylist()
+            out += [_row(tuple(r[c] for c in ROW_COLUMNS)) for r in hot]
+        return out
+
+    def batches(
+        self, snap: Snapshot, sql: str, params: Sequence[object], rows: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the result of ``sql`` over ``snap`` in record batches."""
+        con = self.duck().cursor()
+        con.register("hot", snap.hot)
+        try:
+            reader = con.execute(sql, list(params)).fetch_record_batch(rows)  # type: ignore[attr-defined]
+            yield from reader
+        finally:
+            con.close()
+
+
+def _row(r: Sequence[Any]) -> EventRow:
+    payload = r[11]  # text from a segment, bytes from the hot log
+    return event_row((*r[:11], payload.encode() if isinstance(payload, str) else payload))

@@ -1,0 +1,430 @@
+"""The SQLite storage engine's background half: compaction, merges, deletions.
+
+How an event travels (docs/operations.md, "The storage engine"):
+
+1. ``insert_events`` commits it to the hot log (``events``, arrival order) in the
+   writer process; the 2xx follows that commit. Its id is checked against the hot
+   log's unique index and the dedup runs of compacted events.
+2. The compactor (a thread of the server process, this module) takes every hot row
+   once there are ``compact_rows`` of them, or the oldest has waited
+   ``compact_age`` seconds: writes them as one Parquet segment and their id
+   digests as one dedup run, then asks the writer to commit, in one transaction,
+   "these files are listed; those hot rows are gone" (``op_compact``). A crash
+   before that commit leaves files nobody lists (removed at the next start); after
+   it, the rows are in exactly one place.
+3. Segments of the same tier are merged ``fanin`` at a time into the next tier,
+   runs likewise; replaced files go to ``trash`` and are unlinked after
+   ``trash_grace`` seconds, so a query that read the old list can finish.
+4. Deleting a user or applying retention removes hot rows in the writer and
+   rewrites the segments holding matching rows before the call returns; a crash in
+   between leaves ``pending_deletes`` rows, applied at the next start.
+
+One process at a time mutates the segment directory: every step holds an
+exclusive ``flock`` on ``<db>.segments/.lock`` (the CLI's backup takes it too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from innkt_analytics.server.storage import _segments
+
+__all__ = ["Compactor", "EngineSettings", "segment_dir"]
+
+log = logging.getLogger("innkt_analytics.server.storage")
+
+#: dedup runs are tiered by entries: tier t holds about RUN_BASE * RUN_FANIN**t
+RUN_BASE: Final = 50_000
+
+
+def segment_dir(db_path: str) -> str:
+    return db_path + ".segments"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    #: compact once the hot log holds this many rows...
+    compact_rows: int = 50_000
+    #: ...or its oldest row has waited this many seconds
+    compact_age: float = 2.0
+    #: segments (and runs) of one tier merged at a time into the next
+    fanin: int = 8
+    run_fanin: int = 4
+    #: no merge makes a segment bigger than this
+    max_segment_rows: int = 4_000_000
+    #: seconds a replaced file stays on disk for queries that listed it
+    trash_grace: float = 300.0
+
+
+class Compactor:
+    """Runs the engine's background work on a thread of its own.
+
+    ``write(op, *args)`` runs a writer-process operation and returns its value
+    (``SQLiteStorage.write_sync``).
+    """
+
+    def __init__(
+        self,
+        db_path: str,
+        write: Callable[..., Any],
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.db_path = db_path
+        self.dir = segment_dir(db_path)
+        self.write = write
+        self.settings = settings or EngineSettings()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self.last_error: str | None = None
+        self.compactions = 0
+        self.merges = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        with self.locked():
+            self._remove_orphans()
+            self._apply_pending()
+        self._thread = threading.Thread(target=self._loop, name="innkt-compactor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def poke(self) -> None:
+        """New rows arrived: look whether a compaction is due."""
+        self._wake.set()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """This thread and this process alone mutate the segment directory."""
+        with self._mutex:
+            os.makedirs(self.dir, exist_ok=True)
+            fd = os.open(os.path.join(self.dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            from innkt_analytics.server.storage._sqlite_writer import connect
+
+            self._conn = connect(self.db_path)
+        return self._conn
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self.locked():
+                    busy = self.step()
+                self.last_error = None
+            except Exception as exc:  # a full disk, say: the hot log keeps the rows
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("storage compaction failed: %s", self.last_error)
+                busy = False
+                self._stop.wait(5.0)
+            if not busy:
+                self._wake.wait(min(0.5, self.settings.compact_age))
+                self._wake.clear()
+
+    # -- one unit of work ----------------------------------------------------------------
+
+    def step(self, force: bool = False) -> bool:
+        """Do the most urgent piece of work; False when there was none.
+
+        ``force`` compacts whatever the hot log holds (tests, backups, shutdown).
+        """
+        return (
+            self._compact(force)
+            or self._merge_segments()
+            or self._merge_runs()
+            or self._empty_trash()
+        )
+
+    def run_until_idle(self, force: bool = True) -> None:
+        """Compact and merge until nothing is left to do (tests and the CLI)."""
+        with self.locked():
+            while self.step(force):
+                pass
+
+    def _compact(self, force: bool) -> bool:
+        conn = self.conn()
+        conn.execute("BEGIN")
+        try:
+            count, top, oldest = conn.execute(
+                "SELECT COUNT(*), max(seq), min(received_at) FROM events"
+            ).fetchone()
+            if not count:
+                return False
+            waited = time.time() - (oldest or 0) / 1000
+            if (
+                not force
+                and count < self.settings.compact_rows
+                and waited < self.settings.compact_age
+            ):
+                return False
+            table = _segments.hot_rows(conn, "seq <= ?", (top,))
+        finally:
+            conn.execute("COMMIT")
+        import pyarrow.compute as pc
+
+        from innkt_analytics.server.storage import _dedup_runs
+
+        tag = f"{top:012d}-{secrets.token_hex(4)}"
+        segment = _segments.write_segment(self.dir, f"seg-{tag}.parquet", table)
+        hi, lo = _dedup_runs.digests(
+            zip(
+                table["project"].to_pylist(),
+                pc.cast(table["event_id"], "string").to_pylist(),
+                strict=True,
+            )
+        )
+        run_name = f"run-{tag}.bin"
+        run_path = os.path.join(self.dir, run_name)
+        size = _dedup_runs.write_run(run_path, hi, lo)
+        run = {
+            "file": run_name,
+            "entries": len(hi),
+            "bytes": size,
+            "sha256": _segments.file_sha256(run_path),
+        }
+        ok = self.write(
+            "compact", top, table.num_rows, None if segment is None else segment.as_dict(), run
+        )
+        if not ok:  # a deletion took some of the rows meanwhile: try again
+            self._unlink(run_name, None if segment is None else segment.file)
+            return True
+        self.compactions += 1
+        return True
+
+    def _merge_segments(self) -> bool:
+        s = self.settings
+        rows = (
+            self.conn()
+            .execute("SELECT id, file, rows, tier FROM segments ORDER BY min_seq")
+            .fetchall()
+        )
+        for start in range(len(rows) - s.fanin + 1):
+            window = rows[start : start + s.fanin]
+            tier = window[0][3]
+            if any(r[3] != tier for r in window):
+                continue
+            if sum(r[2] for r in window) > s.max_segment_rows:
+                continue
+            name = f"seg-m{tier + 1}-{secrets.token_hex(6)}.parquet"
+            meta = _segments.rewrite(self.dir, name, [self._path(r[1]) for r in window], tier + 1)
+            self._swap("segments", [r[0] for r in window], meta, name)
+            self.merges += 1
+            return True
+        return False
+
+    def _merge_runs(self) -> bool:
+        from innkt_analytics.server.storage import _dedup_runs
+
+        rows = (
+            self.conn().execute("SELECT id, file, entries FROM dedup_runs ORDER BY id").fetchall()
+        )
+        fanin = self.settings.run_fanin
+
+        def tier(entries: int) -> int:
+            t, cap = 0, RUN_BASE * fanin
+            while entries >= cap:
+                t, cap = t + 1, cap * fanin
+            return t
+
+        for start in range(len(rows) - fanin + 1):
+            window = rows[start : start + fanin]
+            if len({tier(r[2]) for r in window}) != 1:
+                continue
+            runs = [_dedup_runs.Run(self._path(r[1])) for r in window]
+            name = f"run-m-{secrets.token_hex(6)}.bin"
+            try:
+                entries, size = _dedup_runs.merge(runs, self._path(name))
+            finally:
+                for run in runs:
+                    run.close()
+            new = {
+                "file": name,
+                "entries": entries,
+                "bytes": size,
+                "sha256": _segments.file_sha256(self._path(name)),
+            }
+            self._swap("dedup_runs", [r[0] for r in window], new, name)
+            return True
+        return False
+
+    def _swap(
+        self,
+        table: str,
+        old_ids: list[int],
+        new: _segments.SegmentMeta | dict[str, Any] | None,
+        new_file: str | None,
+        statements: list[tuple[str, tuple[Any, ...]]] | None = None,
+    ) -> None:
+        row = new.as_dict() if isinstance(new, _segments.SegmentMeta) else new
+        ok = self.write("swap", table, old_ids, row, int(time.time() * 1000), statements or [])
+        if not ok and new_file is not None:
+            self._unlink(new_file)
+
+    def _empty_trash(self) -> bool:
+        before = int((time.time() - self.settings.trash_grace) * 1000)
+        rows = self.conn().execute("SELECT file FROM trash WHERE at < ?", (before,)).fetchall()
+        if not rows:
+            return False
+        self._unlink(*(f for (f,) in rows))
+        self.write("sql", [("DELETE FROM trash WHERE file = ?", (f,)) for (f,) in rows])
+        return True
+
+    # -- deletions ---------------------------------------------------------------------
+
+    def delete_matching(
+        self,
+        project: str | None,
+        ids: list[str] | None = None,
+        before: int | None = None,
+    ) -> int:
+        """Rewrite the segments holding events of ``project`` (None: every project)
+        whose user or anonymous id is one of ``ids``, or whose corrected time is before
+        ``before``; returns how many rows went. Call under ``locked()``."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        deleted = 0
+        conn = self.conn()
+        segments = conn.execute(
+            "SELECT id, file, rows, tier, min_corrected, max_corrected FROM segments"
+            " ORDER BY min_seq"
+        ).fetchall()
+        id_set = pa.array(ids or [], pa.string())
+
+        def doomed(t: pa.Table) -> Any:
+            mask = pa.array([True] * t.num_rows, pa.bool_())
+            if project is not None:
+                mask = pc.equal(t["project"], project)
+            if ids is not None:
+                who = pc.or_kleene(
+                    pc.is_in(t["user_id"], id_set), pc.is_in(t["anonymous_id"], id_set)
+                )
+                mask = pc.and_kleene(mask, pc.fill_null(who, False))
+            if before is not None:
+                mask = pc.and_kleene(mask, pc.less(t["corrected"], before))
+            return pc.fill_null(mask, False)
+
+        import pyarrow.parquet as pq
+
+        forgotten: list[tuple[str, str]] = []
+        for seg_id, name, rows, tier, min_cor, _ in segments:
+            if before is not None and min_cor >= before:
+                continue
+            probe = pq.read_table(
+                self._path(name),
+                columns=["project", "event_id", "user_id", "anonymous_id", "corrected"],
+            )
+            mask = doomed(probe)
+            gone = pc.sum(mask).as_py() or 0
+            if gone == 0:
+                continue
+            hit = probe.filter(mask)
+            forgotten += zip(hit["project"].to_pylist(), hit["event_id"].to_pylist(), strict=True)
+            new_name = f"seg-d{tier}-{secrets.token_hex(6)}.parquet"
+            meta = None
+            if gone < rows:
+                meta = _segments.rewrite(
+                    self.dir,
+                    new_name,
+                    [self._path(name)],
+                    tier,
+                    keep=lambda t: pc.invert(doomed(t)),
+                )
+            self._swap("segments", [seg_id], meta, new_name if meta else None)
+            deleted += gone
+        if forgotten:
+            self._forget(forgotten)
+        return deleted
+
+    def _forget(self, keys: list[tuple[str, str]]) -> None:
+        """Take deleted events' ids out of the dedup runs: sent again, they are new."""
+        import numpy as np
+
+        from innkt_analytics.server.storage import _dedup_runs
+
+        hi, lo = _dedup_runs.digests(keys)
+        pairs = set(zip(hi.tolist(), lo.tolist(), strict=True))
+        rows = self.conn().execute("SELECT id, file FROM dedup_runs ORDER BY id").fetchall()
+        for run_id, name in rows:
+            run = _dedup_runs.Run(self._path(name))
+            try:
+                drop = np.isin(run.hi, hi)
+                for i in np.nonzero(drop)[0]:
+                    drop[i] = (int(run.hi[i]), int(run.lo[i])) in pairs
+                if not drop.any():
+                    continue
+                new_name = f"run-d-{secrets.token_hex(6)}.bin"
+                keep = ~drop
+                size = _dedup_runs.write_run(self._path(new_name), run.hi[keep], run.lo[keep])
+                entries = int(keep.sum())
+            finally:
+                run.close()
+            new = {
+                "file": new_name,
+                "entries": entries,
+                "bytes": size,
+                "sha256": _segments.file_sha256(self._path(new_name)),
+            }
+            self._swap("dedup_runs", [run_id], new, new_name)
+
+    def _apply_pending(self) -> None:
+        rows = self.conn().execute("SELECT project, id FROM pending_deletes").fetchall()
+        for project, user in rows:
+            self.delete_matching(project, [user])
+            self.write(
+                "sql",
+                [("DELETE FROM pending_deletes WHERE project = ? AND id = ?", (project, user))],
+            )
+
+    # -- files -------------------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def _unlink(self, *names: str | None) -> None:
+        for name in names:
+            if name is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path(name))
+
+    def _remove_orphans(self) -> None:
+        """Files no table lists: left by a crash between writing and committing."""
+        conn = self.conn()
+        listed = {
+            r[0]
+            for r in conn.execute(
+                "SELECT file FROM segments UNION ALL SELECT file FROM dedup_runs"
+                " UNION ALL SELECT file FROM trash"
+            )
+        }
+        for name in os.listdir(self.dir):
+            if name.startswith(("seg-", "run-")) and name not in listed:
+                self._unlink(name)

@@ -1,0 +1,248 @@
+"""Parquet segments: the cold, columnar part of the SQLite storage engine.
+
+A segment holds compacted events in arrival (``seq``) order, zstd-compressed, with
+row groups of ``ROW_GROUP`` rows whose statistics (min/max of ``seq`` and
+``corrected``) let DuckDB skip what a query cannot need. Segments are immutable:
+a merge or a deletion writes a new file (``*.tmp``, fsync, rename, fsync of the
+directory) and the writer process swaps the lists in one transaction
+(``_sqlite_writer.op_swap``).
+
+The ``payload`` column is the event's JSON exactly as it was stored in the hot
+log, as UTF-8 text; the other columns are the ones every query filters or groups on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "HOT_COLUMNS",
+    "ROW_GROUP",
+    "SegmentMeta",
+    "hot_rows",
+    "rewrite",
+    "schema",
+    "write_segment",
+]
+
+#: rows per Parquet row group: the unit a query skips or reads
+ROW_GROUP: Final = 65_536
+#: the events columns, in the order of ``schema()``
+HOT_COLUMNS: Final = (
+    "seq",
+    "project",
+    "event_id",
+    "event_type",
+    "session_id",
+    "user_id",
+    "anonymous_id",
+    "ts",
+    "sent_at",
+    "received_at",
+    "corrected",
+    "future",
+    "payload",
+)
+
+
+def schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("seq", pa.int64()),
+            ("project", pa.string()),
+            ("event_id", pa.string()),
+            ("event_type", pa.string()),
+            ("session_id", pa.string()),
+            ("user_id", pa.string()),
+            ("anonymous_id", pa.string()),
+            ("ts", pa.int64()),
+            ("sent_at", pa.int64()),
+            ("received_at", pa.int64()),
+            ("corrected", pa.int64()),
+            ("future", pa.bool_()),
+            ("payload", pa.string()),
+        ]
+    )
+
+
+def hot_rows(
+    conn: sqlite3.Connection,
+    where: str = "1",
+    params: tuple[Any, ...] | list[Any] = (),
+    columns: tuple[str, ...] = HOT_COLUMNS,
+) -> pa.Table:
+    """Rows of the hot log as an Arrow table of ``schema()``'s ``columns``."""
+    import pyarrow as pa
+
+    full = schema()
+    rows = conn.execute(
+        f"SELECT {', '.join(columns)} FROM events WHERE {where} ORDER BY seq", params
+    ).fetchall()
+    arrays = []
+    for i, name in enumerate(columns):
+        values = [r[i] for r in rows]
+        kind = full.field(name).type
+        if name == "payload":
+            arrays.append(pa.array(values, pa.binary()).cast(pa.string()))
+        elif name == "future":
+            arrays.append(pa.array([bool(v) for v in values], kind))
+        else:
+            arrays.append(pa.array(values, kind))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([full.field(c) for c in columns]))
+
+
+@dataclass(slots=True)
+class SegmentMeta:
+    """A segment's row in the ``segments`` table."""
+
+    file: str
+    rows: int
+    bytes: int
+    min_seq: int
+    max_seq: int
+    min_corrected: int
+    max_corrected: int
+    tier: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class _Writer:
+    """A segment being written: row groups in, ``SegmentMeta`` out."""
+
+    def __init__(self, directory: str, name: str, tier: int) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = os.path.join(directory, name)
+        self.name, self.tier = name, tier
+        self.tmp = self.path + ".tmp"
+        self._writer = pq.ParquetWriter(
+            self.tmp,
+            schema(),
+            compression="zstd",
+            compression_level=3,
+            use_dictionary=["project", "event_type", "user_id", "session_id", "anonymous_id"],
+            write_statistics=["seq", "corrected", "project", "event_type"],
+        )
+        self.rows = 0
+        self.bounds: list[int] | None = None  # min seq, max seq, min corrected, max corrected
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.compute as pc
+
+        if table.num_rows == 0:
+            return
+        self._writer.write_table(table, row_group_size=ROW_GROUP)
+        self.rows += table.num_rows
+        seq = pc.min_max(table["seq"])
+        cor = pc.min_max(table["corrected"])
+        now = [seq["min"].as_py(), seq["max"].as_py(), cor["min"].as_py(), cor["max"].as_py()]
+        if self.bounds is None:
+            self.bounds = now
+        else:
+            b = self.bounds
+            self.bounds = [
+                min(b[0], now[0]),
+                max(b[1], now[1]),
+                min(b[2], now[2]),
+                max(b[3], now[3]),
+            ]
+
+    def finish(self) -> SegmentMeta | None:
+        """Close, fsync and rename; None (and no file) when no row was written."""
+        self._writer.close()
+        if self.bounds is None:
+            os.unlink(self.tmp)
+            return None
+        digest = hashlib.sha256()
+        with open(self.tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+        _fsync_dir(os.path.dirname(self.path))
+        return SegmentMeta(
+            file=self.name,
+            rows=self.rows,
+            bytes=os.path.getsize(self.path),
+            min_seq=self.bounds[0],
+            max_seq=self.bounds[1],
+            min_corrected=self.bounds[2],
+            max_corrected=self.bounds[3],
+            tier=self.tier,
+            sha256=digest.hexdigest(),
+        )
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_segment(directory: str, name: str, table: pa.Table, tier: int = 0) -> SegmentMeta | None:
+    """Write ``table`` (rows in seq order) as one segment."""
+    writer = _Writer(directory, name, tier)
+    try:
+        writer.write(table)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish()
+
+
+def _batches(paths: list[str]) -> Iterator[pa.Table]:
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        f = pq.ParquetFile(path)
+        for i in range(f.num_row_groups):
+            yield f.read_row_group(i)
+
+
+def rewrite(
+    directory: str,
+    name: str,
+    sources: list[str],
+    tier: int,
+    keep: Callable[[pa.Table], Any] | None = None,
+) -> SegmentMeta | None:
+    """One new segment from the row groups of ``sources`` (in seq order), streaming:
+    memory stays at a row group. ``keep`` (table -> boolean mask) drops rows."""
+    writer = _Writer(directory, name, tier)
+    try:
+        for table in _batches(sources):
+            writer.write(table if keep is None else table.filter(keep(table)))
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish()
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
