@@ -86,6 +86,8 @@ _TAKES: dict[tuple[str, str], tuple[set[str], str | None]] = {
     ("post", "/v1/keys/{key_id}/rotate"): (set(), "RotateRequest"),
     ("get", "/v1/audit"): ({"limit", "before"}, None),
     ("post", "/v1/alerts/rules"): (set(), "AlertRuleRequest"),
+    ("post", "/v1/reports"): (set(), "ReportSpec"),
+    ("put", "/v1/reports/{report_id}"): (set(), "ReportSpec"),
     ("put", "/v1/dashboards/{name}"): (set(), "Dashboard"),
     ("post", "/v1/batch"): (set(), "SegmentBatch"),
     ("post", "/v1/track"): (set(), "SegmentMessage"),
@@ -115,7 +117,7 @@ def test_every_operation_declares_its_inputs_answers_errors_and_scope(
             ref = schema["allOf"][0]["$ref"] if "allOf" in schema else schema["$ref"]
             assert ref.endswith("/" + body), where
             assert "example" in media, where  # so the examples phase can reach 2xx
-        elif method != "post" or not path.startswith("/v1/"):
+        elif method != "post" or not path.startswith("/v1/") or path.endswith("/send"):
             assert "requestBody" not in op, where
         else:  # every Segment single-message route
             assert op["requestBody"]["content"]["application/json"]["schema"], where
@@ -229,6 +231,17 @@ def _seed(server: ServerProcess) -> dict[tuple[str, str], dict[str, str]]:
     r = httpx.post(server.url + "/v1/alerts/rules", json=rule, headers=admin)
     assert r.status_code == 201, r.text
     rule_id = r.json()["id"]
+    # Reports: one to read, replace and send (its webhook: a closed port here), one to delete
+    report = {"name": "seeded", "queries": [{"kind": "stickiness", "query": {}}]}
+    reports = []
+    for _ in range(2):
+        r = httpx.post(
+            server.url + "/v1/reports",
+            json={**report, "webhookUrl": "http://127.0.0.1:9/seeded"},
+            headers=admin,
+        )
+        assert r.status_code == 201, r.text
+        reports.append(r.json()["id"])
     event = {"eventId": "seeded-1", "eventType": "signup", "timestamp": "2026-01-01T00:00:00Z"}
     r = httpx.post(server.url + "/v1/events", json={**event, "userId": "seeded"}, headers=admin)
     assert r.status_code == 200, r.text
@@ -240,6 +253,15 @@ def _seed(server: ServerProcess) -> dict[tuple[str, str], dict[str, str]]:
         ("get", "/v1/dashboards/{name}"): {"name": "seeded-get"},
         ("delete", "/v1/dashboards/{name}"): {"name": "seeded-delete"},
         ("delete", "/v1/alerts/rules/{rule_id}"): {"rule_id": rule_id},
+        **{
+            (method, path): {"report_id": reports[0]}
+            for method, path in (
+                ("get", "/v1/reports/{report_id}"),
+                ("put", "/v1/reports/{report_id}"),
+                ("post", "/v1/reports/{report_id}/send"),
+            )
+        },
+        ("delete", "/v1/reports/{report_id}"): {"report_id": reports[1]},
     }
 
 
@@ -252,9 +274,22 @@ def test_schemathesis_reaches_2xx_on_every_operation_and_never_5xx(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
     # A server of its own: schemathesis creates keys, rules and dashboards, posts events.
-    # Alert evaluation off: fuzzing creates rules with made-up webhook URLs, and a firing rule
-    # would POST to them. No request of this test may leave the machine.
-    server = server_factory(env={"INNKT_RATE_LIMIT_PER_SECOND": "0", "INNKT_ALERT_INTERVAL": "0"})
+    # Alert evaluation and report scheduling off: fuzzing creates rules and reports with
+    # made-up webhook URLs, and a firing rule or a due report would POST to them. No
+    # request of this test may leave the machine.
+    server = server_factory(
+        env={
+            "INNKT_RATE_LIMIT_PER_SECOND": "0",
+            "INNKT_ALERT_INTERVAL": "0",
+            "INNKT_REPORT_INTERVAL": "0",
+            # POST /v1/reports/{id}/send delivers at once, to whatever webhook URL a fuzzed
+            # PUT left: every request to another host goes to a proxy that is not there
+            "ALL_PROXY": "http://127.0.0.1:9",
+            "HTTP_PROXY": "http://127.0.0.1:9",
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+    )
     doc = httpx.get(server.url + "/openapi.json").json()
     seeded = _seed(server)
     # No probes with methods the routes lack (405s): they cost time and show nothing here.

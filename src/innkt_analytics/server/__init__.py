@@ -30,6 +30,7 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
     from innkt_analytics.server._metrics_export import METRICS_HANDLERS, install_metrics
     from innkt_analytics.server._persons import PERSON_HANDLERS, install_identity
     from innkt_analytics.server._realtime import install_realtime, realtime_endpoint
+    from innkt_analytics.server._reports import REPORT_HANDLERS, install_reports
     from innkt_analytics.server._segment import SEGMENT_HANDLERS
 
     return create_app(
@@ -42,6 +43,7 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
             *LIFECYCLE_HANDLERS,
             *METRICS_HANDLERS,
             *PERSON_HANDLERS,
+            *REPORT_HANDLERS,
             realtime_endpoint,
         ],
         # Each hook sets its part in state.parts; the store the dashboards and
@@ -54,6 +56,7 @@ def build_app(settings: ServerSettings, storage: Storage | None = None) -> Lites
             install_lifecycle,
             install_metrics,
             install_identity,
+            install_reports,
         ],
     )
 

@@ -6,7 +6,11 @@ Three kinds of rule:
   (60 by default: "more than N per minute");
 * ``ingest_lag``: the mean ingest lag (received minus corrected event time) of the
   events received within ``windowSeconds`` is above ``threshold`` seconds;
-* ``no_events``: no event (of ``eventType`` when given) received for ``windowSeconds``.
+* ``no_events``: no event (of ``eventType`` when given) received for ``windowSeconds``;
+* ``anomaly``: each hour, every event type of the project (only ``eventType`` when
+  given) and each of the rule's ``series`` (insights trends series) is compared with
+  its seasonal baseline (``_anomaly``); values out of range are sent as ``anomaly``
+  notices (no "resolved"), with the expected range.
 
 ``AlertEngine`` is sans-I/O: the ingest observer feeds it what was stored, and
 ``evaluate(now)`` returns only *transitions* (ok → firing, firing → ok), so an
@@ -34,7 +38,7 @@ import os
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Final, Literal
 
 import httpx
@@ -45,6 +49,13 @@ from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics._protocol import ClientConfig, ValidEvent
 from innkt_analytics._retry import backoff
 from innkt_analytics._version import __version__
+from innkt_analytics.server._anomaly import (
+    HOURS_PER_WEEK,
+    Anomaly,
+    DetectorConfig,
+    HourlySeries,
+    detect,
+)
 from innkt_analytics.server._ingest import read_json_body
 from innkt_analytics.server._kv import KVStore, kv_of
 from innkt_analytics.server._state import (
@@ -55,6 +66,15 @@ from innkt_analytics.server._state import (
     required,
     state_of,
 )
+from innkt_analytics.server.insights._model import (
+    MAX_SERIES,
+    QueryError,
+    QueryTooLarge,
+    Series,
+    TrendsQuery,
+)
+from innkt_analytics.server.insights._model import validate as validate_query
+from innkt_analytics.server.storage import EventFilter, Storage
 
 __all__ = [
     "ALERT_HANDLERS",
@@ -76,7 +96,9 @@ MAX_WINDOW: Final = 3600.0  # event_rate / ingest_lag keep per-second buckets th
 MAX_SILENCE: Final = 7 * 86400.0
 RECENT_NOTICES: Final = 100
 
-RuleKind = Literal["event_rate", "ingest_lag", "no_events"]
+RuleKind = Literal["event_rate", "ingest_lag", "no_events", "anomaly"]
+#: anomaly rules: event types watched per project at most (the most frequent)
+MAX_ANOMALY_TYPES: Final = 50
 
 
 class AlertRule(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
@@ -89,6 +111,8 @@ class AlertRule(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True
     window_seconds: float = 60.0
     webhook_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
     webhook_secret: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    #: anomaly rules: insights trends series to watch as well (hourly, UTC)
+    series: Annotated[list[Series], msgspec.Meta(max_length=MAX_SERIES)] | None = None
     id: str = ""
     project: str = ""
     created_at: int = 0
@@ -108,11 +132,29 @@ def validate_rule(rule: AlertRule) -> AlertRule:
     limit = MAX_SILENCE if rule.kind == "no_events" else MAX_WINDOW
     if not 1 <= rule.window_seconds <= limit:
         raise ConfigError("windowSeconds", f"must be within 1..{limit:g} for {rule.kind}")
+    if rule.series is not None and rule.kind != "anomaly":
+        raise ConfigError("series", "only anomaly rules watch series")
+    for i, series in enumerate(rule.series or []):
+        try:
+            validate_query(_hourly(series, 0, 1))
+        except QueryError as exc:
+            raise ConfigError(f"series[{i}].{exc.field.split('.', 1)[-1]}", exc.message) from None
     if rule.webhook_url is not None:
         url = urllib.parse.urlsplit(rule.webhook_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError("webhookUrl", "must be an http:// or https:// URL")
     return rule
+
+
+def _hourly(series: Series, first_hour: int, hours: int) -> TrendsQuery:
+    """A trends query of one series per hour (UTC) over ``hours`` from epoch hour ``first_hour``."""
+
+    def iso(hour: int) -> str:
+        return dt.datetime.fromtimestamp(hour * 3600, dt.UTC).isoformat()
+
+    return TrendsQuery(
+        date_from=iso(first_hour), date_to=iso(first_hour + hours), series=[series], interval="hour"
+    )
 
 
 class AlertStatus(enum.Enum):
@@ -262,6 +304,8 @@ class AlertEngine:
             window.trim(now - MAX_WINDOW - 1)
         notices: list[AlertNotice] = []
         for rule in self._rules.values():
+            if rule.kind == "anomaly":
+                continue  # evaluated hourly by AlertService.evaluate_anomalies
             breached, value = self._value(rule, now)
             state = self._states.setdefault(rule.id, _RuleState(since=now))
             state.value = value
@@ -285,6 +329,8 @@ class AlertSettings:
     #: first retry delay; doubles up to ``webhook_backoff_cap``
     webhook_backoff: float = 1.0
     webhook_backoff_cap: float = 30.0
+    #: anomaly rules: seconds after an hour ends before it is evaluated (late events)
+    anomaly_grace: float = 300.0
 
     def __post_init__(self) -> None:
         if self.interval < 0:
@@ -313,8 +359,66 @@ class AlertSettings:
         return cls(**values)
 
 
+def _since_first(key: str, first_hour: int, values: list[float]) -> HourlySeries:
+    """The series from its first non-zero hour: the hours before a series existed (a new
+    project, a new event type) are no history of zeros."""
+    start = next((i for i, v in enumerate(values) if v), len(values) - 1)
+    return HourlySeries(key, first_hour + start, values[start:])
+
+
+def anomaly_payload(rule: AlertRule, anomaly: Anomaly, now: float) -> dict[str, Any]:
+    """What an anomaly's webhook and real-time message carry."""
+    b = anomaly.baseline
+    body: dict[str, Any] = {
+        "ruleId": rule.id,
+        "name": rule.name,
+        "project": rule.project,
+        "kind": "anomaly",
+        "status": "firing",
+        "series": anomaly.key,
+        "direction": anomaly.direction,
+        "hour": dt.datetime.fromtimestamp(anomaly.hour * 3600, dt.UTC).isoformat(),
+        "value": anomaly.value,
+        "expected": round(b.expected, 3),
+        "expectedLow": round(b.low, 3),
+        "expectedHigh": round(b.high, 3),
+        "baseline": b.method,
+        "score": round(anomaly.score, 2),
+        "threshold": rule.threshold,
+        "windowSeconds": 3600.0,
+        "at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="milliseconds"),
+    }
+    if anomaly.key.startswith("event:"):
+        body["eventType"] = anomaly.key[len("event:") :]
+    return body
+
+
 def _retryable(status: int) -> bool:
     return status in (408, 429) or status >= 500
+
+
+async def run_every(
+    seconds: float, tick: Callable[[], Awaitable[object]], what: str, logger: logging.Logger
+) -> None:
+    """Call ``tick`` every ``seconds`` for ever; a failed call is logged, not fatal."""
+    while True:
+        try:
+            await tick()
+        except StorageError as exc:
+            logger.warning("%s skipped: %s", what, exc)
+        except Exception:
+            logger.exception("%s failed", what)
+        await asyncio.sleep(seconds)
+
+
+async def cancel_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel the tasks (None: none) and wait until each has ended."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 #: (project, message type, payload) — how a notice reaches the real-time hub
@@ -327,9 +431,17 @@ _encoder: Final = msgspec.json.Encoder()
 class AlertService:
     """The I/O front-end of ``AlertEngine``: an ingest observer plus a periodic task."""
 
-    def __init__(self, kv: KVStore, settings: AlertSettings) -> None:
+    def __init__(
+        self, kv: KVStore, settings: AlertSettings, storage: Storage | None = None
+    ) -> None:
         self.kv = kv
         self.settings = settings
+        #: where anomaly rules read their series (None: anomaly rules are not evaluated)
+        self.storage = storage
+        self.detector = DetectorConfig()
+        self.anomaly_hour: int | None = None  # the last epoch hour evaluated
+        self.anomaly_last: dict[tuple[str, str], int] = {}  # (rule, series) -> hour alerted
+        self.anomaly_counts = {"raised": 0, "suppressed": 0, "cooling": 0}
         self.engine = AlertEngine(started=time.time())
         self.publishers: list[Publisher] = []
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_NOTICES)
@@ -402,18 +514,82 @@ class AlertService:
         self.last_evaluation = time.time()
         for notice in notices:
             self.dispatch(notice)
+        await self.evaluate_anomalies(time.time() if now is None else now)
         return notices
 
+    async def evaluate_anomalies(self, now: float) -> list[dict[str, Any]]:
+        """Once per hour (``anomaly_grace`` after it ends): run the detector over each
+        anomaly rule's series and send what it finds. Returns the notices sent."""
+        hour = int((now - self.settings.anomaly_grace) // 3600) - 1
+        rules = [r for r in self.engine.rules if r.kind == "anomaly"]
+        if self.storage is None or not rules or hour == self.anomaly_hour:
+            return []
+        self.anomaly_hour = hour
+        sent = []
+        for rule in rules:
+            series = await self._anomaly_series(rule, hour)
+            last = {k: h for (rid, k), h in self.anomaly_last.items() if rid == rule.id}
+            found = detect(series, self.detector, last)
+            self.anomaly_counts["suppressed"] += found.suppressed
+            self.anomaly_counts["cooling"] += found.cooling
+            for anomaly in found.anomalies:
+                self.anomaly_last[(rule.id, anomaly.key)] = anomaly.hour
+                payload = anomaly_payload(rule, anomaly, now)
+                self.dispatch_payload(rule, payload)
+                sent.append(payload)
+        self.anomaly_counts["raised"] += len(sent)
+        return sent
+
+    async def _anomaly_series(self, rule: AlertRule, hour: int) -> list[HourlySeries]:
+        """The rule's hourly series up to ``hour``: per event type, then per trends series."""
+        storage = self.storage
+        if storage is None:
+            return []
+        first = hour - self.detector.weeks * HOURS_PER_WEEK
+        since, until = first * 3_600_000, (hour + 1) * 3_600_000
+        if rule.event_type is not None:
+            types = [rule.event_type]
+        else:
+            totals = await storage.stats(
+                rule.project, EventFilter(since=since, until=until), 3_600_000
+            )
+            ranked = sorted(totals.by_event_type.items(), key=lambda kv: (-kv[1], kv[0]))
+            types = [t for t, _ in ranked[:MAX_ANOMALY_TYPES]]
+        found = []
+        for event_type in types:
+            flt = EventFilter(event_type=event_type, since=since, until=until)
+            values = [0.0] * (hour - first + 1)
+            for start_ms, count in (await storage.stats(rule.project, flt, 3_600_000)).series:
+                if 0 <= start_ms // 3_600_000 - first < len(values):
+                    values[start_ms // 3_600_000 - first] = float(count)
+            found.append(_since_first(f"event:{event_type}", first, values))
+        from innkt_analytics.server._reports import run_insight  # DuckDB on first use
+
+        for i, series in enumerate(rule.series or []):
+            try:
+                answer = await run_insight(
+                    storage, rule.project, _hourly(series, first, hour - first + 1)
+                )
+            except QueryTooLarge as exc:
+                log.warning("anomaly rule %s: series %d skipped: %s", rule.id, i, exc)
+                continue
+            values = [float(v or 0) for v in answer["series"][0]["values"]]
+            found.append(_since_first(f"series:{i}", first, values))
+        return found
+
     def dispatch(self, notice: AlertNotice) -> None:
-        payload = notice.payload()
+        self.dispatch_payload(notice.rule, notice.payload())
+
+    def dispatch_payload(self, rule: AlertRule, payload: dict[str, Any]) -> None:
+        """Record, publish in real time, and POST to the rule's webhook (in the background)."""
         self.recent.append(payload)
         for publish in self.publishers:
             try:
-                publish(notice.rule.project, "alert", payload)
+                publish(rule.project, "alert", payload)
             except Exception:  # one broken publisher must not stop the others
                 log.exception("publishing an alert failed")
-        if notice.rule.webhook_url:
-            task = asyncio.create_task(self._deliver(notice.rule, notice.rule.webhook_url, payload))
+        if rule.webhook_url:
+            task = asyncio.create_task(self._deliver(rule, rule.webhook_url, payload))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
@@ -454,14 +630,7 @@ class AlertService:
         return self._client
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except StorageError as exc:
-                log.warning("alert evaluation skipped: %s", exc)
-            except Exception:
-                log.exception("alert evaluation failed")
-            await asyncio.sleep(self.settings.interval)
+        await run_every(self.settings.interval, self.tick, "alert evaluation", log)
 
     async def start(self) -> None:
         # Know the rules before serving, so the API and health never show an empty set.
@@ -473,12 +642,7 @@ class AlertService:
             self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._sends) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(self._task, *self._sends)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -497,6 +661,7 @@ class AlertService:
             "firing": len(firing),
             "webhooks": dict(self.deliveries),
             "lastEvaluation": self.last_evaluation,
+            "anomalies": dict(self.anomaly_counts),
         }
 
     def describe(self, rule: AlertRule) -> dict[str, Any]:
@@ -582,7 +747,7 @@ def install_alerts(state: ServerState, app: Litestar) -> None:
 
     Raises ``ConfigError`` for a bad ``INNKT_ALERT_*`` variable.
     """
-    service = AlertService(kv_of(state), AlertSettings.from_env())
+    service = AlertService(kv_of(state), AlertSettings.from_env(), state.storage)
     state.parts.alerts = service
     state.observers.append(service)
     state.health_sections["alerts"] = service.health

@@ -62,6 +62,11 @@ class KVStore(abc.ABC):
         """Remove the key; True when it existed."""
 
     @abc.abstractmethod
+    async def put_if(self, namespace: str, key: str, value: bytes, expected: bytes | None) -> bool:
+        """Compare-and-set: store ``value`` only if the stored value is ``expected`` (None:
+        the key is absent). True when stored; atomic across instances sharing the database."""
+
+    @abc.abstractmethod
     async def items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
         """All (key, value) pairs of the namespace whose key starts with ``prefix``, by key."""
 
@@ -114,6 +119,22 @@ class SQLiteKV(KVStore):
         _, count = await self._run(
             f"DELETE FROM {_TABLE} WHERE ns = ? AND key = ?", (namespace, key)
         )
+        return count > 0
+
+    async def put_if(self, namespace: str, key: str, value: bytes, expected: bytes | None) -> bool:
+        if expected is None:
+            sql = (
+                f"INSERT INTO {_TABLE} (ns, key, value, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (ns, key) DO NOTHING"
+            )
+            params: tuple[Any, ...] = (namespace, key, value, _now_ms())
+        else:
+            sql = (
+                f"UPDATE {_TABLE} SET value = ?, updated_at = ?"
+                " WHERE ns = ? AND key = ? AND value = ?"
+            )
+            params = (value, _now_ms(), namespace, key, expected)
+        _, count = await self._run(sql, params)
         return count > 0
 
     async def items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
@@ -182,6 +203,23 @@ class PostgresKV(KVStore):
             "execute", f"DELETE FROM {_TABLE} WHERE ns = $1 AND key = $2", namespace, key
         )
         return status != "DELETE 0"
+
+    async def put_if(self, namespace: str, key: str, value: bytes, expected: bytes | None) -> bool:
+        if expected is None:
+            status: str = await self._call(
+                "execute",
+                f"INSERT INTO {_TABLE} (ns, key, value, updated_at) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (ns, key) DO NOTHING",
+                *(namespace, key, value, _now_ms()),
+            )
+            return status != "INSERT 0 0"
+        status = await self._call(
+            "execute",
+            f"UPDATE {_TABLE} SET value = $1, updated_at = $2"
+            " WHERE ns = $3 AND key = $4 AND value = $5",
+            *(value, _now_ms(), namespace, key, expected),
+        )
+        return status != "UPDATE 0"
 
     async def items(self, namespace: str, prefix: str = "") -> list[tuple[str, bytes]]:
         rows = await self._call(

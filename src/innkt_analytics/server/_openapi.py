@@ -32,6 +32,7 @@ from innkt_analytics._protocol import (
 from innkt_analytics.server._alerts import MAX_SILENCE, RuleKind
 from innkt_analytics.server._dashboard import Dashboard
 from innkt_analytics.server._query import BUCKETS, MAX_PAGE
+from innkt_analytics.server._reports import ReportList, ReportSent, ReportSpec, ReportView
 from innkt_analytics.server._segment import SegmentMessage
 from innkt_analytics.server._state import JSON, app_state
 from innkt_analytics.server.insights import _model as ins
@@ -169,6 +170,8 @@ class AlertRuleRequest(msgspec.Struct, rename="camel", kw_only=True):
         Annotated[str, msgspec.Meta(max_length=2048, pattern="^https?://[^/?#:@]+")] | None
     ) = None
     webhook_secret: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    #: anomaly rules only: trends series watched besides the event types
+    series: Annotated[list[ins.Series], msgspec.Meta(max_length=10)] | None = None
 
 
 class AlertRuleView(msgspec.Struct, rename="camel", kw_only=True):
@@ -379,6 +382,14 @@ _USER: Final = {"minLength": 1, "maxLength": 128, "example": "u-1"}
 _NAME: Final = {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", "example": "overview"}
 _KEY_ID: Final = {"example": "key_0123456789ab"}
 _RULE_ID: Final = {"example": "alr_0123456789ab"}
+_REPORT: Final = {"report_id": {"example": "rpt_0123456789ab"}}
+_REPORT_EXAMPLE: Final = {
+    "name": "Daily signups",
+    "queries": [{"kind": "trends", "query": {"series": [{"event": "signup"}], "interval": "hour"}}],
+    "hour": 9,
+    "timezone": "Europe/Paris",
+    "webhookUrl": "http://127.0.0.1:9/report",
+}
 
 _A_USER: Final = {"anyOf": [{"required": ["userId"]}, {"required": ["anonymousId"]}]}
 #: per Segment message type: what its body must also hold, and what the example adds
@@ -554,6 +565,32 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
         status=204,
         extra_errors=(404,),
         path={"rule_id": {"example": "alr_0123456789ab"}},
+    ),
+    ("get", "/v1/reports"): Operation("read", ReportList),
+    ("post", "/v1/reports"): Operation(
+        "admin",
+        ReportView,
+        status=201,
+        body=ReportSpec,
+        body_example=_REPORT_EXAMPLE,
+        extra_errors=(409,),
+    ),
+    ("get", "/v1/reports/{report_id}"): Operation(
+        "read", ReportView, extra_errors=(404,), path=_REPORT
+    ),
+    ("put", "/v1/reports/{report_id}"): Operation(
+        "admin",
+        ReportView,
+        body=ReportSpec,
+        body_example=_REPORT_EXAMPLE,
+        extra_errors=(404,),
+        path=_REPORT,
+    ),
+    ("delete", "/v1/reports/{report_id}"): Operation(
+        "admin", (), status=204, extra_errors=(404,), path=_REPORT
+    ),
+    ("post", "/v1/reports/{report_id}/send"): Operation(
+        "admin", ReportSent, extra_errors=(404,), path=_REPORT
     ),
     ("get", "/v1/dashboards"): Operation("read", DashboardList),
     ("get", "/v1/dashboards/{name}"): Operation(

@@ -114,6 +114,21 @@ class ServerSettings:
     http_header_timeout: float = 10.0
     http_body_timeout: float = 60.0
     http_max_header_bytes: int = 64 * 1024
+    #: scheduled reports (docs/insights.md): seconds between checks for due reports
+    #: (0: this instance sends none on schedule), delivery attempts per target and the
+    #: first retry delay in seconds (doubling, at most an hour)
+    report_interval: float = 30.0
+    report_attempts: int = 5
+    report_backoff: float = 60.0
+    #: e-mail for reports: the SMTP server (empty host: no e-mail), "starttls", "ssl" or
+    #: "none", the login (empty user: none) and the From address
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = "innkt-analytics@localhost"
+    smtp_timeout: float = 30.0
 
     @property
     def limits(self) -> Limits:
@@ -169,6 +184,14 @@ class ServerSettings:
         for name in ("shutdown_drain_seconds", "shutdown_timeout"):
             if not 0 <= getattr(self, name) <= 3600:
                 raise ConfigError(name, "must be 0..3600 seconds")
+        if self.report_interval < 0 or self.report_backoff < 0:
+            raise ConfigError("report_interval", "report_interval and report_backoff: >= 0")
+        if self.report_attempts < 1:
+            raise ConfigError("report_attempts", "must be >= 1")
+        if self.smtp_security not in ("starttls", "ssl", "none"):
+            raise ConfigError("smtp_security", f"starttls, ssl or none, not {self.smtp_security!r}")
+        if not 0 < self.smtp_port < 65536 or self.smtp_timeout <= 0:
+            raise ConfigError("smtp_port", "smtp_port 1..65535, smtp_timeout > 0")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format", f"must be text or json, got {self.log_format!r}")
         if self.metrics_address:
