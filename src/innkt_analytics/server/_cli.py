@@ -467,8 +467,7 @@ def backup_create(
     keep: Annotated[int | None, typer.Option(help="Prune to this many newest backups")] = None,
 ) -> None:
     """Take a consistent backup now (safe while the server is running)."""
-    from innkt_analytics import _backup
-    from innkt_analytics.server._backups import backup_dir, sqlite_path
+    from innkt_analytics.server._backups import backup_events, backup_identity
 
     settings = _settings(db=db)
     try:
@@ -485,18 +484,20 @@ def backup_create(
             disable=not sys.stderr.isatty(),
         ) as bar:
             bar.add_task("backing up…")
-            manifest = _backup.create_backup(
-                sqlite_path(settings),
-                backup_dir(settings),
-                count_table="events",
-                max_backups=keep if keep is not None else settings.backup_keep,
+            manifest, events = backup_events(
+                settings, keep if keep is not None else settings.backup_keep
+            )
+            identity = backup_identity(
+                settings, manifest.backup_id, keep if keep is not None else settings.backup_keep
             )
     except InnktError as exc:
         _fail(exc)
     typer.echo(
-        f"backup {manifest.backup_id}: {manifest.record_count} events,"
+        f"backup {manifest.backup_id}: {events} events,"
         f" {manifest.size_bytes} bytes, sha256 {manifest.sha256}"
     )
+    if identity is not None:
+        typer.echo(f"  identity graph: {identity.record_count} links, sha256 {identity.sha256}")
 
 
 @backup_app.command("list")
@@ -530,29 +531,42 @@ def backup_list(db: DbOption = None) -> None:
 @backup_app.command("verify")
 def backup_verify(backup_id: str, db: DbOption = None) -> None:
     """Check a backup's hash, size, integrity and record count against its manifest."""
-    from innkt_analytics import _backup
-    from innkt_analytics.server._backups import backup_dir
+    from innkt_analytics.server._backups import identity_backup_for, verify_events
 
     settings = _settings(db=db)
     try:
-        manifest = _backup.verify_backup(backup_dir(settings), backup_id)
+        manifest, events = verify_events(settings, backup_id)
+        identity = identity_backup_for(settings, backup_id)
     except InnktError as exc:
         _fail(exc)
-    typer.echo(f"ok {manifest.backup_id}: {manifest.record_count} events, sha256 verified")
+    typer.echo(f"ok {manifest.backup_id}: {events} events, sha256 verified")
+    if identity is not None:
+        typer.echo(f"  identity graph: {identity.record_count} links, sha256 verified")
 
 
 @backup_app.command("restore")
 def backup_restore(backup_id: str, db: DbOption = None) -> None:
     """Replace the database with a verified backup. Stop the server first."""
-    from innkt_analytics import _backup
-    from innkt_analytics.server._backups import backup_dir, sqlite_path
+    from innkt_analytics.server._backups import (
+        identity_backup_for,
+        restore_events,
+        restore_identity,
+    )
 
     settings = _settings(db=db)
     try:
-        manifest = _backup.restore_backup(sqlite_path(settings), backup_dir(settings), backup_id)
+        identity = identity_backup_for(settings, backup_id)  # verified before anything changes
+        manifest, events = restore_events(settings, backup_id)
+        if identity is not None:
+            restore_identity(settings, identity)
     except InnktError as exc:
         _fail(exc)
-    typer.echo(f"restored {manifest.backup_id}: {manifest.record_count} events")
+    typer.echo(f"restored {manifest.backup_id}: {events} events")
+    typer.echo(
+        f"  identity graph: {identity.record_count} links"
+        if identity is not None
+        else "  no identity graph in this backup: <db>.identity.db left as it is"
+    )
 
 
 @app.command()
@@ -576,9 +590,7 @@ def export(
     )
 
     from innkt_analytics.server._export import (  # keeps startup light
-        iter_rows,
-        render_csv,
-        render_ndjson,
+        export_stream,
         write_parquet,
     )
     from innkt_analytics.server._query import parse_time
@@ -616,12 +628,14 @@ def export(
                 )
             assert sink is not None
             total = 0
-            if fmt == "csv":
-                sink.write(render_csv([], header=True))
-            async for rows in iter_rows(storage, project, flt):
-                sink.write(render_ndjson(rows) if fmt == "ndjson" else render_csv(rows))
-                total += len(rows)
-                bar.advance(task, len(rows))
+
+            def advance(n: int) -> None:
+                nonlocal total
+                total += n
+                bar.advance(task, n)
+
+            async for chunk in export_stream(storage, project, flt, fmt, advance):
+                sink.write(chunk)
             return total
 
     sink: BinaryIO | None = None

@@ -1,15 +1,19 @@
 """Export of stored events: NDJSON and CSV streamed over HTTP, Parquet to a file (CLI).
 
-Both fronts page through ``Storage.query_events`` so an export of any size runs
-in constant memory and never holds a long read transaction.
+On the SQLite engine an export is one columnar scan (``SQLiteStorage.scan``): DuckDB
+renders NDJSON lines and CSV cells from the segments' columns in C++, a batch at a
+time, on one snapshot (every event exactly once, in seq order). Other backends page
+through ``Storage.query_events``. Either way memory stays flat whatever the size.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 from litestar import Request, Response, get
@@ -17,12 +21,19 @@ from litestar.response import Stream
 
 from innkt_analytics.server._query import parse_time, row_to_json
 from innkt_analytics.server._state import ApiError, authenticate, state_of
-from innkt_analytics.server.storage import EventFilter, EventRow, Storage
+from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage, Storage
+from innkt_analytics.server.storage._base import event_row
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+T = TypeVar("T")
 
 __all__ = [
     "CSV_COLUMNS",
     "FORMATS",
     "export_events",
+    "export_stream",
     "iter_rows",
     "render_csv",
     "render_ndjson",
@@ -47,6 +58,42 @@ CSV_COLUMNS: Final = (
 )
 _PAGE: Final = 1000
 _encoder = msgspec.json.Encoder()
+#: the server's fields an NDJSON line adds to the event's JSON (``row_to_json``)
+_ADDED: Final = ("receivedAt", "sentAt", "correctedTimestamp", "future")
+
+
+def _iso_sql(column: str) -> str:
+    # as _query._iso: ISO 8601 with milliseconds and +00:00
+    return f"strftime(make_timestamp({column} * 1000), '%Y-%m-%dT%H:%M:%S.%g+00:00')"
+
+
+#: DuckDB SQL for the NDJSON line of an event: its JSON with the server's fields
+#: spliced in before the closing brace; NULL when the event has one of those keys
+#: itself (then ``row_to_json`` makes the line, as the server's value must win)
+_NDJSON_SELECT: Final = (
+    "CASE WHEN NOT regexp_matches(payload, '\"(" + "|".join(_ADDED) + ")\"\\s*:')"
+    " AND ends_with(payload, '}') AND length(payload) > 2 THEN concat("
+    'left(payload, length(payload) - 1), \',"receivedAt":"\', '
+    + _iso_sql("received_at")
+    + ", '\",\"sentAt\":', coalesce('\"' || "
+    + _iso_sql("sent_at")
+    + " || '\"', 'null'), ',\"correctedTimestamp\":\"', "
+    + _iso_sql("corrected")
+    + ", '\",\"future\":', CASE WHEN future THEN 'true' ELSE 'false' END, '}\n')"
+    " END AS line, seq, event_id, event_type, session_id, user_id, anonymous_id, ts,"
+    " sent_at, received_at, corrected, future, payload"
+)
+
+
+def _csv_cell_sql(column: str) -> str:
+    if column in ("properties", "deviceInfo", "context"):
+        return f"CAST(json_extract(payload, '$.{column}') AS VARCHAR)"
+    if column in ("sentAt", "receivedAt", "correctedTimestamp"):
+        source = {"sentAt": "sent_at", "receivedAt": "received_at"}.get(column, "corrected")
+        return _iso_sql(source)
+    if column == "future":
+        return "CASE WHEN future THEN 'true' ELSE 'false' END"
+    return f"json_extract_string(payload, '$.{column}')"
 
 
 async def iter_rows(
@@ -61,6 +108,88 @@ async def iter_rows(
         if result.next_cursor is None:
             return
         cursor = result.next_cursor
+
+
+async def export_stream(
+    storage: Storage,
+    project: str,
+    flt: EventFilter,
+    fmt: str,
+    progress: Callable[[int], None] | None = None,
+) -> AsyncIterator[bytes]:
+    """The export's bytes in ``fmt`` (ndjson or csv, with its header), chunk by chunk."""
+    if fmt == "csv":
+        yield render_csv([], header=True)
+    if not isinstance(storage, SQLiteStorage):
+        async for rows in iter_rows(storage, project, flt):
+            yield render_ndjson(rows) if fmt == "ndjson" else render_csv(rows)
+            if progress is not None:
+                progress(len(rows))
+        return
+    if fmt == "ndjson":
+        select, render = _NDJSON_SELECT, _ndjson_batch
+    else:
+        select, render = ", ".join(_csv_cell_sql(c) for c in CSV_COLUMNS), _csv_batch
+    async for batch in _threaded(storage.scan(project, flt, select)):
+        yield render(batch)
+        if progress is not None:
+            progress(batch.num_rows)
+
+
+async def _threaded(blocking: Iterator[T]) -> AsyncIterator[T]:
+    """Drive a blocking iterator on a thread of its own, a few items ahead at most."""
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=4)
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in blocking:
+                if stop.is_set():
+                    return
+                asyncio.run_coroutine_threadsafe(queue.put(("item", item)), loop).result()
+            asyncio.run_coroutine_threadsafe(queue.put(("end", None)), loop).result()
+        except BaseException as exc:  # handed to the consumer
+            if not stop.is_set():
+                asyncio.run_coroutine_threadsafe(queue.put(("error", exc)), loop).result()
+
+    thread = threading.Thread(target=produce, name="innkt-export", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while not queue.empty():  # unblock a producer waiting on a full queue
+            queue.get_nowait()
+
+
+def _ndjson_batch(batch: pa.RecordBatch) -> bytes:
+    lines = batch.column(0).to_pylist()
+    if None not in lines:
+        return "".join(lines).encode()
+    out = []
+    for i, line in enumerate(lines):
+        if line is None:  # the event has a key the server sets: the general path
+            values = [batch.column(k)[i].as_py() for k in range(1, 13)]
+            row = event_row([*values[:11], values[11].encode()])  # payload: text in DuckDB
+            out.append(_encoder.encode(row_to_json(row)).decode() + "\n")
+        else:
+            out.append(line)
+    return "".join(out).encode()
+
+
+def _csv_batch(batch: pa.RecordBatch) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    columns = [c.to_pylist() for c in batch.columns]
+    writer.writerows(["" if v is None else v for v in row] for row in zip(*columns, strict=True))
+    return buf.getvalue().encode()
 
 
 def render_ndjson(rows: list[EventRow]) -> bytes:
@@ -104,6 +233,17 @@ async def write_parquet(
 
     schema = pa.schema([(c, pa.bool_() if c == "future" else pa.string()) for c in CSV_COLUMNS])
     total = 0
+    if isinstance(storage, SQLiteStorage):
+        select = ", ".join(
+            ("future" if c == "future" else _csv_cell_sql(c)) + f' AS "{c}"' for c in CSV_COLUMNS
+        )
+        with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+            async for batch in _threaded(storage.scan(project, flt, select)):
+                writer.write_batch(batch.cast(schema))
+                total += batch.num_rows
+                if progress is not None:
+                    progress(batch.num_rows)
+        return total
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         async for rows in iter_rows(storage, project, flt):
             docs = [row_to_json(r) for r in rows]
@@ -141,10 +281,8 @@ async def export_events(request: Request[Any, Any, Any]) -> Response[bytes] | St
     storage = state_of(request).storage
 
     async def body() -> AsyncIterator[bytes]:
-        if fmt == "csv":
-            yield render_csv([], header=True)
-        async for rows in iter_rows(storage, key.project, flt):
-            yield render_ndjson(rows) if fmt == "ndjson" else render_csv(rows)
+        async for chunk in export_stream(storage, key.project, flt, fmt):
+            yield chunk
 
     media = "application/x-ndjson" if fmt == "ndjson" else "text/csv"
     return Stream(

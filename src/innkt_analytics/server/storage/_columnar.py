@@ -174,15 +174,27 @@ class Reader:
             out += [_row(tuple(r[c] for c in ROW_COLUMNS)) for r in hot]
         return out
 
-    def batches(
-        self, snap: Snapshot, sql: str, params: Sequence[object], rows: int = 65_536
+    def scan(
+        self,
+        conn: sqlite3.Connection,
+        project: str,
+        flt: EventFilter,
+        select: str,
+        rows: int = 32_768,
     ) -> Iterator[pa.RecordBatch]:
-        """Stream the result of ``sql`` over ``snap`` in record batches."""
-        con = self.duck().cursor()
-        con.register("hot", snap.hot)
+        """``SELECT {select}`` over the matching events of one snapshot, in seq order,
+        streamed in record batches (memory stays at a batch, whatever the total)."""
+        import duckdb
+
+        snap = self.snapshot(conn, project, flt, _segments.HOT_COLUMNS)
+        cond, params = where(project, flt)
+        con = duckdb.connect(config={"threads": 2})
         try:
-            reader = con.execute(sql, list(params)).fetch_record_batch(rows)  # type: ignore[attr-defined]
-            yield from reader
+            con.register("hot", snap.hot)
+            sources = [f"read_parquet({_quote(s.path)})" for s in snap.segments] + ["hot"]
+            for source in sources:  # one at a time: each scan keeps its file's order
+                relation = con.sql(f"SELECT {select} FROM {source} WHERE {cond}", params=params)
+                yield from relation.to_arrow_reader(rows)
         finally:
             con.close()
 

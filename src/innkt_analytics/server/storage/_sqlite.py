@@ -25,9 +25,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
@@ -54,6 +54,9 @@ from innkt_analytics.server.storage._columnar import Reader, where
 from innkt_analytics.server.storage._engine import Compactor, EngineSettings, segment_dir
 from innkt_analytics.server.storage._sqlite_client import WriterClient, storage_error
 from innkt_analytics.server.storage._sqlite_schema import migrate
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["SQLiteStorage"]
 
@@ -216,6 +219,16 @@ class SQLiteStorage(Storage):
         if self.compactor is not None:
             self.compactor.poke()
         return stored
+
+    def scan(self, project: str, flt: EventFilter, select: str) -> Iterator[pa.RecordBatch]:
+        """``SELECT {select}`` (DuckDB SQL over the columns of ``_segments.HOT_COLUMNS``)
+        on the matching events of one snapshot, in seq order, as Arrow record batches;
+        a blocking iterator (run it on a thread of its own)."""
+        conn = _w.connect(self.path)
+        try:
+            yield from self.columnar.scan(conn, project, flt, select)
+        finally:
+            conn.close()
 
     def compact_sync(self) -> None:
         """Compact and merge everything now (tests, backups); the compactor does this
