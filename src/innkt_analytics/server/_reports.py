@@ -74,6 +74,8 @@ MAX_REPORTS_PER_PROJECT: Final = 50
 #: events one query of a report may read (as ``/v1/insights``' bound)
 MAX_EVENTS: Final = 1_000_000
 BACKOFF_CAP: Final = 3600.0
+#: seconds one webhook POST may take
+WEBHOOK_TIMEOUT: Final = 30.0
 WEEKDAYS: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _SET_BY_SCHEDULE: Final = ("dateFrom", "dateTo", "timezone")
 
@@ -414,7 +416,7 @@ class ReportService:
             digest = hmac.new(report.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
             headers["X-Innkt-Signature"] = "sha256=" + digest
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.settings.smtp_timeout)
+            self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT)
         try:
             response = await self._client.post(
                 report.webhook_url or "", content=body, headers=headers
