@@ -29,10 +29,10 @@ from innkt_analytics._protocol import (
     IngestResponse,
     Rejection,
 )
+from innkt_analytics.server import _reports as rep
 from innkt_analytics.server._alerts import MAX_SILENCE, RuleKind
 from innkt_analytics.server._dashboard import Dashboard
 from innkt_analytics.server._query import BUCKETS, MAX_PAGE
-from innkt_analytics.server._reports import ReportList, ReportSent, ReportSpec, ReportView
 from innkt_analytics.server._segment import SegmentMessage
 from innkt_analytics.server._state import JSON, app_state
 from innkt_analytics.server.insights import _model as ins
@@ -375,7 +375,13 @@ _SEGMENT_EXAMPLE: Final = {
 }
 _DASHBOARD_EXAMPLE: Final = {
     "title": "Overview",
-    "panels": [{"kind": "events_per_minute", "title": "Events", "width": 2}],
+    "panels": [
+        {"kind": "events_per_minute", "title": "Events", "width": 2},
+        {
+            "kind": "insight",
+            "insight": {"kind": "trends", "range": "7d", "query": {"series": [{"event": "view"}]}},
+        },
+    ],
 }
 
 _USER: Final = {"minLength": 1, "maxLength": 128, "example": "u-1"}
@@ -383,13 +389,6 @@ _NAME: Final = {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", "example": "ove
 _KEY_ID: Final = {"example": "key_0123456789ab"}
 _RULE_ID: Final = {"example": "alr_0123456789ab"}
 _REPORT: Final = {"report_id": {"example": "rpt_0123456789ab"}}
-_REPORT_EXAMPLE: Final = {
-    "name": "Daily signups",
-    "queries": [{"kind": "trends", "query": {"series": [{"event": "signup"}], "interval": "hour"}}],
-    "hour": 9,
-    "timezone": "Europe/Paris",
-    "webhookUrl": "http://127.0.0.1:9/report",
-}
 
 _A_USER: Final = {"anyOf": [{"required": ["userId"]}, {"required": ["anonymousId"]}]}
 #: per Segment message type: what its body must also hold, and what the example adds
@@ -566,23 +565,23 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
         extra_errors=(404,),
         path={"rule_id": {"example": "alr_0123456789ab"}},
     ),
-    ("get", "/v1/reports"): Operation("read", ReportList),
+    ("get", "/v1/reports"): Operation("read", rep.ReportList),
     ("post", "/v1/reports"): Operation(
         "admin",
-        ReportView,
+        rep.ReportView,
         status=201,
-        body=ReportSpec,
-        body_example=_REPORT_EXAMPLE,
+        body=rep.ReportSpec,
+        body_example=rep.REPORT_EXAMPLE,
         extra_errors=(409,),
     ),
     ("get", "/v1/reports/{report_id}"): Operation(
-        "read", ReportView, extra_errors=(404,), path=_REPORT
+        "read", rep.ReportView, extra_errors=(404,), path=_REPORT
     ),
     ("put", "/v1/reports/{report_id}"): Operation(
         "admin",
-        ReportView,
-        body=ReportSpec,
-        body_example=_REPORT_EXAMPLE,
+        rep.ReportView,
+        body=rep.ReportSpec,
+        body_example=rep.REPORT_EXAMPLE,
         extra_errors=(404,),
         path=_REPORT,
     ),
@@ -590,7 +589,7 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
         "admin", (), status=204, extra_errors=(404,), path=_REPORT
     ),
     ("post", "/v1/reports/{report_id}/send"): Operation(
-        "admin", ReportSent, extra_errors=(404,), path=_REPORT
+        "admin", rep.ReportSent, extra_errors=(404,), path=_REPORT
     ),
     ("get", "/v1/dashboards"): Operation("read", DashboardList),
     ("get", "/v1/dashboards/{name}"): Operation(

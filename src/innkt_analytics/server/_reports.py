@@ -53,6 +53,7 @@ from innkt_analytics.server.insights._model import LifecycleQuery, TrendsQuery
 from innkt_analytics.server.storage import EventFilter, Storage
 
 __all__ = [
+    "REPORT_EXAMPLE",
     "REPORT_HANDLERS",
     "Report",
     "ReportService",
@@ -78,6 +79,14 @@ BACKOFF_CAP: Final = 3600.0
 WEBHOOK_TIMEOUT: Final = 30.0
 WEEKDAYS: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _SET_BY_SCHEDULE: Final = ("dateFrom", "dateTo", "timezone")
+#: a report body, for the OpenAPI document
+REPORT_EXAMPLE: Final = {
+    "name": "Daily signups",
+    "queries": [{"kind": "trends", "query": {"series": [{"event": "signup"}], "interval": "hour"}}],
+    "hour": 9,
+    "timezone": "Europe/Paris",
+    "webhookUrl": "http://127.0.0.1:9/report",
+}
 
 Kind = Literal["trends", "funnels", "retention", "paths", "lifecycle", "stickiness"]
 Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
