@@ -173,7 +173,11 @@ def test_bad_query_names_the_field(kind: str, body: Any, field: str, message: st
 def test_defaults_and_local_times() -> None:
     q = parse_query("funnels", msgspec.json.encode(RANGE | {"steps": steps(2)}))
     assert isinstance(q, FunnelQuery)
-    assert (q.window_seconds, q.count_by, q.timezone) == (14 * 86400, "user", "UTC")
+    assert (q.window_seconds, q.count_by, q.timezone) == (14 * 86400, "person", "UTC")
+    # "user", the former default, is the same as "person"
+    q = parse_query("funnels", msgspec.json.encode(RANGE | {"steps": steps(2), "countBy": "user"}))
+    assert isinstance(q, FunnelQuery)
+    assert q.count_by == "person"
     # a date without an offset is midnight in the query's time zone; an offset wins
     body = {"dateFrom": "2026-03-01", "dateTo": "2026-03-02T00:00:00+00:00", "series": [{}]}
     q = parse_query("trends", msgspec.json.encode(body | {"timezone": "Asia/Kolkata"}))

@@ -9,6 +9,9 @@ store opens (no change to the events schema or its version):
 * ``identity_ids`` — every id seen: whether it was sent as a ``userId``, first
   and last seen, and the latest identify traits. ``id_hash`` is the person id
   the id would have as a root, so a person id can be looked up.
+* ``identity_versions`` — per project, a number raised after every write that can
+  change persons (new links, ids sent as a ``userId``, a deletion): insights that
+  count persons key their cached answers on it (``version``, ``graph``).
 
 Persons are not stored: ``component`` reads the connected part of the links
 around an id and ``_identity.resolve`` partitions it, so no merge is ever half
@@ -56,6 +59,8 @@ _SQLITE_SCHEMA: Final = (
     " id_hash TEXT NOT NULL, is_user INTEGER NOT NULL, first_seen INTEGER NOT NULL,"
     " last_seen INTEGER NOT NULL, traits BLOB, traits_at INTEGER, PRIMARY KEY (project, id))",
     "CREATE INDEX IF NOT EXISTS identity_ids_hash ON identity_ids (project, id_hash)",
+    "CREATE TABLE IF NOT EXISTS identity_versions (project TEXT PRIMARY KEY,"
+    " version INTEGER NOT NULL)",
 )
 _PG_SCHEMA: Final = tuple(
     s.replace("INTEGER", "bigint").replace("TEXT", "text").replace("BLOB", "bytea")
@@ -73,6 +78,16 @@ _NEWER: Final = (
     " OR excluded.traits_at > identity_ids.traits_at"
     " OR (excluded.traits_at = identity_ids.traits_at"
     " AND excluded.traits > identity_ids.traits))"
+)
+_BUMP: Final = (
+    "INSERT INTO identity_versions (project, version) VALUES ({p}, 1)"
+    " ON CONFLICT (project) DO UPDATE SET version = identity_versions.version + 1"
+)
+_VERSION: Final = "SELECT version FROM identity_versions WHERE project = {p}"
+#: the links' first ids that were also sent as a userId (rule 1 of ``_identity``)
+_LINKED_USERS: Final = (
+    "SELECT DISTINCT l.a FROM identity_links l JOIN identity_ids i"
+    " ON i.project = l.project AND i.id = l.a WHERE l.project = {p} AND i.is_user = 1"
 )
 _ID_UPSERT: Final = (
     "INSERT INTO identity_ids (project, id, id_hash, is_user, first_seen, last_seen, traits,"
@@ -99,6 +114,11 @@ class IdInfo:
     #: the JSON object of the latest identify (ties: the greater bytes, so order is moot)
     traits: bytes | None = None
     traits_at: int | None = None
+
+
+def _changes_persons(links: Sequence[Link], ids: dict[str, IdInfo]) -> bool:
+    # an id sent as a userId stops joining others by plain links (rule 2)
+    return bool(links) or any(info.is_user for info in ids.values())
 
 
 def _id_row(project: str, ident: str, info: IdInfo) -> tuple[Any, ...]:
@@ -158,6 +178,18 @@ class IdentityStore(abc.ABC):
     @abc.abstractmethod
     async def forget(self, project: str, ids: Sequence[str]) -> None:
         """Delete every link and id row of ``ids`` (a deleted person)."""
+
+    @abc.abstractmethod
+    async def version(self, project: str) -> int:
+        """The project's graph version: it changes whenever persons may have changed."""
+
+    @abc.abstractmethod
+    async def graph(self, project: str) -> tuple[int, list[Link], set[str]]:
+        """The version, every link of the project, and which of the links' ids are
+        user ids (the input of ``_identity.resolve``), read together.
+
+        The version is read first, so it is never newer than the links.
+        """
 
     async def component(self, project: str, start: str) -> tuple[list[Link], set[str]]:
         """The links and ids connected to ``start`` (over links of either kind).
@@ -234,6 +266,8 @@ class SQLiteIdentity(IdentityStore):
                 _ID_UPSERT.format(p="?, ?, ?, ?, ?, ?, ?, ?", least="min", greatest="max"),
                 [_id_row(project, i, info) for i, info in ids.items()],
             )
+            if _changes_persons(links, ids):
+                conn.execute(_BUMP.format(p="?"), (project,))
         conn.execute("COMMIT")
 
     async def _neighbours(self, project: str, ids: list[str]) -> list[Link]:
@@ -293,9 +327,38 @@ class SQLiteIdentity(IdentityStore):
                 conn.execute(
                     "DELETE FROM identity_ids WHERE project = ? AND id = ?", (project, ident)
                 )
+            conn.execute(_BUMP.format(p="?"), (project,))
             conn.execute("COMMIT")
 
         await self._do(run)
+
+    async def version(self, project: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(_VERSION.format(p="?"), (project,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        result: int = await self._do(run)
+        return result
+
+    async def graph(self, project: str) -> tuple[int, list[Link], set[str]]:
+        def run(conn: sqlite3.Connection) -> tuple[int, list[Link], set[str]]:
+            conn.execute("BEGIN")  # one snapshot (the lock keeps writers out anyway)
+            try:
+                row = conn.execute(_VERSION.format(p="?"), (project,)).fetchone()
+                links = [
+                    Link(a, b, bool(alias), at)
+                    for a, b, alias, at in conn.execute(
+                        "SELECT a, b, alias, at FROM identity_links WHERE project = ?",
+                        (project,),
+                    )
+                ]
+                users = {r[0] for r in conn.execute(_LINKED_USERS.format(p="?"), (project,))}
+            finally:
+                conn.execute("COMMIT")
+            return (0 if row is None else int(row[0])), links, users
+
+        result: tuple[int, list[Link], set[str]] = await self._do(run)
+        return result
 
 
 def _pg(value: str) -> str:
@@ -354,8 +417,20 @@ class PostgresIdentity(IdentityStore):
                         for i, info in sorted(ids.items(), key=lambda kv: kv[0])
                     ],
                 )
+            if _changes_persons(links, ids):
+                await self._bump(conn, project)
 
         await self._with(run)
+
+    @staticmethod
+    async def _bump(conn: Any, project: str) -> None:
+        # After the change has committed, in a transaction of its own: a reader that
+        # sees the new version sees the change, and concurrent writers hold the
+        # project's version row only for this short, unflushed transaction (a crash
+        # may lose the bump: cached answers then wait for the next write to refresh).
+        async with conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await conn.execute(_BUMP.format(p="$1"), _pg(project))
 
     async def _neighbours(self, project: str, ids: list[str]) -> list[Link]:
         async def run(conn: Any) -> list[Link]:
@@ -412,8 +487,31 @@ class PostgresIdentity(IdentityStore):
                     _pg(project),
                     [_pg(i) for i in ids],
                 )
+            await self._bump(conn, project)
 
         await self._with(run)
+
+    async def version(self, project: str) -> int:
+        async def run(conn: Any) -> int:
+            value = await conn.fetchval(_VERSION.format(p="$1"), _pg(project))
+            return 0 if value is None else int(value)
+
+        result: int = await self._with(run)
+        return result
+
+    async def graph(self, project: str) -> tuple[int, list[Link], set[str]]:
+        async def run(conn: Any) -> tuple[int, list[Link], set[str]]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                value = await conn.fetchval(_VERSION.format(p="$1"), _pg(project))
+                rows = await conn.fetch(
+                    "SELECT a, b, alias, at FROM identity_links WHERE project = $1", _pg(project)
+                )
+                users = {r[0] for r in await conn.fetch(_LINKED_USERS.format(p="$1"), _pg(project))}
+            links = [Link(r[0], r[1], bool(r[2]), r[3]) for r in rows]
+            return (0 if value is None else int(value)), links, users
+
+        result: tuple[int, list[Link], set[str]] = await self._with(run)
+        return result
 
 
 def make_identity(url: str) -> IdentityStore:

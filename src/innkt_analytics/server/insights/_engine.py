@@ -8,11 +8,17 @@ parameters; what is spliced into the SQL text comes from closed sets checked by
 
 Each call opens its own in-memory DuckDB connection with one thread and a memory
 limit, so a query cannot take more than its share of the machine.
+
+Persons: the queries read the view ``src``. With an id -> person mapping and
+``countBy: "person"`` the mapping is a second Arrow table, ``persons(id, person)``, and
+``src`` replaces each event's actor by its person (a left join: an id that is no key is
+its own person); otherwise ``src`` is the events as given.
 """
 
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Mapping
 from typing import Any, Final
 
 import duckdb
@@ -41,6 +47,7 @@ from innkt_analytics.server.insights._model import (
     StickinessResult,
     TrendsQuery,
     TrendsResult,
+    counts_persons,
 )
 from innkt_analytics.server.insights._reference import OTHER, QUANTILES, funnel_steps
 
@@ -143,21 +150,45 @@ class _Sql:
         )
 
 
-def _connect(source: pa.Table, memory_limit: str) -> duckdb.DuckDBPyConnection:
+def _connect(
+    source: pa.Table, memory_limit: str, persons: Mapping[str, str] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A connection whose view ``src`` is ``source``, actors mapped by ``persons``
+    (pass the mapping only for a query that counts persons: see ``run``)."""
     con = duckdb.connect(config={"threads": 1, "memory_limit": memory_limit})
     # epoch_ms gives a naive UTC TIMESTAMP; the session zone makes its TIMESTAMPTZ UTC too
     con.execute("SET TimeZone = 'UTC'")
-    con.register("src", source)
+    con.register("events", source)
+    if not persons:
+        con.execute("CREATE TEMP VIEW src AS SELECT * FROM events")
+        return con
+    table = pa.table(
+        {"id": list(persons.keys()), "person": list(persons.values())},
+        schema=pa.schema([("id", pa.string()), ("person", pa.string())]),
+    )
+    con.register("persons", table)
+    con.execute(
+        "CREATE TEMP VIEW src AS SELECT e.* REPLACE (coalesce(pm.person, e.actor) AS actor) "
+        "FROM events e LEFT JOIN persons pm ON pm.id = e.actor"
+    )
     return con
 
 
-def run(query: Query, source: pa.Table, project: str, *, memory_limit: str = MEMORY_LIMIT) -> Any:
+def run(
+    query: Query,
+    source: pa.Table,
+    project: str,
+    *,
+    persons: Mapping[str, str] | None = None,
+    memory_limit: str = MEMORY_LIMIT,
+) -> Any:
     """The answer to ``query`` over the events of ``project`` in ``source``.
 
-    ``source`` has the columns of ``arrow_schema()``. Raises ``QueryTooLarge`` past
+    ``source`` has the columns of ``arrow_schema()``; ``persons`` maps ids to their
+    persons (None: every id is its own person). Raises ``QueryTooLarge`` past
     ``memory_limit`` (a DuckDB size such as ``"256MB"``).
     """
-    con = _connect(source, memory_limit)
+    con = _connect(source, memory_limit, persons if counts_persons(query) else None)
     try:
         return _run(con, query, project)
     except duckdb.OutOfMemoryException as exc:
@@ -276,7 +307,7 @@ def _funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Fun
     start, end = q.range_ms()
     n = len(q.steps)
     sql = _Sql()
-    key = "actor" if q.count_by == "user" else "session_id"
+    key = "session_id" if q.count_by == "session" else "actor"
     flags = ", ".join(f"{sql.spec(s)} AS m{k}" for k, s in enumerate(q.steps))
     bv = sql.breakdown(q.breakdown) if q.breakdown else "CAST(NULL AS VARCHAR)"
     text = (

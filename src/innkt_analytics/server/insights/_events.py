@@ -36,8 +36,8 @@ __all__ = [
 class InsightEvent:
     """One stored event as insights see it; ``timestamp`` is the corrected time in ms.
 
-    The actor of per-user queries is ``user_id``, or ``anonymous_id`` when there is
-    none (the identity graph will later map both to persons).
+    The actor of per-user queries is ``person`` when set (the reference sets it from
+    an id -> person mapping), else ``user_id``, or ``anonymous_id`` when there is none.
     """
 
     project: str
@@ -50,9 +50,12 @@ class InsightEvent:
     properties: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
+    person: str | None = None
 
     @property
     def actor(self) -> str | None:
+        if self.person is not None:
+            return self.person
         return self.user_id if self.user_id is not None else self.anonymous_id
 
     @classmethod

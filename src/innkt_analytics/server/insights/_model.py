@@ -10,6 +10,11 @@ Times: ``dateFrom``/``dateTo`` are ISO 8601 (a date, or a date-time); one withou
 offset is read in the query's ``timezone`` (IANA name), which also decides where days,
 weeks (ISO weeks, from Monday) and months begin. The range is half-open
 ``[dateFrom, dateTo)`` on the events' corrected timestamps.
+
+Actors: ``countBy`` is ``"person"`` (the default: the ids the identity graph joins
+count as one actor) or ``"id"`` (each user id, or anonymous id, on its own); a funnel
+may also count ``"session"``s, and takes ``"user"``, its former default, as
+``"person"``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ __all__ = [
     "StickinessResult",
     "TrendsQuery",
     "TrendsResult",
+    "counts_persons",
     "parse_query",
 ]
 
@@ -138,6 +144,8 @@ class _Ranged(_S, kw_only=True):
     timezone: str = "UTC"
     #: filters every event of the query must pass, on top of each step's or series'
     filters: list[PropertyFilter] = []
+    #: who an actor is: a person of the identity graph, or each raw id
+    count_by: Literal["person", "id"] = "person"
 
     def range_ms(self) -> tuple[int, int]:
         """``[from, to)`` as epoch milliseconds (validated by ``parse_query``)."""
@@ -175,7 +183,7 @@ class DroppedPage(_S, kw_only=True):
 class FunnelQuery(_Ranged, kw_only=True):
     steps: list[FunnelStep]
     window_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW_SECONDS)] = 14 * 86400
-    count_by: Literal["user", "session"] = "user"
+    count_by: Literal["person", "id", "session", "user"] = "person"  # type: ignore[assignment]  # funnels add sessions
     breakdown: Breakdown | None = None
     dropped: DroppedPage | None = None
 
@@ -307,6 +315,11 @@ _NAMED_RE: Final = re.compile(
 )
 
 
+def counts_persons(query: Query) -> bool:
+    """Whether ``query``'s actors are persons (it needs the id -> person mapping)."""
+    return query.count_by in ("person", "user")
+
+
 def _parse_time(value: str, zone: zoneinfo.ZoneInfo) -> int:
     parsed = dt.datetime.fromisoformat(value)
     if parsed.tzinfo is None:
@@ -353,6 +366,8 @@ def validate(query: Query) -> None:
         except (ValueError, OverflowError):
             raise QueryError(name, f"not an ISO 8601 date or time: {value!r}") from None
     start, end = times
+    if isinstance(query, FunnelQuery) and query.count_by == "user":
+        query.count_by = "person"  # the former name
     if end <= start:
         raise QueryError("dateTo", "must be after dateFrom")
     span = dt.timedelta(milliseconds=end - start)

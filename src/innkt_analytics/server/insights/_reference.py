@@ -7,8 +7,11 @@ answers (tests/test_insights_engine.py). The semantics, shared by both:
   event (the first in the list is kept). Events are ordered by ``(timestamp,
   event_id)``; "before"/"after" always mean this order. Only events in
   ``[dateFrom, dateTo)`` that pass the query's top-level ``filters`` are read, except
-  by lifecycle (see there). The *actor* is ``user_id`` or else ``anonymous_id``
-  (``session_id`` for a funnel with ``countBy: session``); events without one do not
+  by lifecycle (see there). An event's *id* is ``user_id`` or else ``anonymous_id``;
+  its *actor* is, with ``countBy: person`` (the default), the id's person: the value
+  of the id in the ``persons`` mapping, or the id itself when it is not a key (an id
+  the identity graph joins to no other); with ``countBy: id``, the id
+  (``session_id`` for a funnel with ``countBy: session``). Events without one do not
   count for per-actor answers.
 * **Filters.** A value is *set* when its key is present and not JSON null. ``eq``: set
   and equal with the same JSON type (numbers compare as floats, booleans only to
@@ -55,7 +58,8 @@ from __future__ import annotations
 import math
 import zoneinfo
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any, Final, TypeGuard
 
@@ -91,6 +95,7 @@ from innkt_analytics.server.insights._model import (
     StickinessResult,
     TrendsQuery,
     TrendsResult,
+    counts_persons,
 )
 
 __all__ = ["QUANTILES", "funnel_steps", "nearest_rank", "run_reference"]
@@ -104,13 +109,24 @@ QUANTILES: Final = {
 OTHER: Final = "$other"
 
 
-def run_reference(query: Query, events: Iterable[InsightEvent], project: str) -> Any:
-    """The answer to ``query`` over ``events`` of ``project`` (see the module's docstring)."""
+def run_reference(
+    query: Query,
+    events: Iterable[InsightEvent],
+    project: str,
+    persons: Mapping[str, str] | None = None,
+) -> Any:
+    """The answer to ``query`` over ``events`` of ``project`` (see the module's docstring).
+
+    ``persons`` maps ids to their persons (None: every id is its own person).
+    """
     seen: set[str] = set()
     mine: list[InsightEvent] = []
+    by_person = persons is not None and counts_persons(query)
     for e in events:
         if e.project == project and e.event_id not in seen:
             seen.add(e.event_id)
+            if by_person and persons is not None and e.actor is not None:
+                e = replace(e, person=persons.get(e.actor, e.actor))
             mine.append(e)
     mine.sort(key=lambda e: (e.timestamp, e.event_id))
     base = [e for e in mine if all(_match(f, e) for f in query.filters)]
@@ -340,7 +356,7 @@ def _best(attempts: list[list[InsightEvent]]) -> list[InsightEvent]:
 def _funnel(q: FunnelQuery, events: list[InsightEvent]) -> FunnelResult:
     by_actor: dict[str, list[InsightEvent]] = defaultdict(list)
     for e in events:
-        key = e.actor if q.count_by == "user" else e.session_id
+        key = e.session_id if q.count_by == "session" else e.actor
         if key is not None:
             by_actor[key].append(e)
     attempts = {a: att for a, seq in by_actor.items() if (att := _attempts(q, seq))}

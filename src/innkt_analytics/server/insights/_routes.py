@@ -29,8 +29,10 @@ from innkt_analytics.server.insights._model import (
     Query,
     QueryError,
     TrendsQuery,
+    counts_persons,
     parse_query,
 )
+from innkt_analytics.server.insights._persons_map import PersonsMap, graph_version, persons_for
 from innkt_analytics.server.storage import EventFilter, Storage
 
 if TYPE_CHECKING:
@@ -115,6 +117,7 @@ def _answer(
     events: list[InsightEvent],
     project: str,
     job: Job,
+    persons: PersonsMap | None = None,
 ) -> bytes:
     # imported on first use: DuckDB and pyarrow cost the server ~0.3 s at start.
     # The engine's own connect/run pair (what ``run`` does), so the connection can
@@ -126,7 +129,7 @@ def _answer(
     source = to_arrow(events)
     if job.stopped:
         raise _Stopped
-    con = _connect(source, MEMORY_LIMIT)
+    con = _connect(source, MEMORY_LIMIT, None if persons is None else persons.roots)
     job.attach(con)
     try:
         return _encoder.encode(_run(con, query, project))
@@ -168,6 +171,7 @@ async def answer_within(
     project: str,
     limit: float,
     job: Job | None = None,
+    persons: PersonsMap | None = None,
 ) -> bytes:
     """The encoded answer to ``query``, loading and running within ``limit`` seconds.
 
@@ -184,7 +188,7 @@ async def answer_within(
     except TimeoutError:
         raise _timed_out(limit) from None
     return await run_within(
-        query, events, project, max(0.0, deadline - loop.time()), job, limit=limit
+        query, events, project, max(0.0, deadline - loop.time()), job, persons, limit=limit
     )
 
 
@@ -194,6 +198,7 @@ async def run_within(
     project: str,
     seconds: float,
     job: Job,
+    persons: PersonsMap | None = None,
     *,
     limit: float | None = None,
 ) -> bytes:
@@ -202,7 +207,7 @@ async def run_within(
     Past them ``job`` is stopped (its DuckDB statement interrupted) and ``ApiError``
     422 ``query_timeout`` names ``limit`` (default ``seconds``), the whole query's limit.
     """
-    work = asyncio.ensure_future(asyncio.to_thread(_answer, query, events, project, job))
+    work = asyncio.ensure_future(asyncio.to_thread(_answer, query, events, project, job, persons))
     try:
         await asyncio.wait({work}, timeout=seconds)
     finally:
@@ -230,14 +235,21 @@ async def insights(request: Request[Any, Any, Any]) -> Response[bytes]:
     except QueryError as exc:
         raise ApiError(400, "invalid_query", str(exc)) from None
     runtime = insights_of(state)
+    # identity version: answers counting persons (countBy "person", the default) depend
+    # on the identity graph too, so its version (None without identity) joins the key;
+    # read before the graph is, like the data version below
+    graph = await graph_version(state, key.project) if counts_persons(query) else None
     # the data version is read before the events are: an answer is never filed
     # under a version newer than the data it was computed from
-    cache_key = runtime.key(key.project, kind, query)
+    cache_key = runtime.key(key.project, f"{kind}@{graph}", query)
     cached = runtime.cache.get(cache_key)
     if cached is not None:
         return Response(cached, media_type=JSON, headers={CACHE_HEADER: "hit"})
     try:
-        answer = await answer_within(state.storage, query, key.project, runtime.timeout)
+        persons = await persons_for(state, key.project, query)
+        answer = await answer_within(
+            state.storage, query, key.project, runtime.timeout, persons=persons
+        )
     except ApiError as exc:
         if exc.code == "query_timeout":
             runtime.timeouts += 1
