@@ -11,6 +11,7 @@ import httpx
 
 from tests._server import ServerProcess
 from tests.conftest import ServerFactory
+from tests.test_server_ops import _cli
 
 
 def _event(
@@ -166,6 +167,48 @@ def test_delete_and_export_follow_the_person(
     assert [x["error"] for x in after["rejected"]] == ["suppressed", "suppressed"]  # type: ignore[union-attr]
 
 
+def test_delete_and_export_cover_anonymous_only_events(
+    server_factory: ServerFactory, storage_url: str
+) -> None:
+    server = server_factory(db=storage_url, env={"INNKT_KEY_CACHE_SECONDS": "0"})
+    _post(
+        server,
+        [
+            _event(anon="a-1", properties={"n": 1}),  # before the identify: anonymous only
+            _event(anon="a-2", properties={"n": 2}),  # a second device
+            _event("identify", user="u-1", anon="a-1"),
+            _event("identify", user="u-1", anon="a-2"),
+            _event(user="u-1", anon="a-2", properties={"n": 3}),
+            _event(anon="a-other", properties={"n": 4}),
+        ],
+    )
+    r = httpx.get(server.url + "/v1/users/a-2/export", headers=server.headers("admin"))
+    assert r.status_code == 200, r.text
+    exported = [json.loads(line) for line in r.text.splitlines()]
+    # every event of the person once (two of them carry two of its ids), none of a-other
+    assert len(exported) == 5
+    assert len({e["eventId"] for e in exported}) == 5
+    assert sorted(e.get("properties", {}).get("n", 0) for e in exported) == [0, 0, 1, 2, 3]
+
+    r = httpx.delete(server.url + "/v1/users/u-1", headers=server.headers("admin"))
+    assert r.status_code == 200, r.text
+    assert r.json()["ids"] == ["u-1", "a-1", "a-2"]
+    assert r.json()["deletedEvents"] == 5
+    r = httpx.get(server.url + "/v1/events", params={"limit": 100}, headers=server.headers("read"))
+    assert [e["anonymousId"] for e in r.json()["events"]] == ["a-other"]
+    # suppressed: the anonymous ids as anonymousId, and as an alias's previousId
+    after = _post(
+        server,
+        [
+            _event(anon="a-1"),
+            _event("alias", user="u-new", properties={"previousId": "a-2"}),
+            _event(anon="a-other"),
+        ],
+    )
+    assert after["accepted"] == 1
+    assert [x["error"] for x in after["rejected"]] == ["suppressed", "suppressed"]  # type: ignore[union-attr]
+
+
 def test_linking_can_be_turned_off(server_factory: ServerFactory) -> None:
     server = server_factory(env={"INNKT_IDENTITY": "false"})
     _post(server, [_event("identify", user="u-off", anon="a-off")])
@@ -236,3 +279,24 @@ def test_search_without_a_person_and_a_hub_too_big_to_walk(server: ServerProcess
     assert r.json()["error"] == "graph_too_large"
     r = httpx.delete(server.url + "/v1/users/u-1", headers=server.headers("admin"))
     assert r.status_code == 422  # nothing deleted: which ids are the person's is unknown
+
+
+def test_backups_hold_the_identity_graph(server: ServerProcess) -> None:
+    _post(server, [_event("identify", user="u-b", anon="a-b")])
+    created = _cli(server, "backup", "create").stdout
+    backup_id = created.split()[1].rstrip(":")
+    assert "identity graph: 1 links" in created
+    assert (
+        "identity graph: 1 links, sha256 verified"
+        in _cli(server, "backup", "verify", backup_id).stdout
+    )
+    # after the backup: a deletion takes the person (and its links) away
+    assert httpx.delete(server.url + "/v1/users/u-b", headers=server.headers("admin")).is_success
+    assert _person(server, "a-b").status_code == 404
+    server.stop()
+    restored = _cli(server, "backup", "restore", backup_id).stdout
+    assert "identity graph: 1 links" in restored
+    server.start()
+    r = _person(server, "a-b")
+    assert r.status_code == 200, r.text
+    assert r.json()["ids"] == ["a-b", "u-b"]

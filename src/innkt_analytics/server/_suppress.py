@@ -47,8 +47,18 @@ class Suppressions:
             return
         keep = []
         for v in parsed.valid:
-            # a deleted person's anonymous ids are suppressed too (docs/identity.md)
-            if v.event.user_id in suppressed or v.event.anonymous_id in suppressed:
+            # a deleted person's anonymous ids are suppressed too, and an alias must
+            # not link a deleted id again (docs/identity.md)
+            previous = v.event.properties.get("previousId")
+            if (
+                v.event.user_id in suppressed
+                or v.event.anonymous_id in suppressed
+                or (
+                    v.event.event_type == "alias"
+                    and isinstance(previous, str)
+                    and previous in suppressed
+                )
+            ):
                 parsed.rejected.append(
                     Rejection(index=v.index, event_id=v.event.event_id, error=SUPPRESSED)
                 )
