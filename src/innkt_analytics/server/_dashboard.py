@@ -15,6 +15,9 @@ Dashboards (which panels, in which order, how wide) are saved per project:
   saved in between;
 * ``DELETE /v1/dashboards/{name}`` (read or admin).
 
+An ``insight`` panel carries an ``InsightSpec``: the body of an insights query (without
+its dates) and a relative range; it is validated as that query when saved.
+
 A read key may save layouts on purpose: the people who look at dashboards are
 the ones who arrange them, and a layout discloses nothing a read key cannot
 already read.
@@ -45,9 +48,12 @@ from innkt_analytics.server._state import (
 
 __all__ = [
     "DASHBOARD_HANDLERS",
+    "INSIGHT_RANGES",
     "PANEL_KINDS",
     "Dashboard",
+    "InsightSpec",
     "Panel",
+    "insight_range",
     "install_dashboard",
 ]
 
@@ -64,10 +70,34 @@ PanelKind = Literal[
     "ingest_health",
     "stats_range",
     "alerts",
+    "insight",
 ]
 PANEL_KINDS: Final = PanelKind.__args__  # type: ignore[attr-defined]
 
 OptionValue = str | int | float | bool | None
+InsightKind = Literal["trends", "funnels", "retention", "paths", "lifecycle", "stickiness"]
+#: an insight panel's range, relative to when it is shown: (unit, how many)
+INSIGHT_RANGES: Final[dict[str, tuple[str, int]]] = {
+    "24h": ("hour", 24),
+    "7d": ("day", 7),
+    "14d": ("day", 14),
+    "30d": ("day", 30),
+    "90d": ("day", 90),
+}
+InsightRange = Literal["24h", "7d", "14d", "30d", "90d"]
+
+
+class InsightSpec(msgspec.Struct, rename="camel", kw_only=True):
+    """What an ``insight`` panel asks: a query of ``kind`` over the last ``range``.
+
+    ``query`` is the body of ``POST /v1/insights/{kind}`` without ``dateFrom`` and
+    ``dateTo``: the page fills them in from ``range`` each time it runs the query
+    (whole hours for 24h, whole days of the query's ``timezone`` otherwise).
+    """
+
+    kind: InsightKind
+    range: InsightRange = "30d"
+    query: dict[str, Any] = {}
 
 
 class Panel(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
@@ -80,6 +110,8 @@ class Panel(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
         dict[Annotated[str, msgspec.Meta(max_length=64)], OptionValue],
         msgspec.Meta(max_length=20),
     ] = {}
+    #: only on ``insight`` panels, which need it
+    insight: InsightSpec | None = None
 
 
 class Dashboard(msgspec.Struct, rename="camel", kw_only=True):
@@ -108,6 +140,49 @@ def _check_name(name: str) -> str:
             "name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
         )
     return name
+
+
+def insight_range(spec: InsightSpec, now: dt.datetime) -> tuple[str, str]:
+    """``dateFrom`` and ``dateTo`` of ``spec`` shown at ``now`` (a wall-clock time),
+    as the page computes them: ending with the hour or the day under way."""
+    unit, count = INSIGHT_RANGES[spec.range]
+    if unit == "hour":
+        end = now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+        start = end - dt.timedelta(hours=count)
+        return start.strftime("%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S")
+    end_day = now.date() + dt.timedelta(days=1)
+    return (end_day - dt.timedelta(days=count)).isoformat(), end_day.isoformat()
+
+
+def _check_panels(panels: list[Panel]) -> None:
+    """An ``insight`` panel has a valid query; other panels have none. Raises 400."""
+    from innkt_analytics.server.insights._model import QueryError, parse_query
+
+    for i, panel in enumerate(panels):
+        where = f"panels[{i}].insight"
+        if panel.kind != "insight":
+            if panel.insight is not None:
+                raise ApiError(400, "invalid_dashboard", f"{where}: only on insight panels")
+            continue
+        spec = panel.insight
+        if spec is None:
+            raise ApiError(400, "invalid_dashboard", f"{where}: an insight panel needs one")
+        if "dateFrom" in spec.query or "dateTo" in spec.query:
+            raise ApiError(
+                400, "invalid_dashboard", f"{where}.query: the range sets dateFrom and dateTo"
+            )
+        date_from, date_to = insight_range(spec, dt.datetime.now(dt.UTC))
+        body = _encoder.encode({**spec.query, "dateFrom": date_from, "dateTo": date_to})
+        try:
+            parse_query(spec.kind, body)
+        except QueryError as exc:
+            # the dates come from the range, so a range too long for the interval is its fault
+            field = (
+                f"{where}.range"
+                if exc.field in ("dateFrom", "dateTo")
+                else f"{where}.query" + (f".{exc.field}" if exc.field else "")
+            )
+            raise ApiError(400, "invalid_dashboard", f"{field}: {exc.message}") from None
 
 
 def _key(project: str, name: str) -> str:
@@ -151,6 +226,7 @@ async def put_dashboard(request: Request[Any, Any, Any], name: str) -> Response[
         dashboard = _decoder.decode(body)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_dashboard", str(exc)) from None
+    _check_panels(dashboard.panels)
     kv = kv_of(state)
     old = await _load(request, key.project, name)
     expected = request.headers.get("if-match")

@@ -4,6 +4,8 @@
 // All user data is rendered with textContent, never parsed as HTML.
 
 import { formatCount, sparkline, timeSeries } from "./charts.js";
+import { h } from "./dom.js";
+import { drawInsight, insightTitle, loadInsight, openInsightEditor, useApi } from "./insights.js";
 
 const KEY_STORE = "innkt.readKey";
 const DASH_STORE = "innkt.dashboard";
@@ -19,6 +21,8 @@ const PANELS = {
   event_stream: { title: "Live event stream", width: 2 },
   stats_range: { title: "Time range", width: 2 },
 };
+// Insight panels are added from the insight editor; the built-in Overview has none.
+const ALL_PANELS = { ...PANELS, insight: { title: "Insight", width: 1 } };
 const DEFAULT_LAYOUT = () => ({
   name: "",
   title: "Overview",
@@ -31,24 +35,6 @@ const BUCKET_MS = { minute: 60e3, hour: 3600e3, day: 86400e3 };
 // -- small helpers ------------------------------------------------------------------
 
 const $ = (id) => document.getElementById(id);
-
-function h(tag, props = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") el.className = v;
-    else if (k === "text") el.textContent = v;
-    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "dataset") Object.assign(el.dataset, v);
-    // CSSOM, not a style attribute: the Content-Security-Policy forbids inline styles.
-    else if (k === "style") Object.assign(el.style, v);
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c !== null && c !== undefined) el.append(c);
-  }
-  return el;
-}
 
 function timeOf(iso) {
   const d = new Date(iso);
@@ -201,11 +187,17 @@ function loadRanges() {
   return Promise.all(panels.filter((p) => p.spec.kind === "stats_range").map((p) => loadRange(p)));
 }
 
-const reload = { health: coalesced(loadHealth), ranges: coalesced(loadRanges) };
+function loadInsights() {
+  return Promise.all(panels.filter((p) => p.spec.kind === "insight").map((p) => loadInsight(p)));
+}
+
+// Insight queries cost more than the stats API: at most one round every 5 s.
+const reload = { health: coalesced(loadHealth), ranges: coalesced(loadRanges), insights: coalesced(loadInsights, 5000) };
 
 function eventsChanged() {
   reload.health();
   reload.ranges();
+  reload.insights();
 }
 
 async function loadAlerts() {
@@ -459,6 +451,18 @@ const renderers = {
     else drawRange(panel);
   },
 
+  insight(panel) {
+    panel.tools.replaceChildren(h("button", {
+      class: "small ghost edit-insight", type: "button", text: "Edit",
+      onclick: () => editInsight(panel.spec),
+    }));
+    drawInsight(panel);
+    if (!panel.loaded) {
+      panel.loaded = true;
+      loadInsight(panel);
+    }
+  },
+
   alerts(panel) {
     panel.sub.textContent = live.firing.size ? `${live.firing.size} firing` : "all clear";
     if (!live.alerts.length) {
@@ -543,7 +547,8 @@ function refresh(...kinds) {
 function flush() {
   frame = 0;
   for (const panel of panels) {
-    if (pending.has(panel.spec.kind) && panel.spec.kind !== "stats_range") refreshPanel(panel);
+    // (the REST-fed panels reload themselves)
+    if (pending.has(panel.spec.kind) && !["stats_range", "insight"].includes(panel.spec.kind)) refreshPanel(panel);
   }
   pending.clear();
 }
@@ -556,17 +561,38 @@ function buildGrid() {
   const grid = $("grid");
   grid.replaceChildren();
   panels = current.panels.filter((spec) => renderers[spec.kind]).map((spec) => {
-    const info = PANELS[spec.kind];
+    const info = ALL_PANELS[spec.kind];
     const sub = h("span", { class: "sub" });
     const tools = h("div", { class: "stream-tools range-controls" });
     const body = h("div", { class: "panel-body" });
     const el = h("section", { class: "panel" + ((spec.width || info.width) === 2 ? " wide" : ""), dataset: { panel: spec.kind } },
-      h("div", { class: "panel-head" }, h("div", {}, h("h2", { text: spec.title || info.title }), " ", sub), tools),
+      h("div", { class: "panel-head" }, h("div", {}, h("h2", { text: panelTitle(spec) }), " ", sub), tools),
       body);
     grid.append(el);
     return { spec, el, body, sub, tools, loaded: false };
   });
   for (const panel of panels) refreshPanel(panel);
+}
+
+function panelTitle(spec) {
+  if (spec.title) return spec.title;
+  return spec.kind === "insight" && spec.insight ? insightTitle(spec.insight) : ALL_PANELS[spec.kind].title;
+}
+
+/** Open the insight editor for a panel of the current dashboard (null: a new one). */
+function editInsight(spec) {
+  openInsightEditor($("insight-editor"), spec, {
+    onApply(out) {
+      if (spec) Object.assign(spec, out);
+      else current.panels.push(out);
+      // the dashboard editor holds Save: show it with the change
+      if ($("editor").hidden) openEditor(false);
+      else drawEditorList();
+      markDirty();
+      buildGrid();
+    },
+    onClose() {},
+  });
 }
 
 function markDirty() {
@@ -604,7 +630,8 @@ function openEditor(isNew = false) {
   $("delete-dashboard").hidden = !current.name;
   $("edit-status").textContent = "";
   const add = $("add-kind");
-  add.replaceChildren(...Object.entries(PANELS).map(([kind, p]) => h("option", { value: kind, text: p.title })));
+  add.replaceChildren(...Object.entries(PANELS).map(([kind, p]) => h("option", { value: kind, text: p.title })),
+    h("option", { value: "insight", text: "Insight (trends, funnel, retention…)" }));
   drawEditorList();
   if (isNew) buildGrid();
 }
@@ -612,7 +639,7 @@ function openEditor(isNew = false) {
 function drawEditorList() {
   const list = $("edit-panels");
   list.replaceChildren(...current.panels.map((spec, i) => {
-    const title = h("input", { value: spec.title || "", placeholder: PANELS[spec.kind].title, maxlength: "100", "aria-label": "Panel title" });
+    const title = h("input", { value: spec.title || "", placeholder: panelTitle({ ...spec, title: "" }), maxlength: "100", "aria-label": "Panel title" });
     title.addEventListener("input", () => { spec.title = title.value; markDirty(); });
     const width = h("select", { "aria-label": "Width" },
       h("option", { value: "1", text: "Half width", selected: (spec.width || 1) === 1 }),
@@ -625,7 +652,7 @@ function drawEditorList() {
       markDirty(); drawEditorList(); buildGrid();
     };
     return h("li", { dataset: { kind: spec.kind } },
-      h("span", { class: "kind", text: PANELS[spec.kind].title }), title, width,
+      h("span", { class: "kind", text: ALL_PANELS[spec.kind].title }), title, width,
       h("button", { type: "button", class: "small ghost", title: "Move up", text: "↑", onclick: move(-1) }),
       h("button", { type: "button", class: "small ghost", title: "Move down", text: "↓", onclick: move(1) }),
       h("button", { type: "button", class: "small ghost danger remove-panel", title: "Remove", text: "✕",
@@ -634,8 +661,9 @@ function drawEditorList() {
 }
 
 function clean(spec) {
-  const out = { kind: spec.kind, width: spec.width || PANELS[spec.kind].width };
+  const out = { kind: spec.kind, width: spec.width || ALL_PANELS[spec.kind].width };
   if (spec.title) out.title = spec.title;
+  if (spec.insight) out.insight = spec.insight;
   if (spec.options) {
     const options = Object.fromEntries(Object.entries(spec.options).filter(([, v]) => v !== null && v !== undefined && v !== ""));
     if (Object.keys(options).length) out.options = options;
@@ -692,6 +720,7 @@ function wireControls() {
   });
   $("add-panel").addEventListener("click", () => {
     const kind = $("add-kind").value;
+    if (kind === "insight") { editInsight(null); return; }
     current.panels.push({ kind, width: PANELS[kind].width });
     markDirty(); drawEditorList(); buildGrid();
   });
@@ -706,7 +735,11 @@ function wireControls() {
   let resizeTimer = 0;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => panels.forEach((p) => (p.spec.kind === "stats_range" && p.loaded ? drawRange(p) : refreshPanel(p))), 150);
+    resizeTimer = setTimeout(() => panels.forEach((p) => {
+      if (p.spec.kind === "stats_range" && p.loaded) drawRange(p);
+      else if (p.spec.kind === "insight") drawInsight(p);
+      else refreshPanel(p);
+    }), 150);
   });
 }
 
@@ -727,6 +760,7 @@ function signOut(message) {
 }
 
 async function start() {
+  useApi(api);
   $("login").hidden = true;
   $("app").hidden = false;
   await loadDashboards();
@@ -738,6 +772,8 @@ async function start() {
     setInterval(() => loadHealth(), 10e3),
     // The range's window slides with the clock even when nothing arrives.
     setInterval(() => reload.ranges(), 60e3),
+    // An insight's range ends with the hour or day under way.
+    setInterval(() => reload.insights(), 300e3),
     // The stats API is the durable truth; the live counts drift if messages are skipped.
     setInterval(() => loadMinutes().catch(() => {}), 60e3),
     setInterval(() => refresh("events_per_minute"), 15e3),
