@@ -65,7 +65,11 @@ def _views(r: httpx.Response) -> list[Any]:
 TRENDS = {**RANGE, "interval": "day", "series": [{"event": "view"}]}
 
 
-def test_answers_are_cached_until_events_are_stored_or_deleted(server: ServerProcess) -> None:
+def test_answers_are_cached_until_events_are_stored_or_deleted(
+    storage_url: str, server_factory: ServerFactory
+) -> None:
+    # (a long time to live on PostgreSQL too, so the hits below never depend on timing)
+    server = server_factory(db=storage_url, env={"INNKT_INSIGHTS_CACHE_TTL_POSTGRES": "600"})
     _events(server, [_event("view", u, f"{DAY}T10:00:00Z") for u in ("ada", "bob")])
     first = _ask(server, "trends", TRENDS)
     assert (_views(first), first.headers["x-innkt-cache"]) == ([2], "miss")
@@ -100,6 +104,20 @@ def test_answers_are_cached_until_events_are_stored_or_deleted(server: ServerPro
     bad = _ask(server, "trends", {**TRENDS, "interval": "fortnight"})
     assert bad.status_code == 400
     assert "x-innkt-cache" not in bad.headers
+
+
+@pytest.mark.postgres
+def test_on_postgres_answers_live_for_their_own_time(
+    pg_database: str, server_factory: ServerFactory
+) -> None:
+    # other instances' writes go unseen there: INNKT_INSIGHTS_CACHE_TTL_POSTGRES, not
+    # the SQLite setting, bounds an answer's age; 0 keeps none
+    env = {"INNKT_INSIGHTS_CACHE_TTL": "600", "INNKT_INSIGHTS_CACHE_TTL_POSTGRES": "0"}
+    server = server_factory(db=pg_database, env=env)
+    _events(server, [_event("view", "ada", f"{DAY}T10:00:00Z")])
+    for _ in range(2):
+        r = _ask(server, "trends", TRENDS)
+        assert (_views(r), r.headers["x-innkt-cache"]) == ([1], "miss")
 
 
 def test_retention_deletes_invalidate_cached_answers(server_factory: ServerFactory) -> None:
