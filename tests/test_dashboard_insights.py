@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
+from tests import test_dashboard
 from tests._server import ServerProcess
-from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, HAVE_PLAYWRIGHT
+from tests.test_dashboard import HAVE_PLAYWRIGHT
 
 if HAVE_PLAYWRIGHT:
-    from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
+    from playwright.sync_api import Browser, Page, Request, expect
+
+#: test_dashboard's Chromium, one per module (it skips with the reason when missing)
+browser = test_dashboard.browser
 
 TRENDS = {"kind": "trends", "range": "7d", "query": {"series": [{"event": "view"}]}}
 
@@ -92,18 +93,6 @@ def test_every_module_of_the_page_is_served_and_self_contained(server: ServerPro
 # -- in Chromium -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not HAVE_PLAYWRIGHT:
-        pytest.skip("playwright is not installed: pip install playwright (no browser download)")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def _journeys(now: dt.datetime) -> list[dict[str, Any]]:
     """Four users over the last five days: views, signups and purchases, with a plan."""
     day = now.replace(hour=12, minute=0, second=0, microsecond=0)
@@ -152,7 +141,15 @@ def _answer(server: ServerProcess, request: Request) -> Any:
 #: (type, the editor's fields) of each panel the test adds
 PANELS: list[tuple[str, dict[str, str]]] = [
     ("trends", {"events": "view, signup", "breakdown": "plan", "interval": "day"}),
-    ("funnels", {"steps": "view, signup, purchase", "window": "1", "windowUnit": "day"}),
+    (
+        "funnels",
+        {
+            "steps": "view, signup, purchase",
+            "window": "1",
+            "windowUnit": "day",
+            "breakdown": "plan",
+        },
+    ),
     ("retention", {"target": "view", "returning": "view", "period": "day", "periods": "6"}),
     ("paths", {"start": "view", "depth": "3"}),
     ("lifecycle", {"event": "view", "interval": "day"}),
@@ -208,6 +205,19 @@ def _check(page: Page, kind: str, answer: Any) -> None:
                 drop = box.locator(f'.funnel-drop[data-step="{i + 1}"] .drop-count')
                 expect(drop).to_have_text(f"\u2212{step['droppedOff']}")  # a minus sign
         assert [s["count"] for s in answer["steps"]] == [4, 3, 2]
+        by_plan = box.locator("tr[data-breakdown]").evaluate_all(
+            "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+        assert by_plan == [
+            [
+                b["breakdownValue"],
+                str(b["steps"][0]["count"]),
+                str(b["steps"][-1]["count"]),
+                f"{100 * b['steps'][-1]['conversionRate']:.1f}%",
+            ]
+            for b in answer["breakdown"]
+        ]
+        assert len(by_plan) == 2
     elif kind == "retention":
         shown = box.locator("tbody tr").evaluate_all(
             "rows => rows.map(r => [r.dataset.cohort,"
@@ -273,6 +283,7 @@ def test_every_insight_type_is_drawn_from_the_api_and_saved(
         insights = [p["insight"] for p in saved["panels"] if p["kind"] == "insight"]
         assert [i["kind"] for i in insights] == [kind for kind, _ in PANELS]
         assert insights[1]["query"]["windowSeconds"] == 86400
+        assert insights[1]["query"]["breakdown"] == {"property": "plan"}
         assert insights[1]["query"]["steps"] == [
             {"event": "view"},
             {"event": "signup"},
