@@ -431,5 +431,7 @@ def test_page_reconnects_after_the_server_restarts(server: ServerProcess, tab: T
     _post_events(server, [event])
     expect(page.locator(f'tr[data-event-id="{event["eventId"]}"]')).to_be_visible()
     assert page.evaluate("window.__sameDocument") is True
-    # The browser logs the refused connection attempts while the server was down.
-    tab.errors = [e for e in tab.errors if "ERR_CONNECTION_REFUSED" not in e]
+    # The browser logs the loads and WebSocket attempts that failed while the server
+    # was down: refused, reset, or in flight when it was killed (network errors only;
+    # an HTTP status would be an answer).
+    tab.errors = [e for e in tab.errors if "net::ERR_" not in e]
