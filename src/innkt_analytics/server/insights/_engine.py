@@ -9,10 +9,12 @@ parameters; what is spliced into the SQL text comes from closed sets checked by
 Each call opens its own in-memory DuckDB connection with one thread and a memory
 limit, so a query cannot take more than its share of the machine.
 
-Persons: the queries read the view ``src``. With an id -> person mapping and
-``countBy: "person"`` the mapping is a second Arrow table, ``persons(id, person)``, and
-``src`` replaces each event's actor by its person (a left join: an id that is no key is
-its own person); otherwise ``src`` is the events as given.
+Persons: with an id -> person mapping and ``countBy: "person"`` the ``actor`` column is
+replaced by each id's person before DuckDB sees it (an Arrow lookup; an id that is no
+key is its own person), so every query reads persons as actors. In Arrow, not as a
+join in SQL: the join carried every event's JSON columns through a hash join and
+doubled the time of a trends query over 200,000 events (0.2 s -> 0.4 s; the lookup
+adds ~0.03 s).
 """
 
 from __future__ import annotations
@@ -153,25 +155,24 @@ class _Sql:
 def _connect(
     source: pa.Table, memory_limit: str, persons: Mapping[str, str] | None = None
 ) -> duckdb.DuckDBPyConnection:
-    """A connection whose view ``src`` is ``source``, actors mapped by ``persons``
+    """A connection whose table ``src`` is ``source``, actors mapped by ``persons``
     (pass the mapping only for a query that counts persons: see ``run``)."""
     con = duckdb.connect(config={"threads": 1, "memory_limit": memory_limit})
     # epoch_ms gives a naive UTC TIMESTAMP; the session zone makes its TIMESTAMPTZ UTC too
     con.execute("SET TimeZone = 'UTC'")
-    con.register("events", source)
-    if not persons:
-        con.execute("CREATE TEMP VIEW src AS SELECT * FROM events")
-        return con
-    table = pa.table(
-        {"id": list(persons.keys()), "person": list(persons.values())},
-        schema=pa.schema([("id", pa.string()), ("person", pa.string())]),
-    )
-    con.register("persons", table)
-    con.execute(
-        "CREATE TEMP VIEW src AS SELECT e.* REPLACE (coalesce(pm.person, e.actor) AS actor) "
-        "FROM events e LEFT JOIN persons pm ON pm.id = e.actor"
-    )
+    con.register("src", _as_persons(source, persons) if persons else source)
     return con
+
+
+def _as_persons(source: pa.Table, persons: Mapping[str, str]) -> pa.Table:
+    """``source`` with each actor replaced by its person (itself when it is no key)."""
+    import pyarrow.compute as pc
+
+    actors = source.column("actor")
+    where = pc.index_in(actors, value_set=pa.array(list(persons), pa.string()))
+    mapped = pc.take(pa.array(list(persons.values()), pa.string()), where)
+    column = source.schema.get_field_index("actor")
+    return source.set_column(column, "actor", pc.coalesce(mapped, actors))
 
 
 def run(
