@@ -89,8 +89,8 @@ def hot_rows(
         f"SELECT {', '.join(columns)} FROM events WHERE {where} ORDER BY seq", params
     ).fetchall()
     arrays = []
-    for i, name in enumerate(columns):
-        values = [r[i] for r in rows]
+    by_column = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    for name, values in zip(columns, by_column, strict=True):
         kind = full.field(name).type
         if name == "payload":
             arrays.append(pa.array(values, pa.binary()).cast(pa.string()))

@@ -95,6 +95,7 @@ class SQLiteStorage(Storage):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer_lock = threading.Lock()
         self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
         self._readers = concurrent.futures.ThreadPoolExecutor(
             max_workers=readers, thread_name_prefix="innkt-sqlite-read"
         )
@@ -148,6 +149,9 @@ class SQLiteStorage(Storage):
         if writer is not None:
             writer.close()
         self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:  # the pool's threads are gone: nobody uses them
+            conn.close()
+        self._reader_conns.clear()
 
     async def close(self) -> None:
         await asyncio.to_thread(self.close_sync)
@@ -194,6 +198,7 @@ class SQLiteStorage(Storage):
         if conn is None:
             conn = _w.connect(self.path)
             self._local.conn = conn
+            self._reader_conns.append(conn)
         return conn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -216,8 +221,6 @@ class SQLiteStorage(Storage):
         answer: list[str] | None = await self._write("insert", _insert_chunks(project, rows))
         stored = {r.event_id for r in rows} if answer is None else set(answer)
         self._event_count += len(stored)
-        if self.compactor is not None:
-            self.compactor.poke()
         return stored
 
     def scan(self, project: str, flt: EventFilter, select: str) -> Iterator[pa.RecordBatch]:

@@ -78,6 +78,9 @@ def connect_writer(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL in WAL mode: every commit is on disk before any caller is answered.
     conn.execute("PRAGMA synchronous=FULL")
+    # The hot log churns (compaction deletes what was inserted): a checkpoint that had
+    # to wait for readers leaves a long WAL behind; cut it back to 64 MiB after one.
+    conn.execute("PRAGMA journal_size_limit=67108864")
     return conn
 
 
