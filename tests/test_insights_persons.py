@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import httpx
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from innkt_analytics.server._identity import Link, links_of_event, resolve
@@ -31,7 +31,6 @@ from innkt_analytics.server.insights._reference import run_reference
 from tests._server import ServerProcess
 from tests.test_insights_engine import (
     MINUTE,
-    SETTINGS,
     T0,
     TYPES,
     close,
@@ -149,6 +148,8 @@ def check(kind: str, body: dict[str, Any], log: list[InsightEvent]) -> None:
 
 
 count_by = st.sampled_from(["person", "person", "id"])
+# fewer than test_insights_engine's 60: the queries' own variety is tested there
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
