@@ -29,6 +29,7 @@ from innkt_analytics.server.insights._events import InsightEvent, to_arrow
 from innkt_analytics.server.insights._model import parse_query
 from innkt_analytics.server.insights._reference import run_reference
 from tests._server import ServerProcess
+from tests.conftest import ServerFactory
 from tests.test_insights_engine import (
     MINUTE,
     T0,
@@ -300,3 +301,33 @@ def test_count_by_is_validated(shared_server: ServerProcess, kind: str) -> None:
     )
     assert r.status_code == 400, r.text
     assert r.json()["message"].startswith("countBy: ")
+
+
+@pytest.mark.postgres
+def test_an_identify_through_another_instance_refreshes_a_cached_answer(
+    pg_database: str, server_factory: ServerFactory
+) -> None:
+    """The answer cache's data version counts this instance's writes only; the graph's
+    version is in the database, so an identify stored by another instance is seen."""
+    a = server_factory(db=pg_database)
+    b = server_factory(db=pg_database)
+    b.keys = dict(a.keys)  # the database already had keys when B started
+    at = int(dt.datetime(2026, 3, 28, 10, tzinfo=dt.UTC).timestamp() * 1000)
+    _send(
+        a,
+        [
+            InsightEvent("p", "e1", "signup", at, anonymous_id="anon-5"),
+            InsightEvent("p", "e2", "buy", at + 60_000, user_id="u-5"),
+        ],
+    )
+    url, read = a.url + "/v1/insights/funnels", a.headers("read")
+    for cache in ("miss", "hit"):
+        r = httpx.post(url, json=SIGNUP_TO_BUY, headers=read)
+        assert (r.headers["X-Innkt-Cache"], [s["count"] for s in r.json()["steps"]]) == (
+            cache,
+            [1, 0],
+        )
+    identify = InsightEvent("p", "e3", "identify", at, user_id="u-5", anonymous_id="anon-5")
+    _send(b, [identify])
+    r = httpx.post(url, json=SIGNUP_TO_BUY, headers=read)
+    assert (r.headers["X-Innkt-Cache"], [s["count"] for s in r.json()["steps"]]) == ("miss", [1, 1])
