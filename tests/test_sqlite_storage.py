@@ -124,7 +124,7 @@ def test_a_compaction_that_lost_rows_to_a_deletion_changes_nothing(
     with sqlite3.connect(storage.path) as conn:
         top = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
     # The compactor read 3 rows, but the hot log holds 2 now: the writer refuses.
-    assert storage.write_sync("compact", top, 3, None, None) is False
+    assert storage.compactor().write("compact", top, 3, None, None) is False
     assert listed(storage.path) == (2, 0, 0)
 
 

@@ -5,13 +5,16 @@ How an event travels (docs/operations.md, "The storage engine"):
 1. ``insert_events`` commits it to the hot log (``events``, arrival order) in the
    writer process; the 2xx follows that commit. Its id is checked against the hot
    log's unique index and the dedup runs of compacted events.
-2. The compactor (a thread of the server process, this module) takes every hot row
+2. The compactor (a process of its own, started by the storage with the first
+   write: ``python -m innkt_analytics.server.storage._engine``) takes every hot row
    once there are ``compact_rows`` of them, or the oldest has waited
    ``compact_age`` seconds: writes them as one Parquet segment and their id
-   digests as one dedup run, then asks the writer to commit, in one transaction,
-   "these files are listed; those hot rows are gone" (``op_compact``). A crash
-   before that commit leaves files nobody lists (removed at the next start); after
-   it, the rows are in exactly one place.
+   digests as one dedup run, then commits on its own connection, in one
+   transaction, "these files are listed; those hot rows are gone" (``op_compact``).
+   A crash before that commit leaves files nobody lists (removed at the next
+   start); after it, the rows are in exactly one place. A process, not a thread of
+   the server: its CPU (about 15 us an event) would otherwise come out of the
+   event loop's core.
 3. Segments of the same tier are merged ``fanin`` at a time into the next tier,
    runs likewise; replaced files go to ``trash`` and are unlinked after
    ``trash_grace`` seconds, so a query that read the old list can finish.
@@ -27,14 +30,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import secrets
+import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from innkt_analytics.server.storage import _segments
@@ -49,6 +55,80 @@ RUN_BASE: Final = 50_000
 
 def segment_dir(db_path: str) -> str:
     return db_path + ".segments"
+
+
+_SEGMENT_COLUMNS: Final = (
+    "file, rows, bytes, min_seq, max_seq, min_corrected, max_corrected, tier, sha256"
+)
+_RUN_COLUMNS: Final = "file, entries, bytes, sha256"
+
+
+def _insert_file(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+    columns = _SEGMENT_COLUMNS if table == "segments" else _RUN_COLUMNS
+    names = [c.strip() for c in columns.split(",")]
+    conn.execute(
+        f"INSERT INTO {table} ({columns}) VALUES ({','.join('?' * len(names))})",
+        [row[n] for n in names],
+    )
+
+
+def op_compact(
+    conn: sqlite3.Connection,
+    upto: int,
+    expected: int,
+    segment: dict[str, Any] | None,
+    run: dict[str, Any] | None,
+) -> bool:
+    """Move the hot rows with ``seq <= upto`` out: they are now in ``segment`` and
+    their digests in ``run``. False (and nothing changes) when the rows are no longer
+    the ``expected`` number: a deletion took some meanwhile, the compactor retries.
+    The writer process reads the run list again before its next insert (its
+    ``sync_runs``), as this commit changes the database's ``data_version``."""
+    have = conn.execute("SELECT COUNT(*) FROM events WHERE seq <= ?", (upto,)).fetchone()[0]
+    if have != expected:
+        return False
+    if segment is not None:
+        _insert_file(conn, "segments", segment)
+    if run is not None:
+        _insert_file(conn, "dedup_runs", run)
+    conn.execute("DELETE FROM events WHERE seq <= ?", (upto,))
+    return True
+
+
+def op_swap(
+    conn: sqlite3.Connection,
+    table: str,
+    old_ids: list[int],
+    new: dict[str, Any] | None,
+    at: int,
+    statements: list[tuple[str, tuple[Any, ...]]],
+) -> bool:
+    """Replace files of ``segments`` or ``dedup_runs`` by one new file (a merge, or a
+    rewrite without deleted rows; ``new`` None: they are simply gone). The old files go
+    to ``trash``. False when one of them is no longer listed (someone else replaced it)."""
+    if table not in ("segments", "dedup_runs"):
+        raise ValueError(f"not a file table: {table}")
+    marks = ",".join("?" * len(old_ids))
+    old = conn.execute(f"SELECT file FROM {table} WHERE id IN ({marks})", old_ids).fetchall()
+    if len(old) != len(old_ids):
+        return False
+    conn.executemany(
+        "INSERT OR REPLACE INTO trash (file, at) VALUES (?, ?)", [(f, at) for (f,) in old]
+    )
+    conn.execute(f"DELETE FROM {table} WHERE id IN ({marks})", old_ids)
+    if new is not None:
+        _insert_file(conn, table, new)
+    for sql, params in statements:
+        conn.execute(sql, params)
+    return True
+
+
+def op_sql(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    for sql, params in statements:
+        conn.execute(sql, params)
+
+
+OPS: Final[dict[str, Callable[..., Any]]] = {"compact": op_compact, "swap": op_swap, "sql": op_sql}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,22 +147,19 @@ class EngineSettings:
 
 
 class Compactor:
-    """Runs the engine's background work on a thread of its own.
+    """The engine's background work: in the compactor process (``main``), a loop on a
+    thread of its own; in the server, on demand (deletions, ``compact_sync``).
 
-    ``write(op, *args)`` runs a writer-process operation and returns its value
-    (``SQLiteStorage.write_sync``).
+    It commits on its own connection, one short ``BEGIN IMMEDIATE`` transaction per
+    step (``OPS``); the writer process waits on the lock meanwhile, then sees the
+    change (``sync_runs``).
     """
 
-    def __init__(
-        self,
-        db_path: str,
-        write: Callable[..., Any],
-        settings: EngineSettings | None = None,
-    ) -> None:
+    def __init__(self, db_path: str, settings: EngineSettings | None = None) -> None:
         self.db_path = db_path
         self.dir = segment_dir(db_path)
-        self.write = write
         self.settings = settings or EngineSettings()
+        self._writer: sqlite3.Connection | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -94,11 +171,14 @@ class Compactor:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        os.makedirs(self.dir, exist_ok=True)
+    def recover(self) -> None:
+        """After a crash: remove files no list names, finish pending deletions."""
         with self.locked():
             self._remove_orphans()
             self._apply_pending()
+
+    def start(self) -> None:
+        self.recover()
         self._thread = threading.Thread(target=self._loop, name="innkt-compactor", daemon=True)
         self._thread.start()
 
@@ -107,9 +187,29 @@ class Compactor:
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.close()
+
+    def close(self) -> None:
+        for conn in (self._conn, self._writer):
+            if conn is not None:
+                conn.close()
+        self._conn = self._writer = None
+
+    def write(self, op: str, *args: Any) -> Any:
+        """Run ``OPS[op]`` in a transaction of its own on this compactor's connection."""
+        if self._writer is None:
+            from innkt_analytics.server.storage._sqlite_writer import connect_writer
+
+            self._writer = connect_writer(self.db_path)
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = OPS[op](conn, *args)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return value
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -429,3 +529,33 @@ class Compactor:
         for name in os.listdir(self.dir):
             if name.startswith(("seg-", "run-")) and name not in listed:
                 self._unlink(name)
+
+
+# -- the compactor process -------------------------------------------------------------
+
+
+def spawn(db_path: str, settings: EngineSettings) -> Any:
+    """Start the compactor process for ``db_path``; it runs until its stdin closes."""
+    import subprocess
+
+    return subprocess.Popen(  # noqa: S603 (our interpreter, our module)
+        [sys.executable, "-m", __name__, db_path, json.dumps(asdict(settings))],
+        stdin=subprocess.PIPE,
+    )
+
+
+def main(argv: list[str]) -> None:
+    # As the writer: a Ctrl-C reaches the whole process group; this process stops
+    # when the server closes its stdin, between two steps.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    compactor = Compactor(argv[1], EngineSettings(**json.loads(argv[2])))
+    compactor.start()
+    try:
+        sys.stdin.buffer.read()
+    finally:
+        compactor.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

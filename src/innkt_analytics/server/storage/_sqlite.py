@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +52,7 @@ from innkt_analytics.server.storage._base import (
     key_record,
 )
 from innkt_analytics.server.storage._columnar import Reader, where
-from innkt_analytics.server.storage._engine import Compactor, EngineSettings, segment_dir
+from innkt_analytics.server.storage._engine import Compactor, EngineSettings, segment_dir, spawn
 from innkt_analytics.server.storage._sqlite_client import WriterClient, storage_error
 from innkt_analytics.server.storage._sqlite_schema import migrate
 
@@ -88,7 +89,8 @@ class SQLiteStorage(Storage):
     ) -> None:
         self.path = os.path.abspath(path)
         self.engine_settings = engine or EngineSettings()
-        self.compactor: Compactor | None = None
+        self._compactor_proc: subprocess.Popen[bytes] | None = None
+        self._local_compactor: Compactor | None = None
         self.columnar = Reader(self.path)
         self._closed = False
         self._writer: WriterClient | None = None
@@ -130,8 +132,10 @@ class SQLiteStorage(Storage):
             raise _convert_error(exc) from exc
         if start_writer:
             self._writer = WriterClient(self.path, self._group_done, self._loop)
-            self.compactor = Compactor(self.path, self.write_sync, self.engine_settings)
-            self.compactor.start()
+            try:
+                self.compactor().recover()  # before the first read: deletions finished
+            except (sqlite3.Error, OSError) as exc:
+                raise storage_error(_w.error_of(exc)) from exc
 
     async def open(self, *, start_writer: bool = True) -> None:
         """``open_sync``, and bind the storage to the running loop, which then
@@ -140,9 +144,13 @@ class SQLiteStorage(Storage):
         await asyncio.to_thread(self.open_sync, start_writer=start_writer)
 
     def close_sync(self) -> None:
-        compactor, self.compactor = self.compactor, None
-        if compactor is not None:
-            compactor.stop()
+        with self._writer_lock:
+            proc, self._compactor_proc = self._compactor_proc, None
+            local, self._local_compactor = self._local_compactor, None
+        if proc is not None:
+            _stop_process(proc)
+        if local is not None:
+            local.close()
         with self._writer_lock:
             self._closed = True
             writer, self._writer = self._writer, None
@@ -221,6 +229,7 @@ class SQLiteStorage(Storage):
         answer: list[str] | None = await self._write("insert", _insert_chunks(project, rows))
         stored = {r.event_id for r in rows} if answer is None else set(answer)
         self._event_count += len(stored)
+        self._ensure_compactor_process()
         return stored
 
     def scan(self, project: str, flt: EventFilter, select: str) -> Iterator[pa.RecordBatch]:
@@ -234,12 +243,31 @@ class SQLiteStorage(Storage):
             conn.close()
 
     def compact_sync(self) -> None:
-        """Compact and merge everything now (tests, backups); the compactor does this
-        in the background on its own."""
-        compactor = self.compactor
-        if compactor is None:
-            raise StorageError("storage is not open for writing")
-        compactor.run_until_idle()
+        """Compact and merge everything now (tests, backups); the compactor process
+        does this in the background on its own."""
+        self.compactor().run_until_idle()
+
+    def compactor(self) -> Compactor:
+        """This process's own compactor: deletions and ``compact_sync`` run here,
+        excluded from the compactor process's steps by the engine's lock."""
+        with self._writer_lock:
+            if self._closed:
+                raise StorageError("storage is closed")
+            if self._local_compactor is None:
+                self._local_compactor = Compactor(self.path, self.engine_settings)
+            return self._local_compactor
+
+    def _ensure_compactor_process(self) -> None:
+        """Start the compactor process with the first write; again if it died."""
+        proc = self._compactor_proc
+        if proc is not None and proc.poll() is None:
+            return
+        with self._writer_lock:
+            if self._closed:
+                return
+            proc = self._compactor_proc
+            if proc is None or proc.poll() is not None:
+                self._compactor_proc = spawn(self.path, self.engine_settings)
 
     async def query_events(
         self, project: str, flt: EventFilter, cursor: int | None, limit: int
@@ -292,13 +320,12 @@ class SQLiteStorage(Storage):
     async def _rewrite_segments(
         self, project: str | None, ids: list[str] | None, before: int | None
     ) -> int:
-        compactor = self.compactor or Compactor(self.path, self.write_sync, self.engine_settings)
-
         def run() -> int:
+            compactor = self.compactor()
             with compactor.locked():
                 gone = compactor.delete_matching(project, ids, before)
                 if ids is not None and project is not None:
-                    self.write_sync(
+                    compactor.write(
                         "sql",
                         [
                             (
@@ -503,13 +530,12 @@ class SQLiteStorage(Storage):
             "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM segments),"
             " (SELECT COUNT(*) FROM dedup_runs)"
         ).fetchone()
-        compactor = self.compactor
+        proc = self._compactor_proc
         return {
             "hotEvents": int(hot),
             "segments": int(segments),
             "dedupRuns": int(runs),
-            "compactions": compactor.compactions if compactor else 0,
-            "compactionError": compactor.last_error if compactor else None,
+            "compactorRunning": proc is not None and proc.poll() is None,
         }
 
     async def health(self) -> StorageHealth:
@@ -567,6 +593,18 @@ def _insert_chunks(project: str, rows: Sequence[EventRow]) -> list[_w.Chunk]:
             )
         chunks.append((_w.insert_sql(len(chunk)), params, [r.event_id for r in chunk]))
     return chunks
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Close the compactor's stdin: it finishes its step and exits."""
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def now_ms() -> int:

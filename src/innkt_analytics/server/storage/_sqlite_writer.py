@@ -18,11 +18,12 @@ The database's ``events`` table is the *hot log*: events in arrival order with o
 unique index, so an insert costs the same at 10M stored events as at none.
 
 Inserts are also checked against the *dedup runs* of compacted events
-(``_dedup_runs.py``, loaded from the ``dedup_runs`` table): the hot log's unique
-index only knows the events not compacted yet. ``compact`` and ``swap`` are the
-compactor's commits (``_engine.py``): they change which rows are in the hot log and
-which files are in the segment and run lists in one transaction, and this process
-loads a new run before the next insert is checked.
+(``_dedup_runs.py``, listed in the ``dedup_runs`` table): the hot log's unique
+index only knows the events not compacted yet. The compactor (``_engine.py``, a
+process of its own) commits on its own connection, moving rows out of the hot log
+and listing the new run in one transaction; every group of this process starts
+with ``BEGIN IMMEDIATE`` and then looks at ``PRAGMA data_version``: when another
+connection committed, the run list is read again before any insert is checked.
 
 Standard library (and numpy, for the runs) only, and importable as a module too:
 the process starts in a few tens of milliseconds and imports nothing of the
@@ -207,6 +208,16 @@ class Runs:
 
 _dedup: Any = None
 RUNS: Runs | None = None  # set by main(); the ops below use it
+_seen_version: list[int] = []
+
+
+def sync_runs(conn: sqlite3.Connection) -> None:
+    """Under the write lock: read the run list again if another connection (the
+    compactor) committed since this one last looked."""
+    version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+    if RUNS is not None and _seen_version != [version]:
+        RUNS.reload(conn)
+        _seen_version[:] = [version]
 
 
 def op_insert(conn: sqlite3.Connection, chunks: list[Chunk]) -> list[str] | None:
@@ -241,72 +252,6 @@ def op_insert(conn: sqlite3.Connection, chunks: list[Chunk]) -> list[str] | None
 
 
 _LAST_SEQ: Final = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
-_SEGMENT_COLUMNS: Final = (
-    "file, rows, bytes, min_seq, max_seq, min_corrected, max_corrected, tier, sha256"
-)
-_RUN_COLUMNS: Final = "file, entries, bytes, sha256"
-
-
-def _insert_file(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
-    columns = _SEGMENT_COLUMNS if table == "segments" else _RUN_COLUMNS
-    names = [c.strip() for c in columns.split(",")]
-    conn.execute(
-        f"INSERT INTO {table} ({columns}) VALUES ({','.join('?' * len(names))})",
-        [row[n] for n in names],
-    )
-
-
-def op_compact(
-    conn: sqlite3.Connection,
-    upto: int,
-    expected: int,
-    segment: dict[str, Any] | None,
-    run: dict[str, Any] | None,
-) -> bool:
-    """Move the hot rows with ``seq <= upto`` out: they are now in ``segment`` and
-    their digests in ``run``. False (and nothing changes) when the rows are no longer
-    the ``expected`` number: a deletion took some meanwhile, the compactor retries."""
-    have = conn.execute("SELECT COUNT(*) FROM events WHERE seq <= ?", (upto,)).fetchone()[0]
-    if have != expected:
-        return False
-    if segment is not None:
-        _insert_file(conn, "segments", segment)
-    if run is not None:
-        _insert_file(conn, "dedup_runs", run)
-    conn.execute("DELETE FROM events WHERE seq <= ?", (upto,))
-    if run is not None and RUNS is not None:
-        RUNS.add(run["file"])  # checked from the next insert on, even in this group
-    return True
-
-
-def op_swap(
-    conn: sqlite3.Connection,
-    table: str,
-    old_ids: list[int],
-    new: dict[str, Any] | None,
-    at: int,
-    statements: list[tuple[str, tuple[Any, ...]]],
-) -> bool:
-    """Replace files of ``segments`` or ``dedup_runs`` by one new file (a merge, or a
-    rewrite without deleted rows; ``new`` None: they are simply gone). The old files go
-    to ``trash``. False when one of them is no longer listed (someone else replaced it)."""
-    if table not in ("segments", "dedup_runs"):
-        raise ValueError(f"not a file table: {table}")
-    marks = ",".join("?" * len(old_ids))
-    old = conn.execute(f"SELECT file FROM {table} WHERE id IN ({marks})", old_ids).fetchall()
-    if len(old) != len(old_ids):
-        return False
-    conn.executemany(
-        "INSERT OR REPLACE INTO trash (file, at) VALUES (?, ?)", [(f, at) for (f,) in old]
-    )
-    conn.execute(f"DELETE FROM {table} WHERE id IN ({marks})", old_ids)
-    if new is not None:
-        _insert_file(conn, table, new)
-    for sql, params in statements:
-        conn.execute(sql, params)
-    if table == "dedup_runs" and RUNS is not None:
-        RUNS.reload(conn)
-    return True
 
 
 def op_sql(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
@@ -329,8 +274,6 @@ OPS: Final[dict[str, Callable[..., Any]]] = {
     "insert": op_insert,
     "sql": op_sql,
     "probe": op_probe,
-    "compact": op_compact,
-    "swap": op_swap,
 }
 
 
@@ -342,6 +285,7 @@ def commit_group(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
     savepoint each, so one failing job never undoes another."""
     try:
         conn.execute("BEGIN IMMEDIATE")
+        sync_runs(conn)
         values = [OPS[op](conn, *args) for _, op, args in jobs]
         conn.execute("COMMIT")
     except Exception:
@@ -356,6 +300,7 @@ def _commit_isolated(conn: sqlite3.Connection, jobs: list[Job]) -> list[Result]:
     results: list[Result] = []
     try:
         conn.execute("BEGIN IMMEDIATE")
+        sync_runs(conn)
         for job_id, op, args in jobs:
             conn.execute("SAVEPOINT job")
             try:
@@ -417,8 +362,6 @@ class Writer:
                     return
                 continue
             results = commit_group(self._conn, jobs)
-            if RUNS is not None and any(op in ("compact", "swap") for _, op, _ in jobs):
-                RUNS.reload(self._conn)  # what committed, whatever was rolled back
             try:
                 send_frame(self._sock, results)
             except OSError:
@@ -444,7 +387,6 @@ def main(argv: list[str]) -> None:
     sock = socket.socket(fileno=fd)
     conn = connect_writer(path)
     RUNS = Runs(path)
-    RUNS.reload(conn)
     try:
         Writer(conn, sock).run()
     finally:
