@@ -12,7 +12,9 @@ See docs/identity.md.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -44,7 +46,10 @@ __all__ = [
 #: an id's last seen is written again only when it moves by more than this
 #: (ms); a busy id would otherwise cost a write per batch
 LAST_SEEN_GRANULARITY: Final = 60_000
+#: how long first/last seen times wait in memory before they are written
+DEFER_SECONDS: Final = 5.0
 _CACHE_LIMIT: Final = 100_000
+log = logging.getLogger("innkt_analytics.server.identity")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -83,53 +88,105 @@ def observe(valid: Sequence[ValidEvent]) -> tuple[list[Link], dict[str, IdInfo]]
 
 
 class Identity:
-    """The store plus a per-instance memory of what it already holds about each id."""
+    """The store plus a per-instance memory of what it already holds about each id.
+
+    What changes persons is written before the batch is acknowledged: links, traits,
+    an id first seen as a userId, the ids of a new link. What only moves an id's
+    first or last seen (and ids seen alone) is merged in memory and written every
+    ``DEFER_SECONDS`` (and at shutdown): those writes cost ingest a transaction per
+    batch, and nothing depends on them being durable with the batch.
+    """
 
     def __init__(self, store: IdentityStore) -> None:
         self.store = store
         self._known: dict[tuple[str, str], tuple[int, int, bool]] = {}
         #: (project, a, b, alias) -> the earliest time already stored
         self._links: dict[tuple[str, str, str, bool], int] = {}
+        #: project -> id -> seen times not written yet
+        self._deferred: dict[str, dict[str, IdInfo]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     async def record(self, project: str, valid: Sequence[ValidEvent]) -> None:
         observed, ids = observe(valid)
         links = [
             k for k in observed if self._links.get((project, k.a, k.b, k.alias), k.at + 1) > k.at
         ]
-        fresh: dict[str, IdInfo] = {}
+        linked = {k.a for k in links} | {k.b for k in links}
+        urgent: dict[str, IdInfo] = {}
         for ident, info in ids.items():
             known = self._known.get((project, ident))
             if (
+                info.traits is not None
+                or (info.is_user and (known is None or not known[2]))
+                or (known is None and ident in linked)
+            ):
+                urgent[ident] = info
+            elif (
                 known is None
-                or (info.is_user and not known[2])
-                or info.traits is not None
                 or info.first_seen < known[0]
                 or info.last_seen > known[1] + LAST_SEEN_GRANULARITY
             ):
-                fresh[ident] = info
-        if not links and not fresh:
-            return
-        await self.store.record(project, sorted(links), fresh)
+                self._defer(project, ident, info)
+        if links or urgent:
+            await self.store.record(project, sorted(links), urgent)
+            for k in links:
+                key = (project, k.a, k.b, k.alias)
+                self._links[key] = min(k.at, self._links.get(key, k.at))
+            for ident, info in urgent.items():
+                self._remember(project, ident, info)
         if len(self._known) > _CACHE_LIMIT:
             self._known.clear()
         if len(self._links) > _CACHE_LIMIT:
             self._links.clear()
-        for k in links:
-            key = (project, k.a, k.b, k.alias)
-            self._links[key] = min(k.at, self._links.get(key, k.at))
-        for ident, info in fresh.items():
-            old = self._known.get((project, ident))
-            if old is None:
-                old = (info.first_seen, info.last_seen, info.is_user)
-            self._known[(project, ident)] = (
-                min(old[0], info.first_seen),
-                max(old[1], info.last_seen),
-                old[2] or info.is_user,
-            )
+
+    def _remember(self, project: str, ident: str, info: IdInfo) -> None:
+        old = self._known.get((project, ident))
+        if old is None:
+            old = (info.first_seen, info.last_seen, info.is_user)
+        self._known[(project, ident)] = (
+            min(old[0], info.first_seen),
+            max(old[1], info.last_seen),
+            old[2] or info.is_user,
+        )
+
+    def _defer(self, project: str, ident: str, info: IdInfo) -> None:
+        pending = self._deferred.setdefault(project, {})
+        old = pending.get(ident)
+        if old is None:
+            pending[ident] = IdInfo(info.is_user, info.first_seen, info.last_seen)
+        else:
+            old.is_user |= info.is_user
+            old.first_seen = min(old.first_seen, info.first_seen)
+            old.last_seen = max(old.last_seen, info.last_seen)
+        self._remember(project, ident, info)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(DEFER_SECONDS)
+        await self.flush()
+
+    async def flush(self, project: str | None = None) -> None:
+        """Write the deferred seen times now (of one project, or all); kept for the
+        next try on an error. Reads of persons flush first: read-your-writes here."""
+        if project is None:
+            pending, self._deferred = self._deferred, {}
+        elif project in self._deferred:
+            pending = {project: self._deferred.pop(project)}
+        else:
+            return
+        for project, infos in pending.items():
+            try:
+                await self.store.record(project, [], infos)
+            except StorageError as exc:
+                log.warning("identity: first/last seen not written yet: %s", exc)
+                for ident, info in infos.items():
+                    self._defer(project, ident, info)
 
     def forget(self, project: str, ids: Sequence[str]) -> None:
         for ident in ids:
             self._known.pop((project, ident), None)
+            self._deferred.get(project, {}).pop(ident, None)
         gone = set(ids)
         for key in [k for k in self._links if k[0] == project and (k[1] in gone or k[2] in gone)]:
             del self._links[key]
@@ -164,6 +221,7 @@ def _iso(ms: int | None) -> str | None:
 
 
 async def _person_around(identity: Identity, project: str, start: str) -> Person | None:
+    await identity.flush(project)
     store = identity.store
     links, ids = await store.component(project, start)
     infos = await store.infos(project, sorted(ids))
@@ -262,6 +320,11 @@ def install_identity(state: ServerState, app: Litestar) -> None:
     if not state.settings.identity:
         return
     store = make_identity(state.settings.db)
-    state.extensions["identity"] = Identity(store)
+    identity = state.extensions["identity"] = Identity(store)
     app.on_startup.append(store.open)
+
+    async def flush_all() -> None:  # no argument: Litestar would pass hooks the app
+        await identity.flush()
+
+    app.on_shutdown.append(flush_all)
     app.on_shutdown.append(store.close)
