@@ -64,11 +64,16 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+def open_storage(url: str) -> Storage:
+    """The (unopened) storage for a ``storage_url``."""
+    return ColdSQLite(url[5:]) if url.startswith("cold:") else make_storage(url)
+
+
 def with_storage(url: str, body: Callable[[Storage], Awaitable[T]]) -> T:
     """Open the storage at ``url``, run ``body`` on it, close it."""
 
     async def main() -> T:
-        storage = ColdSQLite(url[5:]) if url.startswith("cold:") else make_storage(url)
+        storage = open_storage(url)
         await storage.open()
         try:
             return await body(storage)
@@ -450,7 +455,7 @@ _batch = st.lists(st.tuples(st.sampled_from(["a", "b"]), _ids), max_size=15)
 
 def test_inserts_match_a_set_model(storage_url: str) -> None:
     with asyncio.Runner() as runner:
-        storage = make_storage(storage_url)
+        storage = open_storage(storage_url)
         runner.run(storage.open())
         try:
 

@@ -252,12 +252,11 @@ class Compactor:
 
         ``force`` compacts whatever the hot log holds (tests, backups, shutdown).
         """
-        return (
-            self._compact(force)
-            or self._merge_segments()
-            or self._merge_runs()
-            or self._empty_trash()
-        )
+        # A compaction when one is due, and one merge or cleanup besides: under
+        # steady ingest a compaction is always due, and merges must not starve
+        # (every insert searches every dedup run).
+        compacted = self._compact(force)
+        return self._merge_runs() or self._merge_segments() or self._empty_trash() or compacted
 
     def run_until_idle(self, force: bool = True) -> None:
         """Compact and merge until nothing is left to do (tests and the CLI)."""
