@@ -51,10 +51,10 @@ import _load
 from _load import cpu_seconds, http_request, read_response
 from tests._server import ServerProcess
 
-from innkt_analytics._ids import uuid7
-from innkt_analytics._protocol import Limits, parse_batch
 from innkt_analytics.server._ingest import to_row
 from innkt_analytics.server.storage import EventRow, SQLiteStorage
+from innkt_analytics.shared._ids import uuid7
+from innkt_analytics.shared._protocol import Limits, parse_batch
 
 BATCH = 100
 

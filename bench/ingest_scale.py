@@ -60,8 +60,8 @@ from _load import TYPES, cpu_seconds, http_request
 from ingest import rows_for, sender_process
 from tests._server import ServerProcess
 
-from innkt_analytics._ids import uuid7
 from innkt_analytics.server.storage import EventRow, SQLiteStorage
+from innkt_analytics.shared._ids import uuid7
 
 USERS = 20_000
 DAY_S = 86_400.0

@@ -39,8 +39,8 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from innkt_analytics._atrest import SCHEMA
-from innkt_analytics._persistence import (
+from innkt_analytics.sdk._atrest import SCHEMA
+from innkt_analytics.sdk._persistence import (
     AnalyticsDataPersistenceService,
     PersistenceConfig,
     StoredRecord,

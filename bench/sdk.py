@@ -94,8 +94,8 @@ def run_sink() -> None:
 def measure(client: str, url: str, key: str, n: int, session: str) -> dict[str, Any]:
     props = {"plan": "pro", "path": "/checkout", "value": 42}
     if client.startswith("innkt"):
-        from innkt_analytics._backend import AnalyticsBackendService
-        from innkt_analytics._config import BackendConfig, QueueMode
+        from innkt_analytics.sdk._backend import AnalyticsBackendService
+        from innkt_analytics.sdk._config import BackendConfig, QueueMode
 
         mode = QueueMode.DURABLE if client == "innkt-durable" else QueueMode.MEMORY
         queue_dir = tempfile.mkdtemp(prefix="innkt-bench-")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from innkt_analytics._ids import uuid7
+from innkt_analytics.shared._ids import uuid7
 
 DAY_MS = 86_400_000
 COMMIT = 500

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from innkt_analytics._config import BackendConfig, QueueMode
+from innkt_analytics.sdk._config import BackendConfig, QueueMode
 
 __all__ = [
     "FAST",

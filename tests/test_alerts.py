@@ -18,7 +18,6 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from innkt_analytics._exceptions import ConfigError
 from innkt_analytics.server._alerts import (
     AlertEngine,
     AlertRule,
@@ -26,6 +25,7 @@ from innkt_analytics.server._alerts import (
     AlertStatus,
     validate_rule,
 )
+from innkt_analytics.shared._exceptions import ConfigError
 from tests._server import ServerProcess
 
 T0 = 1_800_000_000.0  # a fixed "now" in epoch seconds for the pure tests

@@ -12,8 +12,8 @@ import httpx
 import msgspec
 import pytest
 
-from innkt_analytics._exceptions import ConfigError
 from innkt_analytics.server._alerts import AlertRule, validate_rule
+from innkt_analytics.shared._exceptions import ConfigError
 from tests._server import ServerProcess
 from tests.test_alerts import Receiver
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from innkt_analytics import ConfigError, DecryptionError, IntegrityError
-from innkt_analytics._atrest import (
+from innkt_analytics.sdk._atrest import (
     FLAG_AESGCM,
     FLAG_DICT,
     FLAG_ZSTD,

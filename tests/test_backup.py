@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from innkt_analytics import IntegrityError, StorageError, StorageFullError
-from innkt_analytics._backup import (
+from innkt_analytics.shared._backup import (
     BackupManifest,
     create_backup,
     list_backups,
@@ -282,7 +282,7 @@ def test_unwritable_temp_file_fails_restore_cleanly(
 
 _RESTORE_SCRIPT = """
 import sys
-from innkt_analytics._backup import restore_backup
+from innkt_analytics.shared._backup import restore_backup
 restore_backup(sys.argv[1], sys.argv[2], sys.argv[3])
 print("restored", flush=True)
 """

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from innkt_analytics._exceptions import IntegrityError
 from innkt_analytics.server._backups import backup_events, restore_events, verify_events
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server.storage import EventFilter, SQLiteStorage, _engine_backup
+from innkt_analytics.shared._exceptions import IntegrityError
 from tests.test_storage_contract import row
 
 

@@ -108,8 +108,8 @@ def test_wire_types_are_exported(name: str) -> None:
 
 def test_the_exception_tree_drawn_is_the_tree_defined() -> None:
     """Every class the ``_exceptions`` docstring draws subclasses the one drawn above it."""
-    from innkt_analytics import _exceptions, _protocol
     from innkt_analytics.server import _state
+    from innkt_analytics.shared import _exceptions, _protocol
 
     modules = (_exceptions, _protocol, _state)
     doc = _exceptions.__doc__ or ""
@@ -133,8 +133,8 @@ def test_one_rule_says_the_disk_is_full() -> None:
     import errno
     import sqlite3
 
-    from innkt_analytics._exceptions import is_disk_full
     from innkt_analytics.server.storage import _sqlite_writer
+    from innkt_analytics.shared._exceptions import is_disk_full
 
     full = sqlite3.OperationalError("database or disk is full")
     full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]

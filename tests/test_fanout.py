@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from innkt_analytics._exceptions import ConfigError
 from innkt_analytics.server._fanout import MemoryFanout, PostgresFanout, make_fanout
 from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.shared._exceptions import ConfigError
 from tests._server import ServerProcess
 from tests.conftest import ServerFactory
 from tests.test_realtime_server import Client, event, health_of, post_events, put_config, ws_url

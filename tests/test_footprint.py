@@ -63,7 +63,10 @@ def test_import_innkt_analytics_is_lazy() -> None:
         """
     )
     modules, asyncio_loaded = out.splitlines()
-    assert modules == "['innkt_analytics._exceptions', 'innkt_analytics._version']"
+    assert modules == (
+        "['innkt_analytics.shared', 'innkt_analytics.shared._exceptions', "
+        "'innkt_analytics.shared._version']"
+    )
     assert asyncio_loaded == "False"
 
 

@@ -29,7 +29,7 @@ from innkt_analytics import (
     StorageError,
     StorageFullError,
 )
-from innkt_analytics._persistence import (
+from innkt_analytics.sdk._persistence import (
     ENCRYPTION_KEY_ENV,
     AnalyticsDataPersistenceService,
     InvalidRecordError,

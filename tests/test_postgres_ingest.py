@@ -11,7 +11,6 @@ import asyncio
 
 import pytest
 
-from innkt_analytics._exceptions import StorageError
 from innkt_analytics.server.storage import EventRow
 from innkt_analytics.server.storage._pg_ingest import (
     GroupInserter,
@@ -21,6 +20,7 @@ from innkt_analytics.server.storage._pg_ingest import (
     merge,
     split,
 )
+from innkt_analytics.shared._exceptions import StorageError
 
 
 def row(event_id: str, payload: bytes = b"{}") -> EventRow:

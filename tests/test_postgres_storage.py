@@ -15,7 +15,6 @@ import asyncpg  # type: ignore[import-untyped]
 import psycopg
 import pytest
 
-from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics.server._settings import ServerSettings, storage_for
 from innkt_analytics.server.storage import EventFilter, StorageStatus, make_storage
 from innkt_analytics.server.storage._pg_partitions import retire
@@ -28,6 +27,7 @@ from innkt_analytics.server.storage._pg_schema import (
     partition_name,
 )
 from innkt_analytics.server.storage._postgres import PostgresStorage
+from innkt_analytics.shared._exceptions import ConfigError, StorageError
 from tests.test_storage_contract import DAY, NOW, all_ids, row
 
 pytestmark = pytest.mark.postgres

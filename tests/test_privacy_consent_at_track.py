@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 
 from innkt_analytics import AsyncAnalyticsBackendService
-from innkt_analytics._backend import AnalyticsBackendService
-from innkt_analytics._privacy import PrivacyConfig
-from innkt_analytics._protocol import Event
+from innkt_analytics.sdk._backend import AnalyticsBackendService
+from innkt_analytics.sdk._privacy import PrivacyConfig
+from innkt_analytics.shared._protocol import Event
 from tests._proxy import fast_config, stored
 from tests._server import ServerProcess
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from innkt_analytics import ConfigError, Event, StorageError
-from innkt_analytics._privacy import (
+from innkt_analytics.sdk._privacy import (
     ConsentState,
     ConsentStore,
     PrivacyConfig,

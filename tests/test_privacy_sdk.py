@@ -8,9 +8,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from innkt_analytics._backend import AnalyticsBackendService
-from innkt_analytics._privacy import PrivacyConfig, hash_value
-from innkt_analytics._protocol import Event
+from innkt_analytics.sdk._backend import AnalyticsBackendService
+from innkt_analytics.sdk._privacy import PrivacyConfig, hash_value
+from innkt_analytics.shared._protocol import Event
 from tests._proxy import fast_config, queued, stored
 from tests._server import ServerProcess
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from innkt_analytics._protocol import (
+from innkt_analytics.shared._protocol import (
     MAX_NESTING_DEPTH,
     Batch,
     Event,
@@ -392,7 +392,7 @@ def test_rejection_and_response_wire_names() -> None:
 def test_nul_in_any_id_is_rejected_per_event() -> None:
     import datetime as _dt
 
-    from innkt_analytics._protocol import Limits, parse_batch
+    from innkt_analytics.shared._protocol import Limits, parse_batch
 
     good = b'{"eventId":"ok","eventType":"t","timestamp":"2026-01-01T00:00:00Z"}'
     bad = b'{"eventId":"a\\u0000b","eventType":"t","timestamp":"2026-01-01T00:00:00Z"}'

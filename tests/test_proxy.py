@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from innkt_analytics._protocol import Event, encode_batch
+from innkt_analytics.shared._protocol import Event, encode_batch
 from tests._proxy import Fault, FaultProxy
 from tests._server import ServerProcess
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from innkt_analytics._bus import EventBus, default_bus
+from innkt_analytics.sdk._bus import EventBus, default_bus
 
 
 def test_publish_reaches_topic_then_wildcard_subscribers_in_order() -> None:

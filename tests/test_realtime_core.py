@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from innkt_analytics._exceptions import ConfigError, ConnectionStateError
-from innkt_analytics._protocol import ClientConfig, Envelope, ProtocolError
-from innkt_analytics._realtime_codec import (
+from innkt_analytics.sdk._realtime_session import Action, Failure, RealTimeConfig, RealTimeSession
+from innkt_analytics.shared._exceptions import ConfigError, ConnectionStateError
+from innkt_analytics.shared._protocol import ClientConfig, Envelope, ProtocolError
+from innkt_analytics.shared._realtime_codec import (
     CLIENT_TRANSITIONS,
     SERVER_TRANSITIONS,
     ConnectionState,
@@ -24,7 +25,6 @@ from innkt_analytics._realtime_codec import (
     make_envelope,
     reconnect_delays,
 )
-from innkt_analytics._realtime_session import Action, Failure, RealTimeConfig, RealTimeSession
 
 URL = "ws://127.0.0.1:1/v1/realtime"
 

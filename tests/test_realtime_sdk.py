@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from innkt_analytics._backend import AnalyticsBackendService
-from innkt_analytics._bus import EventBus
-from innkt_analytics._config import BackendConfig, QueueMode
-from innkt_analytics._exceptions import ConnectionStateError
-from innkt_analytics._protocol import ClientConfig, Envelope
-from innkt_analytics._realtime import AsyncRealTimeSyncService, RealTimeSyncService
-from innkt_analytics._realtime_codec import ConnectionState, make_envelope
-from innkt_analytics._realtime_session import RealTimeConfig
+from innkt_analytics.sdk._backend import AnalyticsBackendService
+from innkt_analytics.sdk._bus import EventBus
+from innkt_analytics.sdk._config import BackendConfig, QueueMode
+from innkt_analytics.sdk._realtime import AsyncRealTimeSyncService, RealTimeSyncService
+from innkt_analytics.sdk._realtime_session import RealTimeConfig
+from innkt_analytics.shared._exceptions import ConnectionStateError
+from innkt_analytics.shared._protocol import ClientConfig, Envelope
+from innkt_analytics.shared._realtime_codec import ConnectionState, make_envelope
 from tests._server import ServerProcess
 from tests.conftest import ServerFactory
 from tests.test_realtime_server import event, post_events, put_config, ws_url

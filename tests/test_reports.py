@@ -21,7 +21,6 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from innkt_analytics._exceptions import ConfigError
 from innkt_analytics.server._kv import make_kv
 from innkt_analytics.server._reports import (
     ReportQuery,
@@ -34,6 +33,7 @@ from innkt_analytics.server._reports import (
 )
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server.storage import make_storage
+from innkt_analytics.shared._exceptions import ConfigError
 from tests._server import ServerProcess
 from tests.test_alerts import Receiver
 

@@ -6,8 +6,8 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from innkt_analytics._abackend import AsyncAnalyticsBackendService
-from innkt_analytics._queue import Dropped
+from innkt_analytics.sdk._abackend import AsyncAnalyticsBackendService
+from innkt_analytics.sdk._queue import Dropped
 from innkt_analytics.testing import AsyncCapturingTransport
 from tests._proxy import FaultProxy, fast_config, queued, stored
 from tests._server import ServerProcess

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from innkt_analytics._config import BackendConfig, OverflowPolicy, QueueMode, default_queue_path
-from innkt_analytics._exceptions import ConfigError
-from innkt_analytics._protocol import ClientConfig
+from innkt_analytics.sdk._config import BackendConfig, OverflowPolicy, QueueMode, default_queue_path
+from innkt_analytics.shared._exceptions import ConfigError
+from innkt_analytics.shared._protocol import ClientConfig
 
 URL = "http://127.0.0.1:9"
 

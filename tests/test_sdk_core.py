@@ -12,10 +12,8 @@ from collections.abc import Generator
 import msgspec
 import pytest
 
-from innkt_analytics._config import BackendConfig
-from innkt_analytics._exceptions import ConnectionStateError
-from innkt_analytics._protocol import Event, encode_batch
-from innkt_analytics._transport import (
+from innkt_analytics.sdk._config import BackendConfig
+from innkt_analytics.sdk._transport import (
     DeliveryCore,
     HealthStatus,
     NetworkState,
@@ -30,6 +28,8 @@ from innkt_analytics._transport import (
     assemble_body,
     delivery_flow,
 )
+from innkt_analytics.shared._exceptions import ConnectionStateError
+from innkt_analytics.shared._protocol import Event, encode_batch
 
 SENT_AT = dt.datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=dt.UTC)
 

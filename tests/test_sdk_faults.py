@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from innkt_analytics._backend import AnalyticsBackendService
+from innkt_analytics.sdk._backend import AnalyticsBackendService
 from tests._proxy import Fault, FaultProxy, fast_config, stored, wait_for
 from tests._server import ServerProcess
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from innkt_analytics._abackend import AsyncAnalyticsBackendService
-from innkt_analytics._backend import AnalyticsBackendService
-from innkt_analytics._exceptions import ConfigError
+from innkt_analytics.sdk._abackend import AsyncAnalyticsBackendService
+from innkt_analytics.sdk._backend import AnalyticsBackendService
+from innkt_analytics.shared._exceptions import ConfigError
 from tests._proxy import fast_config
 from tests._server import ServerProcess
 
@@ -94,8 +94,8 @@ def test_the_asyncio_service_identifies_too(shared_server: ServerProcess, tmp_pa
 def test_hashed_user_ids_hash_an_alias_previous_user_id_too() -> None:
     import datetime as dt
 
-    from innkt_analytics._privacy import PrivacyConfig, PrivacyFilter, hash_value
-    from innkt_analytics._protocol import Event
+    from innkt_analytics.sdk._privacy import PrivacyConfig, PrivacyFilter, hash_value
+    from innkt_analytics.shared._protocol import Event
 
     salt = "a salt of sixteen chars"
     privacy = PrivacyFilter(PrivacyConfig(hash_user_id=True, hash_salt=salt))
@@ -119,7 +119,7 @@ def test_hashed_user_ids_hash_an_alias_previous_user_id_too() -> None:
 
 
 def test_a_corrupt_identity_file_is_replaced_not_fatal(tmp_path: Path) -> None:
-    from innkt_analytics._identity import IdentityStore
+    from innkt_analytics.sdk._identity import IdentityStore
 
     path = tmp_path / "q.sqlite3.identity.json"
     store = IdentityStore(path)

@@ -10,16 +10,16 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from innkt_analytics._backend import AnalyticsBackendService
-from innkt_analytics._queue import SQLiteQueue, event_ids_of
+from innkt_analytics.sdk._backend import AnalyticsBackendService
+from innkt_analytics.sdk._queue import SQLiteQueue, event_ids_of
 from tests._proxy import fast_config, stored
 from tests._server import ServerProcess
 
 _TRACKER = textwrap.dedent(
     """
     import sys
-    from innkt_analytics._backend import AnalyticsBackendService
-    from innkt_analytics._config import BackendConfig
+    from innkt_analytics.sdk._backend import AnalyticsBackendService
+    from innkt_analytics.sdk._config import BackendConfig
     url, key, queue, sid, n = sys.argv[1:6]
     service = AnalyticsBackendService(BackendConfig(
         base_url=url, api_key=key, queue_path=queue, batch_size=500,
@@ -131,8 +131,8 @@ def test_fork_child_starts_its_own_worker(shared_server: ServerProcess, tmp_path
 _EXITER = textwrap.dedent(
     """
     import sys
-    from innkt_analytics._backend import AnalyticsBackendService
-    from innkt_analytics._config import BackendConfig
+    from innkt_analytics.sdk._backend import AnalyticsBackendService
+    from innkt_analytics.sdk._config import BackendConfig
     url, key, queue, sid = sys.argv[1:5]
     service = AnalyticsBackendService(BackendConfig(
         base_url=url, api_key=key, queue_path=queue, sync_interval=3600, batch_size=2500,

@@ -17,9 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from innkt_analytics._config import OverflowPolicy
-from innkt_analytics._exceptions import StorageError
-from innkt_analytics._queue import (
+from innkt_analytics.sdk._config import OverflowPolicy
+from innkt_analytics.sdk._queue import (
     EventQueue,
     MemoryQueue,
     SQLiteQueue,
@@ -27,6 +26,7 @@ from innkt_analytics._queue import (
     event_ids_of,
     split_chunk,
 )
+from innkt_analytics.shared._exceptions import StorageError
 
 QueueFactory = Callable[..., EventQueue]
 
@@ -235,7 +235,7 @@ _CHILD = textwrap.dedent(
     """
     import sys, time, os
     from pathlib import Path
-    from innkt_analytics._queue import SQLiteQueue
+    from innkt_analytics.sdk._queue import SQLiteQueue
     queue = SQLiteQueue(Path(sys.argv[1]), 10_000, 1 << 24)
     queue.put([(f"k{i}", b'{"eventId":"k%d"}' % i) for i in range(100)], time.time(),
               chunk_events=10, chunk_bytes=1 << 20)
@@ -272,7 +272,7 @@ def test_claims_of_a_killed_process_are_recovered(tmp_path: Path) -> None:
 
 
 def test_encode_records_fills_ids_and_reports_invalid_events() -> None:
-    from innkt_analytics._protocol import Event
+    from innkt_analytics.shared._protocol import Event
 
     now = time.time()
     good = (now, "page_view", {"a": 1}, None, "u1")

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from innkt_analytics._ids import uuid7
-from innkt_analytics._retry import backoff, parse_retry_after, with_floor
+from innkt_analytics.shared._ids import uuid7
+from innkt_analytics.shared._retry import backoff, parse_retry_after, with_floor
 
 
 def test_backoff_upper_envelope_doubles_up_to_the_cap() -> None:

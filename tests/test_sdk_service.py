@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from innkt_analytics._backend import AnalyticsBackendService, ServiceState
-from innkt_analytics._config import OverflowPolicy
-from innkt_analytics._exceptions import ConfigError, ConnectionStateError
-from innkt_analytics._protocol import Event
-from innkt_analytics._queue import Dropped
+from innkt_analytics.sdk._backend import AnalyticsBackendService, ServiceState
+from innkt_analytics.sdk._config import OverflowPolicy
+from innkt_analytics.sdk._queue import Dropped
+from innkt_analytics.shared._exceptions import ConfigError, ConnectionStateError
+from innkt_analytics.shared._protocol import Event
 from tests._proxy import fast_config, queued, stored, wait_for
 from tests._server import ServerProcess
 
@@ -287,7 +287,7 @@ def test_remote_config_is_picked_up_without_restart(
 def test_sampling_zero_drops_and_counts(
     shared_server: ServerProcess, tmp_path: Path, services: list[AnalyticsBackendService]
 ) -> None:
-    from innkt_analytics._protocol import ClientConfig
+    from innkt_analytics.shared._protocol import ClientConfig
 
     service = start(services, shared_server, tmp_path)
     assert service.apply_remote_config(ClientConfig(sampling_rate=0.0, version=5))

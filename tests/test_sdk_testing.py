@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from innkt_analytics._protocol import ClientConfig, Limits
-from innkt_analytics._queue import Dropped
+from innkt_analytics.sdk._queue import Dropped
+from innkt_analytics.shared._protocol import ClientConfig, Limits
 from innkt_analytics.testing import CapturingTransport, capturing_service
 
 

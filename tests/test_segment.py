@@ -19,8 +19,8 @@ from segment.analytics import Client  # type: ignore[import-untyped]
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from innkt_analytics._protocol import Limits
 from innkt_analytics.server._segment import SegmentMessage, parse_segment, translate_message
+from innkt_analytics.shared._protocol import Limits
 from tests._server import ServerProcess
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.UTC)

@@ -26,7 +26,7 @@ import pytest
 from rudderstack.analytics import Client as RudderClient  # type: ignore[import-untyped]
 from segment.analytics import Client as SegmentClient  # type: ignore[import-untyped]
 
-from innkt_analytics._protocol import MAX_NESTING_DEPTH
+from innkt_analytics.shared._protocol import MAX_NESTING_DEPTH
 from tests._server import ServerProcess
 from tests.conftest import REQUIRE_SERVICES
 

@@ -18,8 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from innkt_analytics._exceptions import StorageError
-from innkt_analytics._protocol import ClientConfig
 from innkt_analytics.server.storage import (
     AuditEntry,
     EventFilter,
@@ -32,6 +30,8 @@ from innkt_analytics.server.storage import (
 )
 from innkt_analytics.server.storage._engine import EngineSettings
 from innkt_analytics.server.storage._sqlite import SQLiteStorage
+from innkt_analytics.shared._exceptions import StorageError
+from innkt_analytics.shared._protocol import ClientConfig
 
 T = TypeVar("T")
 DAY = 86_400_000

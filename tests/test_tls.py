@@ -21,9 +21,9 @@ import pytest
 import trustme
 
 from innkt_analytics import AnalyticsBackendService, BackendConfig, QueueMode
-from innkt_analytics._realtime import RealTimeSyncService
-from innkt_analytics._realtime_codec import ConnectionState
-from innkt_analytics._realtime_session import RealTimeConfig
+from innkt_analytics.sdk._realtime import RealTimeSyncService
+from innkt_analytics.sdk._realtime_session import RealTimeConfig
+from innkt_analytics.shared._realtime_codec import ConnectionState
 from tests._server import ServerProcess
 
 WAIT = 30.0
@@ -322,7 +322,7 @@ def test_the_asyncio_services_verify_tls_the_same_way(
     import asyncio
 
     from innkt_analytics import AsyncAnalyticsBackendService
-    from innkt_analytics._realtime import AsyncRealTimeSyncService
+    from innkt_analytics.sdk._realtime import AsyncRealTimeSyncService
 
     stranger = Pki(tmp_path / "other", "127.0.0.1")
     wss = https_server.url.replace("https://", "wss://") + "/v1/realtime"

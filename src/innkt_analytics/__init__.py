@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import typing
 
-from innkt_analytics._exceptions import (
+from innkt_analytics.shared._exceptions import (
     ConfigError,
     ConnectionStateError,
     DecryptionError,
@@ -29,15 +29,14 @@ from innkt_analytics._exceptions import (
     StorageFullError,
     TransportError,
 )
-from innkt_analytics._version import __version__
+from innkt_analytics.shared._version import __version__
 
 if typing.TYPE_CHECKING:
-    from innkt_analytics._abackend import AsyncAnalyticsBackendService
-    from innkt_analytics._backend import AnalyticsBackendService, DropCallback
-    from innkt_analytics._backup import BackupManifest
-    from innkt_analytics._bus import EventBus, Subscription, default_bus
-    from innkt_analytics._config import BackendConfig, OverflowPolicy, QueueMode
-    from innkt_analytics._persistence import (
+    from innkt_analytics.sdk._abackend import AsyncAnalyticsBackendService
+    from innkt_analytics.sdk._backend import AnalyticsBackendService, DropCallback
+    from innkt_analytics.sdk._bus import EventBus, Subscription, default_bus
+    from innkt_analytics.sdk._config import BackendConfig, OverflowPolicy, QueueMode
+    from innkt_analytics.sdk._persistence import (
         AnalyticsDataPersistenceService,
         CleanupResult,
         PersistenceConfig,
@@ -46,21 +45,11 @@ if typing.TYPE_CHECKING:
         StoredRecord,
         StoreResult,
     )
-    from innkt_analytics._privacy import ConsentState, PrivacyConfig
-    from innkt_analytics._protocol import (
-        Batch,
-        ClientConfig,
-        Envelope,
-        ErrorBody,
-        Event,
-        IngestResponse,
-        Rejection,
-    )
-    from innkt_analytics._queue import Dropped
-    from innkt_analytics._realtime import AsyncRealTimeSyncService, RealTimeSyncService
-    from innkt_analytics._realtime_codec import ConnectionState
-    from innkt_analytics._realtime_session import ConnectionStats, RealTimeConfig
-    from innkt_analytics._transport import (
+    from innkt_analytics.sdk._privacy import ConsentState, PrivacyConfig
+    from innkt_analytics.sdk._queue import Dropped
+    from innkt_analytics.sdk._realtime import AsyncRealTimeSyncService, RealTimeSyncService
+    from innkt_analytics.sdk._realtime_session import ConnectionStats, RealTimeConfig
+    from innkt_analytics.sdk._transport import (
         AsyncTransport,
         HealthStatus,
         NetworkState,
@@ -70,49 +59,60 @@ if typing.TYPE_CHECKING:
         ServiceStatus,
         Transport,
     )
+    from innkt_analytics.shared._backup import BackupManifest
+    from innkt_analytics.shared._protocol import (
+        Batch,
+        ClientConfig,
+        Envelope,
+        ErrorBody,
+        Event,
+        IngestResponse,
+        Rejection,
+    )
+    from innkt_analytics.shared._realtime_codec import ConnectionState
 
 #: where each lazily imported public name lives
 _LAZY: dict[str, str] = {
-    "AnalyticsBackendService": "innkt_analytics._backend",
-    "AnalyticsDataPersistenceService": "innkt_analytics._persistence",
-    "AsyncAnalyticsBackendService": "innkt_analytics._abackend",
-    "AsyncRealTimeSyncService": "innkt_analytics._realtime",
-    "AsyncTransport": "innkt_analytics._transport",
-    "BackendConfig": "innkt_analytics._config",
-    "BackupManifest": "innkt_analytics._backup",
-    "Batch": "innkt_analytics._protocol",
-    "CleanupResult": "innkt_analytics._persistence",
-    "ClientConfig": "innkt_analytics._protocol",
-    "ConnectionState": "innkt_analytics._realtime_codec",
-    "ConnectionStats": "innkt_analytics._realtime_session",
-    "ConsentState": "innkt_analytics._privacy",
-    "DropCallback": "innkt_analytics._backend",
-    "Dropped": "innkt_analytics._queue",
-    "Envelope": "innkt_analytics._protocol",
-    "ErrorBody": "innkt_analytics._protocol",
-    "Event": "innkt_analytics._protocol",
-    "EventBus": "innkt_analytics._bus",
-    "HealthStatus": "innkt_analytics._transport",
-    "IngestResponse": "innkt_analytics._protocol",
-    "NetworkState": "innkt_analytics._transport",
-    "Outcome": "innkt_analytics._transport",
-    "OverflowPolicy": "innkt_analytics._config",
-    "PersistenceConfig": "innkt_analytics._persistence",
-    "PersistenceState": "innkt_analytics._persistence",
-    "PrivacyConfig": "innkt_analytics._privacy",
-    "QueueMode": "innkt_analytics._config",
-    "RealTimeConfig": "innkt_analytics._realtime_session",
-    "RealTimeSyncService": "innkt_analytics._realtime",
-    "Rejection": "innkt_analytics._protocol",
-    "SendResult": "innkt_analytics._transport",
-    "ServiceState": "innkt_analytics._transport",
-    "ServiceStatus": "innkt_analytics._transport",
-    "StorageInfo": "innkt_analytics._persistence",
-    "StoreResult": "innkt_analytics._persistence",
-    "StoredRecord": "innkt_analytics._persistence",
-    "Subscription": "innkt_analytics._bus",
-    "Transport": "innkt_analytics._transport",
-    "default_bus": "innkt_analytics._bus",
+    "AnalyticsBackendService": "innkt_analytics.sdk._backend",
+    "AnalyticsDataPersistenceService": "innkt_analytics.sdk._persistence",
+    "AsyncAnalyticsBackendService": "innkt_analytics.sdk._abackend",
+    "AsyncRealTimeSyncService": "innkt_analytics.sdk._realtime",
+    "AsyncTransport": "innkt_analytics.sdk._transport",
+    "BackendConfig": "innkt_analytics.sdk._config",
+    "BackupManifest": "innkt_analytics.shared._backup",
+    "Batch": "innkt_analytics.shared._protocol",
+    "CleanupResult": "innkt_analytics.sdk._persistence",
+    "ClientConfig": "innkt_analytics.shared._protocol",
+    "ConnectionState": "innkt_analytics.shared._realtime_codec",
+    "ConnectionStats": "innkt_analytics.sdk._realtime_session",
+    "ConsentState": "innkt_analytics.sdk._privacy",
+    "DropCallback": "innkt_analytics.sdk._backend",
+    "Dropped": "innkt_analytics.sdk._queue",
+    "Envelope": "innkt_analytics.shared._protocol",
+    "ErrorBody": "innkt_analytics.shared._protocol",
+    "Event": "innkt_analytics.shared._protocol",
+    "EventBus": "innkt_analytics.sdk._bus",
+    "HealthStatus": "innkt_analytics.sdk._transport",
+    "IngestResponse": "innkt_analytics.shared._protocol",
+    "NetworkState": "innkt_analytics.sdk._transport",
+    "Outcome": "innkt_analytics.sdk._transport",
+    "OverflowPolicy": "innkt_analytics.sdk._config",
+    "PersistenceConfig": "innkt_analytics.sdk._persistence",
+    "PersistenceState": "innkt_analytics.sdk._persistence",
+    "PrivacyConfig": "innkt_analytics.sdk._privacy",
+    "QueueMode": "innkt_analytics.sdk._config",
+    "RealTimeConfig": "innkt_analytics.sdk._realtime_session",
+    "RealTimeSyncService": "innkt_analytics.sdk._realtime",
+    "Rejection": "innkt_analytics.shared._protocol",
+    "SendResult": "innkt_analytics.sdk._transport",
+    "ServiceState": "innkt_analytics.sdk._transport",
+    "ServiceStatus": "innkt_analytics.sdk._transport",
+    "StorageInfo": "innkt_analytics.sdk._persistence",
+    "StoreResult": "innkt_analytics.sdk._persistence",
+    "StoredRecord": "innkt_analytics.sdk._persistence",
+    "Subscription": "innkt_analytics.sdk._bus",
+    "Transport": "innkt_analytics.sdk._transport",
+    "default_bus": "innkt_analytics.sdk._bus",
 }
 
 

@@ -27,9 +27,10 @@ from typing import Any
 
 import msgspec
 
-from innkt_analytics._backend import AnalyticsBackendService
-from innkt_analytics._config import BackendConfig, QueueMode
-from innkt_analytics._protocol import (
+from innkt_analytics.sdk._backend import AnalyticsBackendService
+from innkt_analytics.sdk._config import BackendConfig, QueueMode
+from innkt_analytics.sdk._transport import HealthStatus, SendResult, TransportCore
+from innkt_analytics.shared._protocol import (
     ClientConfig,
     ErrorBody,
     Event,
@@ -38,7 +39,6 @@ from innkt_analytics._protocol import (
     ProtocolError,
     parse_batch,
 )
-from innkt_analytics._transport import HealthStatus, SendResult, TransportCore
 
 __all__ = ["AsyncCapturingTransport", "CapturingTransport", "capturing_service"]
 

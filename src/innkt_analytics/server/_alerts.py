@@ -45,10 +45,6 @@ import httpx
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, post
 
-from innkt_analytics._exceptions import ConfigError, StorageError
-from innkt_analytics._protocol import ClientConfig, ValidEvent
-from innkt_analytics._retry import backoff
-from innkt_analytics._version import __version__
 from innkt_analytics.server._anomaly import (
     HOURS_PER_WEEK,
     Anomaly,
@@ -75,6 +71,10 @@ from innkt_analytics.server.insights._model import (
 )
 from innkt_analytics.server.insights._model import validate as validate_query
 from innkt_analytics.server.storage import EventFilter, Storage
+from innkt_analytics.shared._exceptions import ConfigError, StorageError
+from innkt_analytics.shared._protocol import ClientConfig, ValidEvent
+from innkt_analytics.shared._retry import backoff
+from innkt_analytics.shared._version import __version__
 
 __all__ = [
     "ALERT_HANDLERS",

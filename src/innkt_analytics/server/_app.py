@@ -15,9 +15,6 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
-from innkt_analytics._exceptions import StorageError
-from innkt_analytics._protocol import ProtocolError
-from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import KeyCache
 from innkt_analytics.server._backups import BackupScheduler, sqlite_path
 from innkt_analytics.server._export import export_events
@@ -40,6 +37,9 @@ from innkt_analytics.server._state import (
 from innkt_analytics.server.insights._cache import data_changed
 from innkt_analytics.server.insights._routes import insights
 from innkt_analytics.server.storage import Storage, StorageStatus
+from innkt_analytics.shared._exceptions import StorageError
+from innkt_analytics.shared._protocol import ProtocolError
+from innkt_analytics.shared._version import __version__
 
 __all__ = ["create_app"]
 

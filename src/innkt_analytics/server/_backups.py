@@ -1,7 +1,7 @@
 """Backups of the server's SQLite database: on demand (CLI) and on a schedule.
 
 The mechanics (online backup API, manifests, verification, atomic restore) are
-shared with the SDK's persistence service in ``innkt_analytics._backup``; the
+shared with the SDK's persistence service in ``innkt_analytics.shared._backup``; the
 storage engine's segment files go beside each copy (``storage/_engine_backup.py``). A
 PostgreSQL deployment backs up with ``pg_dump`` instead (docs/operations.md).
 
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from innkt_analytics import _backup
-from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server.storage import _engine_backup, parse_db_url
+from innkt_analytics.shared import _backup
+from innkt_analytics.shared._exceptions import ConfigError, StorageError
 
 if TYPE_CHECKING:
     # _state imports Litestar; the CLI's backup commands use this module without it.
@@ -89,9 +89,7 @@ def verify_events(settings: ServerSettings, backup_id: str) -> tuple[_backup.Bac
     return manifest, (manifest.record_count or 0) + rows
 
 
-def restore_events(
-    settings: ServerSettings, backup_id: str
-) -> tuple[_backup.BackupManifest, int]:
+def restore_events(settings: ServerSettings, backup_id: str) -> tuple[_backup.BackupManifest, int]:
     """Replace the database and its segments with a verified backup (server stopped)."""
     db, folder = sqlite_path(settings), backup_dir(settings)
     manifest, total = verify_events(settings, backup_id)

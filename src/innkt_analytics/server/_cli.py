@@ -15,9 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn, TypeVar
 
 import typer
 
-from innkt_analytics._exceptions import ConfigError, InnktError, StorageError, StorageFullError
-from innkt_analytics._version import __version__
 from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.shared._exceptions import (
+    ConfigError,
+    InnktError,
+    StorageError,
+    StorageFullError,
+)
+from innkt_analytics.shared._version import __version__
 
 # Only the names the help text needs are imported here: asyncio, the storage layer,
 # keys and backups load inside the commands that use them, so --help stays within
@@ -145,8 +150,8 @@ async def _bootstrap_when_reachable(settings: ServerSettings) -> list[tuple[str,
     """
     import asyncio
 
-    from innkt_analytics._retry import backoff
     from innkt_analytics.server.storage import is_postgres_url
+    from innkt_analytics.shared._retry import backoff
 
     patient = is_postgres_url(settings.db)
     deadline = time.monotonic() + settings.storage_startup_wait
@@ -503,8 +508,8 @@ def backup_create(
 @backup_app.command("list")
 def backup_list(db: DbOption = None) -> None:
     """List backups, newest first, flagging those that still hold deleted users' data."""
-    from innkt_analytics import _backup
     from innkt_analytics.server._backups import backup_dir
+    from innkt_analytics.shared import _backup
 
     settings = _settings(db=db)
 

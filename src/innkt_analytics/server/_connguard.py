@@ -27,7 +27,7 @@ from typing import Any, Final
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from innkt_analytics._protocol import ErrorBody
+from innkt_analytics.shared._protocol import ErrorBody
 
 __all__ = ["ConnectionLimits", "guarded_protocol"]
 

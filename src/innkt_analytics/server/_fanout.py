@@ -35,10 +35,10 @@ from typing import Any, Final
 
 import msgspec
 
-from innkt_analytics._exceptions import ConfigError
-from innkt_analytics._protocol import ClientConfig
-from innkt_analytics._realtime_codec import reconnect_delays
 from innkt_analytics.server.storage import is_postgres_url
+from innkt_analytics.shared._exceptions import ConfigError
+from innkt_analytics.shared._protocol import ClientConfig
+from innkt_analytics.shared._realtime_codec import reconnect_delays
 
 __all__ = [
     "FanoutBackend",

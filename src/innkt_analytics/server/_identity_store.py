@@ -32,10 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from innkt_analytics._exceptions import ConfigError, StorageError
 from innkt_analytics.server._identity import Link, person_id_of
 from innkt_analytics.server.storage._pg_pool import asyncpg_module, open_pool_with_schema
 from innkt_analytics.server.storage._side_sqlite import SideSQLite
+from innkt_analytics.shared._exceptions import ConfigError, StorageError
 
 __all__ = [
     "GraphTooLarge",

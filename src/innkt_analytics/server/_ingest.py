@@ -12,8 +12,13 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, post
 
-from innkt_analytics._exceptions import StorageError
-from innkt_analytics._protocol import (
+from innkt_analytics.server._persons import record_identity
+from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
+from innkt_analytics.server._suppress import suppressions_of
+from innkt_analytics.server.insights._cache import data_changed
+from innkt_analytics.server.storage import EventRow
+from innkt_analytics.shared._exceptions import StorageError
+from innkt_analytics.shared._protocol import (
     IngestResponse,
     ParsedBatch,
     ProtocolError,
@@ -23,11 +28,6 @@ from innkt_analytics._protocol import (
     parse_event,
     to_ms,
 )
-from innkt_analytics.server._persons import record_identity
-from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
-from innkt_analytics.server._suppress import suppressions_of
-from innkt_analytics.server.insights._cache import data_changed
-from innkt_analytics.server.storage import EventRow
 
 __all__ = ["ingest_batch", "ingest_event", "read_json_body", "store_parsed", "to_row"]
 

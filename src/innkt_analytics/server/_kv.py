@@ -20,11 +20,11 @@ from typing import Any, Final
 
 from litestar import Litestar
 
-from innkt_analytics._exceptions import StorageError
 from innkt_analytics.server._state import ServerState, required
 from innkt_analytics.server.storage import parse_db_url
 from innkt_analytics.server.storage._pg_pool import asyncpg_module, open_pool_with_schema
 from innkt_analytics.server.storage._side_sqlite import SideSQLite
+from innkt_analytics.shared._exceptions import StorageError
 
 __all__ = ["KVStore", "PostgresKV", "SQLiteKV", "install_kv", "kv_of", "make_kv"]
 

@@ -29,10 +29,10 @@ import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, get
 
-from innkt_analytics._exceptions import ConnectionStateError
 from innkt_analytics.server._state import JSON, ServerState, required, state_of
 from innkt_analytics.server._ws_protocol import FastSendProtocol
 from innkt_analytics.server.storage import StorageStatus
+from innkt_analytics.shared._exceptions import ConnectionStateError
 
 __all__ = [
     "LIFECYCLE_HANDLERS",

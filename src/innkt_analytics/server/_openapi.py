@@ -21,14 +21,6 @@ import msgspec
 from litestar import Litestar, Request
 from litestar.openapi.plugins import JsonRenderPlugin
 
-from innkt_analytics._protocol import (
-    Batch,
-    ClientConfig,
-    ErrorBody,
-    Event,
-    IngestResponse,
-    Rejection,
-)
 from innkt_analytics.server import _reports as rep
 from innkt_analytics.server._alerts import MAX_SILENCE, RuleKind
 from innkt_analytics.server._dashboard import Dashboard
@@ -36,6 +28,14 @@ from innkt_analytics.server._query import BUCKETS, MAX_PAGE
 from innkt_analytics.server._segment import SegmentMessage
 from innkt_analytics.server._state import JSON, app_state
 from innkt_analytics.server.insights import _model as ins
+from innkt_analytics.shared._protocol import (
+    Batch,
+    ClientConfig,
+    ErrorBody,
+    Event,
+    IngestResponse,
+    Rejection,
+)
 
 __all__ = [
     "OPERATIONS",

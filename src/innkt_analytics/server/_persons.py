@@ -21,8 +21,6 @@ from typing import Any, Final
 import msgspec
 from litestar import Litestar, Request, Response, get
 
-from innkt_analytics._exceptions import StorageError
-from innkt_analytics._protocol import ValidEvent
 from innkt_analytics.server._identity import Link, Person, links_of_event, person_of, resolve
 from innkt_analytics.server._identity_store import (
     GraphTooLarge,
@@ -31,6 +29,8 @@ from innkt_analytics.server._identity_store import (
     make_identity,
 )
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
+from innkt_analytics.shared._exceptions import StorageError
+from innkt_analytics.shared._protocol import ValidEvent
 
 __all__ = [
     "PERSON_HANDLERS",

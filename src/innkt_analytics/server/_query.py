@@ -9,10 +9,10 @@ from typing import Any, Final
 import msgspec
 from litestar import Request, Response, get, put
 
-from innkt_analytics._protocol import ClientConfig
 from innkt_analytics.server._ingest import read_json_body
 from innkt_analytics.server._state import JSON, ApiError, authenticate, state_of
 from innkt_analytics.server.storage import EventFilter, EventRow
+from innkt_analytics.shared._protocol import ClientConfig
 
 __all__ = ["get_config", "list_events", "put_config", "row_to_json", "stats"]
 

@@ -20,8 +20,8 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any, Final
 
-from innkt_analytics._exceptions import ConfigError
 from innkt_analytics.server._ratelimit import RateLimiter
+from innkt_analytics.shared._exceptions import ConfigError
 
 if TYPE_CHECKING:
     from litestar import Litestar

@@ -35,21 +35,6 @@ import msgspec
 from litestar import Litestar, WebSocket, websocket
 from litestar.types import WebSocketResponseStartEvent
 
-from innkt_analytics._exceptions import StorageError
-from innkt_analytics._ids import uuid7
-from innkt_analytics._protocol import ClientConfig, Envelope, ProtocolError, ValidEvent
-from innkt_analytics._realtime_codec import (
-    BEARER_PREFIX,
-    SERVER_TRANSITIONS,
-    STREAMS,
-    SUBPROTOCOL,
-    ConnectionState,
-    Prepared,
-    StateMachine,
-    decode_envelope,
-    make_envelope,
-    now_iso,
-)
 from innkt_analytics.server._auth import KeyRefused
 from innkt_analytics.server._fanout import FanoutBackend, FanoutMessage, make_fanout
 from innkt_analytics.server._ratelimit import TokenBucket
@@ -65,6 +50,21 @@ from innkt_analytics.server._state import (
 )
 from innkt_analytics.server._ws_protocol import SEND_TEXT_NOW, SendTextNow
 from innkt_analytics.server.storage import KeyRecord, StorageStatus
+from innkt_analytics.shared._exceptions import StorageError
+from innkt_analytics.shared._ids import uuid7
+from innkt_analytics.shared._protocol import ClientConfig, Envelope, ProtocolError, ValidEvent
+from innkt_analytics.shared._realtime_codec import (
+    BEARER_PREFIX,
+    SERVER_TRANSITIONS,
+    STREAMS,
+    SUBPROTOCOL,
+    ConnectionState,
+    Prepared,
+    StateMachine,
+    decode_envelope,
+    make_envelope,
+    now_iso,
+)
 
 __all__ = ["Hub", "install_realtime", "realtime_endpoint"]
 

@@ -38,9 +38,6 @@ import httpx
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, post, put
 
-from innkt_analytics._exceptions import ConfigError, StorageError
-from innkt_analytics._retry import backoff
-from innkt_analytics._version import __version__
 from innkt_analytics.server._alerts import cancel_tasks, run_every
 from innkt_analytics.server._ingest import read_json_body
 from innkt_analytics.server._kv import KVStore, kv_of
@@ -51,6 +48,9 @@ from innkt_analytics.server._state import JSON, ApiError, ServerState, authentic
 from innkt_analytics.server.insights import InsightEvent, QueryError, QueryTooLarge, parse_query
 from innkt_analytics.server.insights._model import LifecycleQuery, TrendsQuery
 from innkt_analytics.server.storage import EventFilter, Storage
+from innkt_analytics.shared._exceptions import ConfigError, StorageError
+from innkt_analytics.shared._retry import backoff
+from innkt_analytics.shared._version import __version__
 
 __all__ = [
     "REPORT_EXAMPLE",

@@ -15,8 +15,8 @@ import ssl
 from collections.abc import Sequence
 from email.message import EmailMessage
 
-from innkt_analytics._exceptions import InnktError
 from innkt_analytics.server._settings import ServerSettings
+from innkt_analytics.shared._exceptions import InnktError
 
 __all__ = ["MailError", "build_message", "send_message"]
 

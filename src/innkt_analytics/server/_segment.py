@@ -25,14 +25,6 @@ from typing import Any, Final
 import msgspec
 from litestar import Request, Response, post
 
-from innkt_analytics._protocol import (
-    Batch,
-    Event,
-    Limits,
-    ParsedBatch,
-    Rejection,
-    parse_batch,
-)
 from innkt_analytics.server._ingest import read_json_body, store_parsed
 from innkt_analytics.server._state import (
     JSON,
@@ -43,6 +35,14 @@ from innkt_analytics.server._state import (
     state_of,
 )
 from innkt_analytics.server.storage import KeyRecord
+from innkt_analytics.shared._protocol import (
+    Batch,
+    Event,
+    Limits,
+    ParsedBatch,
+    Rejection,
+    parse_batch,
+)
 
 __all__ = [
     "SEGMENT_HANDLERS",

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from innkt_analytics._exceptions import ConfigError
+from innkt_analytics.shared._exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from innkt_analytics._protocol import Limits
     from innkt_analytics.server.storage import Storage
+    from innkt_analytics.shared._protocol import Limits
 
 __all__ = ["ServerSettings", "storage_for"]
 
@@ -133,7 +133,7 @@ class ServerSettings:
     @property
     def limits(self) -> Limits:
         # Imported here: the CLI reads settings for --help, which must not pay for msgspec.
-        from innkt_analytics._protocol import Limits
+        from innkt_analytics.shared._protocol import Limits
 
         return Limits(
             max_event_bytes=self.max_event_bytes,

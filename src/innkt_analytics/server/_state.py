@@ -18,15 +18,15 @@ import msgspec
 from litestar import Litestar, Request, Response
 from litestar.connection import ASGIConnection
 
-from innkt_analytics._exceptions import InnktError
-from innkt_analytics._protocol import ClientConfig, ErrorBody, Rejection, ValidEvent
-from innkt_analytics._version import __version__
 from innkt_analytics.server._auth import KeyCache, KeyRefused
 from innkt_analytics.server._metrics import ServerMetrics
 from innkt_analytics.server._ratelimit import RateLimiter
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server._suppress import Suppressions
 from innkt_analytics.server.storage import KeyRecord, Storage
+from innkt_analytics.shared._exceptions import InnktError
+from innkt_analytics.shared._protocol import ClientConfig, ErrorBody, Rejection, ValidEvent
+from innkt_analytics.shared._version import __version__
 
 if TYPE_CHECKING:  # each of these imports this module
     from innkt_analytics.server._alerts import AlertService

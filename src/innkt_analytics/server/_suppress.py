@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Final
 
-from innkt_analytics._protocol import ParsedBatch, Rejection
 from innkt_analytics.server.storage import Storage
+from innkt_analytics.shared._protocol import ParsedBatch, Rejection
 
 if TYPE_CHECKING:  # _state builds the one Suppressions of a server
     from innkt_analytics.server._state import ServerState

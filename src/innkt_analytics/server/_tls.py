@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from innkt_analytics._exceptions import ConfigError
+from innkt_analytics.shared._exceptions import ConfigError
 
 __all__ = ["server_ssl_context"]
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from innkt_analytics._protocol import EPOCH
 from innkt_analytics.server.storage import EventRow
+from innkt_analytics.shared._protocol import EPOCH
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from innkt_analytics._exceptions import ConfigError
 from innkt_analytics.server.storage._base import (
     AuditEntry,
     EventFilter,
@@ -17,6 +16,7 @@ from innkt_analytics.server.storage._base import (
 )
 from innkt_analytics.server.storage._sqlite import SQLiteStorage
 from innkt_analytics.server.storage._url import DatabaseUrl, is_postgres_url, parse_db_url
+from innkt_analytics.shared._exceptions import ConfigError
 
 __all__ = [
     "AuditEntry",

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from innkt_analytics._protocol import ClientConfig
+from innkt_analytics.shared._protocol import ClientConfig
 
 __all__ = [
     "KEY_COLUMNS",

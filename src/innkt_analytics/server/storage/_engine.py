@@ -6,7 +6,7 @@ How an event travels (docs/operations.md, "The storage engine"):
    writer process; the 2xx follows that commit. Its id is checked against the hot
    log's unique index and the dedup runs of compacted events.
 2. The compactor (a process of its own, started by the storage with the first
-   write: ``python -m innkt_analytics.server.storage._engine``) takes every hot row
+   write; ``main`` below) takes every hot row
    once there are ``compact_rows`` of them, or the oldest has waited
    ``compact_age`` seconds: writes them as one Parquet segment and their id
    digests as one dedup run, then commits on its own connection, in one
@@ -537,8 +537,10 @@ def spawn(db_path: str, settings: EngineSettings) -> Any:
     """Start the compactor process for ``db_path``; it runs until its stdin closes."""
     import subprocess
 
+    # -c, not -m: the package imports this module first, and runpy warns about that
+    code = f"import sys; from {__name__} import main; main(sys.argv)"
     return subprocess.Popen(  # noqa: S603 (our interpreter, our module)
-        [sys.executable, "-m", __name__, db_path, json.dumps(asdict(settings))],
+        [sys.executable, "-c", code, db_path, json.dumps(asdict(settings))],
         stdin=subprocess.PIPE,
     )
 

@@ -1,7 +1,7 @@
 """Backups of the storage engine's files, beside the SQLite copy of each backup.
 
 A backup ``<id>`` of a SQLite server database is the copy ``<id>.sqlite3`` (made by
-``innkt_analytics._backup``; it holds the hot log and the lists of segments and
+``innkt_analytics.shared._backup``; it holds the hot log and the lists of segments and
 dedup runs, each with its SHA-256) and the folder ``<id>.segments/`` holding exactly
 the files those lists name. Segment and run files never change once written, so
 they are hard-linked into the backup when the backup directory is on the same file
@@ -28,8 +28,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from innkt_analytics._exceptions import IntegrityError
 from innkt_analytics.server.storage._segments import file_sha256
+from innkt_analytics.shared._exceptions import IntegrityError
 
 __all__ = [
     "backup_files",

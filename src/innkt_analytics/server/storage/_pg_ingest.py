@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from innkt_analytics._exceptions import StorageError
 from innkt_analytics.server.storage._base import EventRow
+from innkt_analytics.shared._exceptions import StorageError
 
 __all__ = [
     "EVENT_COLUMNS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from innkt_analytics._exceptions import ConfigError, StorageError
+from innkt_analytics.shared._exceptions import ConfigError, StorageError
 
 __all__ = ["asyncpg_module", "open_pool_with_schema"]
 

@@ -25,8 +25,6 @@ from typing import Any, Final, TypeVar
 import asyncpg
 import msgspec
 
-from innkt_analytics._exceptions import ConfigError, StorageError, StorageFullError
-from innkt_analytics._protocol import ClientConfig
 from innkt_analytics.server.storage._base import (
     KEY_COLUMNS,
     AuditEntry,
@@ -68,6 +66,8 @@ from innkt_analytics.server.storage._pg_schema import (
     months_ahead,
     partitions_to_create,
 )
+from innkt_analytics.shared._exceptions import ConfigError, StorageError, StorageFullError
+from innkt_analytics.shared._protocol import ClientConfig
 
 __all__ = ["PostgresStorage"]
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from innkt_analytics._exceptions import StorageError
+from innkt_analytics.shared._exceptions import StorageError
 
 __all__ = ["SideSQLite"]
 

@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
-from innkt_analytics._exceptions import StorageError, StorageFullError
-from innkt_analytics._protocol import ClientConfig
 from innkt_analytics.server.storage import _engine_backup
 from innkt_analytics.server.storage import _sqlite_writer as _w
 from innkt_analytics.server.storage._base import (
@@ -55,6 +53,8 @@ from innkt_analytics.server.storage._columnar import Reader, where
 from innkt_analytics.server.storage._engine import Compactor, EngineSettings, segment_dir, spawn
 from innkt_analytics.server.storage._sqlite_client import WriterClient, storage_error
 from innkt_analytics.server.storage._sqlite_schema import migrate
+from innkt_analytics.shared._exceptions import StorageError, StorageFullError
+from innkt_analytics.shared._protocol import ClientConfig
 
 if TYPE_CHECKING:
     import pyarrow as pa

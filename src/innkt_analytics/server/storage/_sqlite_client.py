@@ -26,8 +26,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from innkt_analytics._exceptions import StorageError, StorageFullError
 from innkt_analytics.server.storage import _sqlite_writer as _w
+from innkt_analytics.shared._exceptions import StorageError, StorageFullError
 
 __all__ = ["WriterClient", "storage_error"]
 

@@ -140,7 +140,7 @@ def error_of(exc: BaseException) -> tuple[str, str]:
 
 
 def _disk_full(exc: BaseException) -> bool:
-    # The rule of innkt_analytics._exceptions.is_disk_full, restated because this
+    # The rule of innkt_analytics.shared._exceptions.is_disk_full, restated because this
     # process imports nothing of the package; tests/test_exports.py holds them equal.
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)

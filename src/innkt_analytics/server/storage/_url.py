@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from innkt_analytics._exceptions import ConfigError
+from innkt_analytics.shared._exceptions import ConfigError
 
 __all__ = ["DatabaseUrl", "is_postgres_url", "parse_db_url"]
 

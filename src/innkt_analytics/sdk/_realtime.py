@@ -42,11 +42,8 @@ from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 from websockets.typing import Origin, Subprotocol
 
-from innkt_analytics._bus import EventBus, default_bus
-from innkt_analytics._exceptions import ConnectionStateError
-from innkt_analytics._protocol import ClientConfig, Envelope
-from innkt_analytics._realtime_codec import SUBPROTOCOL, ConnectionState, make_envelope
-from innkt_analytics._realtime_session import (
+from innkt_analytics.sdk._bus import EventBus, default_bus
+from innkt_analytics.sdk._realtime_session import (
     Action,
     ConnectionStats,
     Failure,
@@ -54,8 +51,11 @@ from innkt_analytics._realtime_session import (
     RealTimeSession,
     config_of,
 )
-from innkt_analytics._tls import client_ssl_context, tls_failure
-from innkt_analytics._version import __version__
+from innkt_analytics.sdk._tls import client_ssl_context, tls_failure
+from innkt_analytics.shared._exceptions import ConnectionStateError
+from innkt_analytics.shared._protocol import ClientConfig, Envelope
+from innkt_analytics.shared._realtime_codec import SUBPROTOCOL, ConnectionState, make_envelope
+from innkt_analytics.shared._version import __version__
 
 __all__ = [
     "AsyncRealTimeSyncService",

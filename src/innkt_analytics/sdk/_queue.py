@@ -30,9 +30,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from innkt_analytics._config import BackendConfig, OverflowPolicy, QueueMode
-from innkt_analytics._exceptions import StorageError, StorageFullError, is_disk_full
-from innkt_analytics._queue_records import (
+from innkt_analytics.sdk._config import BackendConfig, OverflowPolicy, QueueMode
+from innkt_analytics.sdk._queue_records import (
     Dropped,
     PutResult,
     QueuedChunk,
@@ -43,6 +42,7 @@ from innkt_analytics._queue_records import (
     plan_room,
     split_chunk,
 )
+from innkt_analytics.shared._exceptions import StorageError, StorageFullError, is_disk_full
 
 __all__ = [
     "Dropped",

@@ -38,7 +38,7 @@ from typing import Final, NoReturn
 
 import msgspec
 
-from innkt_analytics._exceptions import (
+from innkt_analytics.shared._exceptions import (
     InnktError,
     IntegrityError,
     StorageError,

@@ -19,10 +19,10 @@ from typing import Final
 
 import msgspec
 
-from innkt_analytics._atrest import (
+from innkt_analytics.sdk._atrest import (
     parse_key,
 )
-from innkt_analytics._exceptions import (
+from innkt_analytics.shared._exceptions import (
     ConfigError,
 )
 

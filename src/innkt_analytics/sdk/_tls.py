@@ -13,7 +13,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from innkt_analytics._exceptions import ConfigError
+from innkt_analytics.shared._exceptions import ConfigError
 
 __all__ = ["check_tls_options", "client_ssl_context", "tls_failure"]
 

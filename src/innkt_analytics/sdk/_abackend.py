@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from innkt_analytics._config import BackendConfig
-from innkt_analytics._exceptions import ConnectionStateError, StorageError
-from innkt_analytics._queue import QueuedChunk
-from innkt_analytics._service import DropCallback, ServiceBase, abandoned_transports
-from innkt_analytics._transport import (
+from innkt_analytics.sdk._config import BackendConfig
+from innkt_analytics.sdk._queue import QueuedChunk
+from innkt_analytics.sdk._service import DropCallback, ServiceBase, abandoned_transports
+from innkt_analytics.sdk._transport import (
     AsyncHttpTransport,
     AsyncTransport,
     HealthStatus,
@@ -30,6 +29,7 @@ from innkt_analytics._transport import (
     TransportCore,
     Verdict,
 )
+from innkt_analytics.shared._exceptions import ConnectionStateError, StorageError
 
 __all__ = ["AsyncAnalyticsBackendService"]
 

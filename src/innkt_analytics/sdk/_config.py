@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from innkt_analytics._exceptions import ConfigError
-from innkt_analytics._privacy import PrivacyConfig
-from innkt_analytics._protocol import ClientConfig
-from innkt_analytics._tls import check_tls_options
+from innkt_analytics.sdk._privacy import PrivacyConfig
+from innkt_analytics.sdk._tls import check_tls_options
+from innkt_analytics.shared._exceptions import ConfigError
+from innkt_analytics.shared._protocol import ClientConfig
 
 __all__ = ["BackendConfig", "OverflowPolicy", "QueueMode", "default_queue_path"]
 

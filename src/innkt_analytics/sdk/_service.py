@@ -22,14 +22,11 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, ClassVar, Final, Self, TypeAlias
 
-from innkt_analytics._backend_privacy import PrivacyControls
-from innkt_analytics._config import BackendConfig
-from innkt_analytics._exceptions import ConfigError, ConnectionStateError, StorageError
-from innkt_analytics._identity import DeviceIdentity, IdentityControls, IdentityStore
-from innkt_analytics._ids import uuid7
-from innkt_analytics._privacy import ConsentStore, PrivacyFilter
-from innkt_analytics._protocol import ClientConfig, Event
-from innkt_analytics._queue import (
+from innkt_analytics.sdk._backend_privacy import PrivacyControls
+from innkt_analytics.sdk._config import BackendConfig
+from innkt_analytics.sdk._identity import DeviceIdentity, IdentityControls, IdentityStore
+from innkt_analytics.sdk._privacy import ConsentStore, PrivacyFilter
+from innkt_analytics.sdk._queue import (
     Dropped,
     EventQueue,
     QueuedChunk,
@@ -38,7 +35,7 @@ from innkt_analytics._queue import (
     encode_records,
     open_queue,
 )
-from innkt_analytics._transport import (
+from innkt_analytics.sdk._transport import (
     DeliveryCore,
     NetworkState,
     SendResult,
@@ -48,6 +45,9 @@ from innkt_analytics._transport import (
     Verdict,
     delivery_flow,
 )
+from innkt_analytics.shared._exceptions import ConfigError, ConnectionStateError, StorageError
+from innkt_analytics.shared._ids import uuid7
+from innkt_analytics.shared._protocol import ClientConfig, Event
 
 __all__ = ["DropCallback", "ServiceBase", "abandoned_transports", "log"]
 

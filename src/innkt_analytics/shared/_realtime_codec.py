@@ -24,9 +24,9 @@ from typing import Any, Final
 
 import msgspec
 
-from innkt_analytics._exceptions import ConnectionStateError
-from innkt_analytics._ids import uuid7
-from innkt_analytics._protocol import Envelope, ProtocolError
+from innkt_analytics.shared._exceptions import ConnectionStateError
+from innkt_analytics.shared._ids import uuid7
+from innkt_analytics.shared._protocol import Envelope, ProtocolError
 
 __all__ = [
     "BEARER_PREFIX",

@@ -21,8 +21,8 @@ from typing import Any
 
 import msgspec
 
-from innkt_analytics._exceptions import ConfigError, StorageError
-from innkt_analytics._ids import uuid7
+from innkt_analytics.shared._exceptions import ConfigError, StorageError
+from innkt_analytics.shared._ids import uuid7
 
 __all__ = ["DeviceIdentity", "IdentityControls", "IdentityStore"]
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from innkt_analytics._exceptions import InnktError
+from innkt_analytics.shared._exceptions import InnktError
 
 __all__ = [
     "EPOCH",

@@ -14,7 +14,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from innkt_analytics._exceptions import ConfigError
+from innkt_analytics.shared._exceptions import ConfigError
 
 __all__ = ["OptionalModule"]
 

@@ -15,8 +15,8 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from innkt_analytics._ids import uuid7
-from innkt_analytics._protocol import Event
+from innkt_analytics.shared._ids import uuid7
+from innkt_analytics.shared._protocol import Event
 
 __all__ = [
     "Dropped",

@@ -31,9 +31,10 @@ from typing import Any, Final
 
 import msgspec
 
-from innkt_analytics._exceptions import ConfigError, ConnectionStateError
-from innkt_analytics._protocol import ClientConfig, Envelope, ProtocolError
-from innkt_analytics._realtime_codec import (
+from innkt_analytics.sdk._tls import check_tls_options
+from innkt_analytics.shared._exceptions import ConfigError, ConnectionStateError
+from innkt_analytics.shared._protocol import ClientConfig, Envelope, ProtocolError
+from innkt_analytics.shared._realtime_codec import (
     CLIENT_TRANSITIONS,
     STREAMS,
     ConnectionState,
@@ -43,7 +44,6 @@ from innkt_analytics._realtime_codec import (
     make_envelope,
     reconnect_delays,
 )
-from innkt_analytics._tls import check_tls_options
 
 __all__ = [
     "FATAL_CLOSE_CODES",

@@ -18,13 +18,12 @@ import threading
 import time
 from collections.abc import Sequence
 
-from innkt_analytics._config import BackendConfig
-from innkt_analytics._exceptions import ConnectionStateError, StorageError
-from innkt_analytics._queue import (
+from innkt_analytics.sdk._config import BackendConfig
+from innkt_analytics.sdk._queue import (
     QueuedChunk,
 )
-from innkt_analytics._service import DropCallback, ServiceBase, abandoned_transports, log
-from innkt_analytics._transport import (
+from innkt_analytics.sdk._service import DropCallback, ServiceBase, abandoned_transports, log
+from innkt_analytics.sdk._transport import (
     HealthStatus,
     HttpTransport,
     Send,
@@ -34,6 +33,7 @@ from innkt_analytics._transport import (
     TransportCore,
     Verdict,
 )
+from innkt_analytics.shared._exceptions import ConnectionStateError, StorageError
 
 __all__ = [
     "AnalyticsBackendService",

@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 
-from innkt_analytics._exceptions import (
+from innkt_analytics.sdk._lazy import OptionalModule
+from innkt_analytics.shared._exceptions import (
     ConfigError,
     DecryptionError,
     IntegrityError,
     InvalidRecordError,
 )
-from innkt_analytics._lazy import OptionalModule
 
 if TYPE_CHECKING:
     import zstandard

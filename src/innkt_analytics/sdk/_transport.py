@@ -39,14 +39,14 @@ from typing import Final, Protocol
 
 import msgspec
 
-from innkt_analytics._config import BackendConfig
-from innkt_analytics._exceptions import ConnectionStateError
-from innkt_analytics._http import AsyncHttpClient, SyncHttpClient
-from innkt_analytics._protocol import ClientConfig, ErrorBody, IngestResponse, Rejection
-from innkt_analytics._queue import Dropped, event_ids_of, split_chunk
-from innkt_analytics._retry import backoff, parse_retry_after, with_floor
-from innkt_analytics._tls import client_ssl_context, tls_failure
-from innkt_analytics._version import __version__
+from innkt_analytics.sdk._config import BackendConfig
+from innkt_analytics.sdk._http import AsyncHttpClient, SyncHttpClient
+from innkt_analytics.sdk._queue import Dropped, event_ids_of, split_chunk
+from innkt_analytics.sdk._tls import client_ssl_context, tls_failure
+from innkt_analytics.shared._exceptions import ConnectionStateError
+from innkt_analytics.shared._protocol import ClientConfig, ErrorBody, IngestResponse, Rejection
+from innkt_analytics.shared._retry import backoff, parse_retry_after, with_floor
+from innkt_analytics.shared._version import __version__
 
 __all__ = [
     "AsyncHttpTransport",

@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from innkt_analytics._exceptions import ConnectionStateError
-from innkt_analytics._privacy import DEFAULT_CATEGORY, ConsentState, ConsentStore, PrivacyFilter
-from innkt_analytics._queue import EventQueue
+from innkt_analytics.sdk._privacy import DEFAULT_CATEGORY, ConsentState, ConsentStore, PrivacyFilter
+from innkt_analytics.sdk._queue import EventQueue
+from innkt_analytics.shared._exceptions import ConnectionStateError
 
 __all__ = ["PrivacyControls"]
 

@@ -25,8 +25,8 @@ from typing import Any, Final
 
 import msgspec
 
-from innkt_analytics._exceptions import ConfigError, StorageError
-from innkt_analytics._protocol import Event
+from innkt_analytics.shared._exceptions import ConfigError, StorageError
+from innkt_analytics.shared._protocol import Event
 
 __all__ = [
     "DEFAULT_CATEGORY",

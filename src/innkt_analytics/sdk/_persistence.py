@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Final, Literal, Protocol, Self
 
 import msgspec
 
-from innkt_analytics._atrest import (
+from innkt_analytics.sdk._atrest import (
     COLUMNS,
     INSERT_SQL,
     SCHEMA,
@@ -58,7 +58,15 @@ from innkt_analytics._atrest import (
     to_micros,
     verify_key_check,
 )
-from innkt_analytics._backup import (
+from innkt_analytics.sdk._persistence_config import (
+    ENCRYPTION_KEY_ENV,
+    CleanupResult,
+    PersistenceConfig,
+    PersistenceState,
+    StorageInfo,
+    StoreResult,
+)
+from innkt_analytics.shared._backup import (
     BackupManifest,
     create_backup,
     list_backups,
@@ -67,18 +75,10 @@ from innkt_analytics._backup import (
     storage_error,
     verify_backup,
 )
-from innkt_analytics._exceptions import (
+from innkt_analytics.shared._exceptions import (
     ConfigError,
     ConnectionStateError,
     StorageError,
-)
-from innkt_analytics._persistence_config import (
-    ENCRYPTION_KEY_ENV,
-    CleanupResult,
-    PersistenceConfig,
-    PersistenceState,
-    StorageInfo,
-    StoreResult,
 )
 
 __all__ = [
