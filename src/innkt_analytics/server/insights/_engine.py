@@ -20,7 +20,7 @@ adds ~0.03 s).
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import duckdb
@@ -53,7 +53,7 @@ from innkt_analytics.server.insights._model import (
 )
 from innkt_analytics.server.insights._reference import OTHER, QUANTILES, funnel_steps
 
-__all__ = ["MEMORY_LIMIT", "run"]
+__all__ = ["MEMORY_LIMIT", "connect_segments", "run"]
 
 MEMORY_LIMIT: Final = "256MB"
 _NUMERIC: Final = "('BIGINT', 'UBIGINT', 'DOUBLE', 'HUGEINT')"
@@ -161,6 +161,58 @@ def _connect(
     # epoch_ms gives a naive UTC TIMESTAMP; the session zone makes its TIMESTAMPTZ UTC too
     con.execute("SET TimeZone = 'UTC'")
     con.register("src", _as_persons(source, persons) if persons else source)
+    return con
+
+
+def _json_column(key: str) -> str:
+    # as InsightEvent.from_row: the payload's object, or {} when missing or not one
+    return (
+        f"coalesce(CASE WHEN json_type(payload, '$.{key}') = 'OBJECT'"
+        f" THEN CAST(json_extract(payload, '$.{key}') AS VARCHAR) END, '{{}}')"
+    )
+
+
+def connect_segments(
+    segments: Sequence[str],
+    hot: pa.Table,
+    memory_limit: str,
+    persons: Mapping[str, str] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A connection whose view ``src`` has the columns of ``arrow_schema()`` over the
+    storage engine's Parquet ``segments`` and ``hot`` rows (``_segments.HOT_COLUMNS``
+    of one snapshot): DuckDB reads only the columns and row groups a query needs, and
+    extracts properties, context and device from the JSON only when asked for."""
+    con = duckdb.connect(config={"threads": 2, "memory_limit": memory_limit})
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("hot_rows", hot)
+    raw = (
+        "seq, project, event_id, event_type, corrected, user_id, anonymous_id, session_id, payload"
+    )
+    parts = [f"SELECT {raw} FROM hot_rows"]
+    if segments:
+        files = ", ".join("'" + p.replace("'", "''") + "'" for p in segments)
+        parts.insert(0, f"SELECT {raw} FROM read_parquet([{files}])")
+    actor = "coalesce(e.user_id, e.anonymous_id)"
+    join = ""
+    if persons:
+        con.register(
+            "person_of",
+            pa.table(
+                {
+                    "id": pa.array(list(persons), pa.string()),
+                    "person": pa.array(list(persons.values()), pa.string()),
+                }
+            ),
+        )
+        join = f" LEFT JOIN person_of m ON m.id = {actor}"
+        actor = f"coalesce(m.person, {actor})"
+    con.execute(
+        f"CREATE VIEW src AS SELECT e.seq, e.project, e.event_id, e.event_type,"
+        f" e.corrected AS ts, {actor} AS actor, e.session_id,"
+        f" {_json_column('properties')} AS properties, {_json_column('context')} AS context,"
+        f" {_json_column('deviceInfo')} AS device"
+        f" FROM ({' UNION ALL '.join(parts)}) e{join}"
+    )
     return con
 
 

@@ -1,9 +1,10 @@
 """``POST /v1/insights/{trends|funnels|retention|paths|lifecycle|stickiness}`` (read scope).
 
-The events come from the storage's public interface (``query_events``, paged) into
-an Arrow table, and the DuckDB engine answers in a worker thread. This is the seam
-until the storage has a columnar read path: the whole range is read per query, so
-``MAX_EVENTS`` bounds what one query may load (422 ``query_too_large`` past it).
+On the SQLite storage engine the DuckDB engine reads the Parquet segments and the
+hot rows of one snapshot directly (``SQLiteStorage.insight_source``,
+``_engine.connect_segments``): only the columns a query needs, bounded by DuckDB's
+memory limit. Other backends page through ``query_events`` into an Arrow table, so
+there ``MAX_EVENTS`` bounds what one query may load (422 ``query_too_large``).
 
 Answers are cached (``_cache``): ``X-Innkt-Cache: hit`` or ``miss`` says which. A
 query gets ``insights_timeout`` seconds for loading and running together; past it
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -33,10 +35,11 @@ from innkt_analytics.server.insights._model import (
     parse_query,
 )
 from innkt_analytics.server.insights._persons_map import PersonsMap, graph_version, persons_for
-from innkt_analytics.server.storage import EventFilter, Storage
+from innkt_analytics.server.storage import EventFilter, SQLiteStorage, Storage
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
 __all__ = ["CACHE_HEADER", "KINDS", "MAX_EVENTS", "Job", "answer_within", "insights", "run_within"]
 
@@ -96,9 +99,21 @@ def _read_range(query: Query) -> tuple[int | None, int]:
     return start, end
 
 
-async def _load(
-    storage: Storage, project: str, since: int | None, until: int
-) -> list[InsightEvent]:
+@dataclass(frozen=True, slots=True)
+class Segments:
+    """A query's events on the storage engine: Parquet files and the hot rows."""
+
+    paths: list[str]
+    hot: pa.Table
+
+
+Source = list[InsightEvent] | Segments
+
+
+async def _load(storage: Storage, project: str, since: int | None, until: int) -> Source:
+    if isinstance(storage, SQLiteStorage):
+        paths, hot = await asyncio.to_thread(storage.insight_source, project, since, until)
+        return Segments(paths, hot)
     events: list[InsightEvent] = []
     cursor: int | None = None
     flt = EventFilter(since=since, until=until)
@@ -114,7 +129,7 @@ async def _load(
 
 def _answer(
     query: Query,
-    events: list[InsightEvent],
+    events: Source,
     project: str,
     job: Job,
     persons: PersonsMap | None = None,
@@ -124,12 +139,23 @@ def _answer(
     # be handed to ``job`` for interrupting.
     import duckdb
 
-    from innkt_analytics.server.insights._engine import MEMORY_LIMIT, _connect, _run
+    from innkt_analytics.server.insights._engine import (
+        MEMORY_LIMIT,
+        _connect,
+        _run,
+        connect_segments,
+    )
 
-    source = to_arrow(events)
-    if job.stopped:
-        raise _Stopped
-    con = _connect(source, MEMORY_LIMIT, None if persons is None else persons.roots)
+    roots = None if persons is None else persons.roots
+    if isinstance(events, Segments):
+        if job.stopped:
+            raise _Stopped
+        con = connect_segments(events.paths, events.hot, MEMORY_LIMIT, roots)
+    else:
+        source = to_arrow(events)
+        if job.stopped:
+            raise _Stopped
+        con = _connect(source, MEMORY_LIMIT, roots)
     job.attach(con)
     try:
         return _encoder.encode(_run(con, query, project))
@@ -194,7 +220,7 @@ async def answer_within(
 
 async def run_within(
     query: Query,
-    events: list[InsightEvent],
+    events: Source,
     project: str,
     seconds: float,
     job: Job,

@@ -51,6 +51,7 @@ from innkt_analytics.server.storage._base import (
 )
 from innkt_analytics.server.storage._columnar import Reader, where
 from innkt_analytics.server.storage._engine import Compactor, EngineSettings, segment_dir, spawn
+from innkt_analytics.server.storage._segments import HOT_COLUMNS
 from innkt_analytics.server.storage._sqlite_client import WriterClient, storage_error
 from innkt_analytics.server.storage._sqlite_schema import migrate
 from innkt_analytics.shared._exceptions import StorageError, StorageFullError
@@ -241,6 +242,21 @@ class SQLiteStorage(Storage):
             yield from self.columnar.scan(conn, project, flt, select)
         finally:
             conn.close()
+
+    def insight_source(
+        self, project: str, since: int | None, until: int | None
+    ) -> tuple[list[str], pa.Table]:
+        """One snapshot of the project's events in ``[since, until)`` for the insights
+        engine: the segment files that may hold some, and the matching hot rows
+        (blocking)."""
+        conn = _w.connect(self.path)
+        try:
+            snap = self.columnar.snapshot(
+                conn, project, EventFilter(since=since, until=until), HOT_COLUMNS
+            )
+        finally:
+            conn.close()
+        return [s.path for s in snap.segments], snap.hot
 
     def compact_sync(self) -> None:
         """Compact and merge everything now (tests, backups); the compactor process

@@ -1,0 +1,173 @@
+"""The insights engine over the storage engine's Parquet segments and hot rows.
+
+On SQLite the engine reads the segments and the hot log of one snapshot through
+the view of ``_engine.connect_segments`` (properties, context and device pulled out
+of the stored JSON by DuckDB) instead of an Arrow table built in Python. Generated
+logs (test_insights_engine's strategies) are stored, half compacted into segments and
+half left in the hot log, and every query type must give the reference
+implementation's answer over the events as stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from innkt_analytics.server.insights._engine import MEMORY_LIMIT, _run, connect_segments
+from innkt_analytics.server.insights._events import InsightEvent
+from innkt_analytics.server.insights._model import Query, parse_query
+from innkt_analytics.server.insights._reference import run_reference
+from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
+from tests.test_insights_engine import (
+    close,
+    funnels,
+    lifecycle,
+    logs,
+    paths,
+    retention,
+    trends,
+)
+
+SETTINGS = settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteStorage]:
+    s = SQLiteStorage(str(tmp_path_factory.mktemp("columnar") / "s.db"))
+    s.open_sync()
+    yield s
+    s.close_sync()
+
+
+def to_row(e: InsightEvent) -> EventRow:
+    doc: dict[str, Any] = {
+        "eventId": e.event_id,
+        "eventType": e.event_type,
+        "timestamp": dt.datetime.fromtimestamp(e.timestamp / 1000, dt.UTC).isoformat(),
+        "properties": e.properties,
+        "context": e.context,
+        "deviceInfo": e.device,
+    }
+    for key, value in (("userId", e.user_id), ("anonymousId", e.anonymous_id)):
+        if value is not None:
+            doc[key] = value
+    return EventRow(
+        event_id=e.event_id,
+        event_type=e.event_type,
+        session_id=e.session_id,
+        user_id=e.user_id,
+        anonymous_id=e.anonymous_id,
+        timestamp=e.timestamp,
+        sent_at=None,
+        received_at=e.timestamp,
+        corrected=e.timestamp,
+        future=False,
+        payload=msgspec.json.encode(doc),
+    )
+
+
+async def stored(storage: SQLiteStorage, project: str) -> list[InsightEvent]:
+    out: list[InsightEvent] = []
+    cursor: int | None = None
+    while True:
+        page = await storage.query_events(project, EventFilter(), cursor, 500)
+        out += [InsightEvent.from_row(project, r) for r in page.rows]
+        if page.next_cursor is None:
+            return out
+        cursor = page.next_cursor
+
+
+def check(storage: SQLiteStorage, kind: str, body: dict[str, Any], log: list[InsightEvent]) -> None:
+    run = uuid.uuid4().hex[:8]  # fresh projects per example
+    half = len(log) // 2
+
+    async def store(part: list[InsightEvent]) -> None:
+        for name in ("p", "q"):
+            rows = [to_row(e) for e in part if e.project == name]
+            if rows:
+                await storage.insert_events(run + name, rows)
+
+    asyncio.run(store(log[:half]))
+    storage.compact_sync()  # the first half in segments, the rest in the hot log
+    asyncio.run(store(log[half:]))
+    project = run + "p"
+    events = asyncio.run(stored(storage, project))
+    query: Query = parse_query(kind, msgspec.json.encode(body))
+    expected = msgspec.to_builtins(run_reference(query, events, project))
+    files, hot = storage.insight_source(project, None, None)
+    assert files  # the segments are read, not only the hot rows
+    con = connect_segments(files, hot, MEMORY_LIMIT)
+    try:
+        got = msgspec.to_builtins(_run(con, query, project))
+    finally:
+        con.close()
+    assert close(got, expected), f"\nsegments:  {got}\nreference: {expected}"
+
+
+@SETTINGS
+@given(log=logs, body=trends())
+def test_trends(storage: SQLiteStorage, log: list[InsightEvent], body: dict[str, Any]) -> None:
+    check(storage, "trends", body, log)
+
+
+@SETTINGS
+@given(log=logs, body=funnels())
+def test_funnels(storage: SQLiteStorage, log: list[InsightEvent], body: dict[str, Any]) -> None:
+    check(storage, "funnels", body, log)
+
+
+@SETTINGS
+@given(log=logs, body=retention())
+def test_retention(storage: SQLiteStorage, log: list[InsightEvent], body: dict[str, Any]) -> None:
+    check(storage, "retention", body, log)
+
+
+@SETTINGS
+@given(log=logs, body=paths())
+def test_paths(storage: SQLiteStorage, log: list[InsightEvent], body: dict[str, Any]) -> None:
+    check(storage, "paths", body, log)
+
+
+@SETTINGS
+@given(log=logs, body=lifecycle())
+def test_lifecycle(storage: SQLiteStorage, log: list[InsightEvent], body: dict[str, Any]) -> None:
+    check(storage, "lifecycle", body, log)
+
+
+def test_the_columnar_view_reads_the_stored_json(tmp_path: Path) -> None:
+    s = SQLiteStorage(str(tmp_path / "s.db"))
+    s.open_sync()
+    try:
+        e = InsightEvent(
+            project="p",
+            event_id="e1",
+            event_type="view",
+            timestamp=1_700_000_000_000,
+            anonymous_id="a1",
+            properties={"plan": "pro", "n": 2},
+            device={"os": "ios"},
+        )
+        asyncio.run(s.insert_events("p", [to_row(e)]))
+        s.compact_sync()
+        files, hot = s.insight_source("p", None, None)
+        con = connect_segments(files, hot, MEMORY_LIMIT)
+        row = con.execute("SELECT actor, properties, context, device FROM src").fetchone()
+        con.close()
+    finally:
+        s.close_sync()
+    assert row is not None
+    assert row[0] == "a1"
+    assert msgspec.json.decode(row[1]) == {"plan": "pro", "n": 2}
+    assert (row[2], msgspec.json.decode(row[3])) == ("{}", {"os": "ios"})
