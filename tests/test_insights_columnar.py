@@ -110,7 +110,7 @@ def check(storage: SQLiteStorage, kind: str, body: dict[str, Any], log: list[Ins
     assert files  # the segments are read, not only the hot rows
     con = connect_segments(files, hot, MEMORY_LIMIT)
     try:
-        got = msgspec.to_builtins(_run(con, query, project))
+        got = msgspec.to_builtins(_run(con, query, project, unique=True))
     finally:
         con.close()
     assert close(got, expected), f"\nsegments:  {got}\nreference: {expected}"

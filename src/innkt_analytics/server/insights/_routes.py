@@ -158,7 +158,7 @@ def _answer(
         con = _connect(source, MEMORY_LIMIT, roots)
     job.attach(con)
     try:
-        return _encoder.encode(_run(con, query, project))
+        return _encoder.encode(_run(con, query, project, unique=isinstance(events, Segments)))
     except duckdb.InterruptException:
         job.interrupted = True
         raise _Stopped from None
