@@ -68,8 +68,14 @@ DAY_S = 86_400.0
 LATE_DAYS = 30
 
 
+#: the share of events that are identify calls (``--identify``)
+IDENTIFY: list[float] = [0.0]
+
+
 def make_events(n: int, rng: random.Random) -> list[dict[str, Any]]:
-    """``n`` events of the mix: 50 % UUIDv7 now, 30 % UUIDv4 now, 20 % late UUIDv7."""
+    """``n`` events of the mix: 50 % UUIDv7 now, 30 % UUIDv4 now, 20 % late UUIDv7;
+    with ``--identify``, that share of them are identify calls linking the user's
+    anonymous id (one of two devices) to the user id."""
     now = time.time()
     out = []
     for i in range(n):
@@ -81,17 +87,20 @@ def make_events(n: int, rng: random.Random) -> list[dict[str, Any]]:
             t = now - rng.random() * LATE_DAYS * DAY_S
             event_id = uuid7(t)
         user = rng.randrange(USERS)
-        out.append(
-            {
-                "eventId": event_id,
-                "eventType": TYPES[rng.randrange(len(TYPES))],
-                "sessionId": f"s{user}-{int(t // 1800)}",
-                "userId": f"u{user}",
-                "timestamp": dt.datetime.fromtimestamp(t, dt.UTC).isoformat(),
-                "properties": {"path": f"/products/{i % 321}", "referrer": "search", "n": i},
-                "context": {"app": {"version": "1.4.2"}, "locale": "en-GB"},
-            }
-        )
+        event: dict[str, Any] = {
+            "eventId": event_id,
+            "eventType": TYPES[rng.randrange(len(TYPES))],
+            "sessionId": f"s{user}-{int(t // 1800)}",
+            "userId": f"u{user}",
+            "timestamp": dt.datetime.fromtimestamp(t, dt.UTC).isoformat(),
+            "properties": {"path": f"/products/{i % 321}", "referrer": "search", "n": i},
+            "context": {"app": {"version": "1.4.2"}, "locale": "en-GB"},
+        }
+        if rng.random() < IDENTIFY[0]:
+            event["eventType"] = "identify"
+            event["anonymousId"] = f"a{user}-{rng.randrange(2)}"
+            event["properties"] = {"plan": ("free", "pro")[user % 2], "n": i}
+        out.append(event)
     return out
 
 
@@ -203,6 +212,8 @@ def run_servers(
     """Per slice: (events stored after it, events/s, load average, bytes on disk)."""
     db = directory / "scale.db"
     env = {"INNKT_RATE_LIMIT_PER_SECOND": "0"}
+    if args.no_identity:
+        env["INNKT_IDENTITY"] = "false"
     servers: list[ServerProcess] = []
     rng = random.Random(1)
     slices: list[tuple[int, float, str, int]] = []
@@ -269,7 +280,14 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the SQLite database in this directory")
     parser.add_argument("--pg-url", help="run on PostgreSQL (a fresh database made with this URL)")
     parser.add_argument("--instances", type=int, default=1, help="PostgreSQL server instances")
+    parser.add_argument(
+        "--identify", type=float, default=0.0, help="share of identify calls (issue 19: 0.05)"
+    )
+    parser.add_argument(
+        "--no-identity", action="store_true", help="servers with INNKT_IDENTITY=false"
+    )
     args = parser.parse_args()
+    IDENTIFY[0] = args.identify
     if args.pg_url is not None and args.keep is not None:
         parser.error("--keep is for SQLite databases")
     tasks = args.processes * args.connections
@@ -277,7 +295,9 @@ def main() -> None:
         f"{args.events:,} events in slices of {args.slice:,}, batches of {args.batch};"
         f" {args.processes} sender processes x {args.connections} connections;"
         f" {os.cpu_count()} CPUs; mix: 50 % UUIDv7 now, 30 % UUIDv4 now,"
-        f" 20 % late (UUIDv7, last {LATE_DAYS} days); {USERS:,} users"
+        f" 20 % late (UUIDv7, last {LATE_DAYS} days); {USERS:,} users;"
+        f" identify calls {args.identify:.0%}; identity linking"
+        f" {'off' if args.no_identity else 'on'}"
     )
     print(f"load average before: {load()}")
 
