@@ -49,6 +49,7 @@ from innkt_analytics.shared._exceptions import (
 __all__ = [
     "BackupManifest",
     "create_backup",
+    "fsync_dir",
     "list_backups",
     "prune_backups",
     "restore_backup",
@@ -103,7 +104,8 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (fsync of the directory)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -206,7 +208,7 @@ def create_backup(
         manifest_tmp.write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
         _fsync_file(manifest_tmp)
         os.replace(manifest_tmp, manifest_path)
-        _fsync_dir(backup_dir)
+        fsync_dir(backup_dir)
     except (OSError, sqlite3.Error) as exc:
         _remove_quietly(
             tmp,
@@ -447,7 +449,7 @@ def restore_backup(
             _fold_wal(db_path)
         _remove_quietly(Path(str(db_path) + "-shm"))
         os.replace(tmp, db_path)
-        _fsync_dir(db_path.parent)
+        fsync_dir(db_path.parent)
     except InnktError:
         _remove_quietly(tmp)
         raise

@@ -107,8 +107,10 @@ class Reader:
         flt: EventFilter,
         columns: Sequence[str],
         after_seq: int | None = None,
+        hot_limit: int | None = None,
     ) -> Snapshot:
-        """The segments that can hold matching events and the matching hot rows."""
+        """The segments that can hold matching events and the matching hot rows (the
+        first ``hot_limit`` of them, if given)."""
         sql, params = where(project, flt)
         if after_seq is not None:
             sql += " AND seq > ?"
@@ -119,7 +121,7 @@ class Reader:
                 "SELECT file, min_seq, max_seq, min_corrected, max_corrected FROM segments"
                 " ORDER BY min_seq"
             ).fetchall()
-            hot = _segments.hot_rows(conn, sql, params, tuple(columns))
+            hot = _segments.hot_rows(conn, sql, params, tuple(columns), hot_limit)
         finally:
             conn.execute("COMMIT")
         segments = [
@@ -152,7 +154,8 @@ class Reader:
         Segments hold disjoint seq ranges, older than every hot row: they are read one
         at a time in order, and the hot rows last, until ``limit`` rows are found.
         """
-        snap = self.snapshot(conn, project, flt, ROW_COLUMNS, after_seq=cursor)
+        # a page never needs more hot rows than its size: not the whole hot log's
+        snap = self.snapshot(conn, project, flt, ROW_COLUMNS, after_seq=cursor, hot_limit=limit)
         cond, params = where(project, flt)
         if cursor is not None:
             cond += " AND seq > ?"

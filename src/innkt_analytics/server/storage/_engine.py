@@ -29,7 +29,6 @@ exclusive ``flock`` on ``<db>.segments/.lock`` (the CLI's backup takes it too).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -41,9 +40,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from innkt_analytics.server.storage import _segments
+from innkt_analytics.server.storage._engine_backup import engine_lock
+from innkt_analytics.shared._backup import sha256_file
 
 __all__ = ["Compactor", "EngineSettings", "segment_dir"]
 
@@ -214,14 +216,8 @@ class Compactor:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """This thread and this process alone mutate the segment directory."""
-        with self._mutex:
-            os.makedirs(self.dir, exist_ok=True)
-            fd = os.open(os.path.join(self.dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+        with self._mutex, engine_lock(Path(self.db_path)):
+            yield
 
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -308,7 +304,7 @@ class Compactor:
             "file": run_name,
             "entries": len(hi),
             "bytes": size,
-            "sha256": _segments.file_sha256(run_path),
+            "sha256": sha256_file(Path(run_path)),
         }
         ok = self.write(
             "compact", top, table.num_rows, None if segment is None else segment.as_dict(), run
@@ -369,7 +365,7 @@ class Compactor:
                 "file": name,
                 "entries": entries,
                 "bytes": size,
-                "sha256": _segments.file_sha256(self._path(name)),
+                "sha256": sha256_file(Path(self._path(name))),
             }
             self._swap("dedup_runs", [r[0] for r in window], new, name)
             return True
@@ -491,7 +487,7 @@ class Compactor:
                 "file": new_name,
                 "entries": entries,
                 "bytes": size,
-                "sha256": _segments.file_sha256(self._path(new_name)),
+                "sha256": sha256_file(Path(self._path(new_name))),
             }
             self._swap("dedup_runs", [run_id], new, new_name)
 

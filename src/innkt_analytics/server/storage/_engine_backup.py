@@ -28,7 +28,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from innkt_analytics.server.storage._segments import file_sha256
+from innkt_analytics.shared._backup import fsync_dir, sha256_file
 from innkt_analytics.shared._exceptions import IntegrityError
 
 __all__ = [
@@ -85,7 +85,7 @@ def backup_files(db_path: Path, backup_dir: Path, backup_id: str) -> tuple[int, 
     for name, _ in files:
         if not (target / name).exists():
             _link_or_copy(live / name, target / name)
-    _fsync_dir(target)
+    fsync_dir(target)
     return len(files), rows
 
 
@@ -100,7 +100,7 @@ def verify_files(backup_dir: Path, backup_id: str) -> int:
         path = folder / name
         if not path.is_file():
             raise IntegrityError(f"backup {backup_id}: segment file {name} is missing")
-        if file_sha256(str(path)) != digest:
+        if sha256_file(path) != digest:
             raise IntegrityError(f"backup {backup_id}: segment file {name} is corrupt")
     return rows
 
@@ -116,7 +116,7 @@ def prepare_restore(db_path: Path, backup_dir: Path, backup_id: str, db_sha256: 
     for name, _ in files:
         _link_or_copy(backup_dir / f"{backup_id}.segments" / name, staging / name)
     (staging / ".database").write_text(db_sha256)
-    _fsync_dir(staging)
+    fsync_dir(staging)
 
 
 def finish_restore(db_path: Path) -> None:
@@ -129,7 +129,7 @@ def finish_restore(db_path: Path) -> None:
     swapped = (
         marker.is_file()
         and db_path.is_file()
-        and file_sha256(str(db_path)) == marker.read_text().strip()
+        and sha256_file(db_path) == marker.read_text().strip()
     )
     if not swapped:
         shutil.rmtree(staging)  # the restore stopped before the database was swapped
@@ -140,7 +140,7 @@ def finish_restore(db_path: Path) -> None:
         live.rename(old)
     marker.unlink()
     staging.rename(live)
-    _fsync_dir(live.parent)
+    fsync_dir(live.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -149,11 +149,3 @@ def prune_orphans(backup_dir: Path) -> None:
     for folder in backup_dir.glob("*.segments"):
         if not (backup_dir / (folder.name[: -len(".segments")] + ".sqlite3")).exists():
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

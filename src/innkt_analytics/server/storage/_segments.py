@@ -18,7 +18,10 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+
+from innkt_analytics.shared._backup import fsync_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -80,14 +83,17 @@ def hot_rows(
     where: str = "1",
     params: tuple[Any, ...] | list[Any] = (),
     columns: tuple[str, ...] = HOT_COLUMNS,
+    limit: int | None = None,
 ) -> pa.Table:
-    """Rows of the hot log as an Arrow table of ``schema()``'s ``columns``."""
+    """Rows of the hot log (the first ``limit``, if given) as an Arrow table of
+    ``schema()``'s ``columns``."""
     import pyarrow as pa
 
     full = schema()
-    rows = conn.execute(
-        f"SELECT {', '.join(columns)} FROM events WHERE {where} ORDER BY seq", params
-    ).fetchall()
+    sql = f"SELECT {', '.join(columns)} FROM events WHERE {where} ORDER BY seq"
+    if limit is not None:
+        sql, params = sql + " LIMIT ?", [*params, limit]
+    rows = conn.execute(sql, params).fetchall()
     arrays = []
     by_column = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
     for name, values in zip(columns, by_column, strict=True):
@@ -172,7 +178,7 @@ class _Writer:
                 digest.update(block)
             os.fsync(f.fileno())
         os.replace(self.tmp, self.path)
-        _fsync_dir(os.path.dirname(self.path))
+        fsync_dir(Path(self.path).parent)
         return SegmentMeta(
             file=self.name,
             rows=self.rows,
@@ -191,14 +197,6 @@ class _Writer:
         finally:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_segment(directory: str, name: str, table: pa.Table, tier: int = 0) -> SegmentMeta | None:
@@ -238,11 +236,3 @@ def rewrite(
         writer.abort()
         raise
     return writer.finish()
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
