@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import duckdb
@@ -54,7 +54,7 @@ from innkt_analytics.server.insights._model import (
 )
 from innkt_analytics.server.insights._reference import OTHER, QUANTILES, funnel_steps
 
-__all__ = ["MEMORY_LIMIT", "connect_segments", "run"]
+__all__ = ["MEMORY_LIMIT", "connect_segments", "run", "run_interruptible"]
 
 MEMORY_LIMIT: Final = "256MB"
 _NUMERIC: Final = "('BIGINT', 'UBIGINT', 'DOUBLE', 'HUGEINT')"
@@ -252,12 +252,42 @@ def run(
     persons (None: every id is its own person). Raises ``QueryTooLarge`` past
     ``memory_limit`` (a DuckDB size such as ``"256MB"``).
     """
-    con = _connect(source, memory_limit, persons if counts_persons(query) else None)
+    return run_interruptible(
+        query, source, project, None, persons=persons, memory_limit=memory_limit
+    )
+
+
+def run_interruptible(
+    query: Query,
+    source: pa.Table | tuple[Sequence[str], pa.Table],
+    project: str,
+    on_connection: Callable[[duckdb.DuckDBPyConnection | None], None] | None,
+    *,
+    persons: Mapping[str, str] | None = None,
+    memory_limit: str = MEMORY_LIMIT,
+) -> Any:
+    """``run`` over an Arrow table or a storage's ``(segments, hot)`` (``connect_segments``),
+    handing the query's connection to ``on_connection`` once open and None before it
+    closes, so another thread may ``interrupt()`` it.
+
+    Raises ``QueryTooLarge`` past ``memory_limit``, ``duckdb.InterruptException`` when
+    interrupted.
+    """
+    mapping = persons if counts_persons(query) else None
+    if isinstance(source, pa.Table):
+        con = _connect(source, memory_limit, mapping)
+    else:
+        con = connect_segments(source[0], source[1], memory_limit, mapping)
+    if on_connection is not None:
+        on_connection(con)
     try:
-        return _run(con, query, project)
+        # a storage's events hold each event id once: no deduplication window
+        return _run(con, query, project, unique=not isinstance(source, pa.Table))
     except duckdb.OutOfMemoryException as exc:
         raise QueryTooLarge(f"the query needs more than {memory_limit} of memory") from exc
     finally:
+        if on_connection is not None:
+            on_connection(None)
         con.close()
 
 

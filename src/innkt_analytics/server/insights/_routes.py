@@ -30,6 +30,7 @@ from innkt_analytics.server.insights._model import (
     LifecycleQuery,
     Query,
     QueryError,
+    QueryTooLarge,
     TrendsQuery,
     counts_persons,
     parse_query,
@@ -134,41 +135,29 @@ def _answer(
     job: Job,
     persons: PersonsMap | None = None,
 ) -> bytes:
-    # imported on first use: DuckDB and pyarrow cost the server ~0.3 s at start.
-    # The engine's own connect/run pair (what ``run`` does), so the connection can
-    # be handed to ``job`` for interrupting.
+    # imported on first use: DuckDB and pyarrow cost the server ~0.3 s at start
     import duckdb
 
-    from innkt_analytics.server.insights._engine import (
-        MEMORY_LIMIT,
-        _connect,
-        _run,
-        connect_segments,
-    )
+    from innkt_analytics.server.insights._engine import MEMORY_LIMIT, run_interruptible
 
-    roots = None if persons is None else persons.roots
-    if isinstance(events, Segments):
-        if job.stopped:
-            raise _Stopped
-        con = connect_segments(events.paths, events.hot, MEMORY_LIMIT, roots)
-    else:
-        source = to_arrow(events)
-        if job.stopped:
-            raise _Stopped
-        con = _connect(source, MEMORY_LIMIT, roots)
-    job.attach(con)
+    source = (events.paths, events.hot) if isinstance(events, Segments) else to_arrow(events)
+    if job.stopped:
+        raise _Stopped
     try:
-        return _encoder.encode(_run(con, query, project, unique=isinstance(events, Segments)))
+        answer = run_interruptible(
+            query,
+            source,
+            project,
+            job.attach,
+            persons=None if persons is None else persons.roots,
+            memory_limit=MEMORY_LIMIT,
+        )
     except duckdb.InterruptException:
         job.interrupted = True
         raise _Stopped from None
-    except duckdb.OutOfMemoryException:
-        raise ApiError(
-            422, "query_too_large", f"the query needs more than {MEMORY_LIMIT} of memory"
-        ) from None
-    finally:
-        job.attach(None)
-        con.close()
+    except QueryTooLarge as exc:
+        raise ApiError(422, "query_too_large", str(exc)) from None
+    return _encoder.encode(answer)
 
 
 def _timed_out(limit: float) -> ApiError:
