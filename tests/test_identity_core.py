@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from innkt_analytics.server._identity import Link, links_of_event, person_of, resolve
+from innkt_analytics.server._persons import observe
+from innkt_analytics.shared._protocol import Limits, ValidEvent, parse_batch
 
 ANONS = [f"anon-{i}" for i in range(6)]
 USERS = [f"u-{i}" for i in range(5)]
@@ -105,3 +110,72 @@ def test_links_of_events() -> None:
     ]
     assert links_of_event("track", "u", None, {"previousId": "old"}, 5) == []
     assert links_of_event("identify", "u", "u", {}, 5) == []
+
+
+# -- observe: a batch's links and per-id facts ---------------------------------------------------
+
+
+def _observe_each(
+    valid: list[ValidEvent],
+) -> tuple[dict[tuple[str, str, bool], int], dict[str, tuple[Any, ...]]]:
+    """The oracle: every event on its own, the rule of ``observe`` spelt out."""
+    links: dict[tuple[str, str, bool], int] = {}
+    ids: dict[str, list[Any]] = {}
+
+    def seen(ident: str, is_user: bool, at: int) -> list[Any]:
+        info = ids.setdefault(ident, [is_user, at, at, None, None])
+        info[0] |= is_user
+        info[1], info[2] = min(info[1], at), max(info[2], at)
+        return info
+
+    for v in valid:
+        e, at = v.event, v.corrected_ms
+        if e.anonymous_id is not None:
+            seen(e.anonymous_id, False, at)
+        if e.user_id is not None:
+            info = seen(e.user_id, True, at)
+            if e.event_type == "identify":
+                traits = msgspec.json.encode(e.properties)
+                if info[4] is None or (at, traits) > (info[4], info[3] or b""):
+                    info[3], info[4] = traits, at
+        for k in links_of_event(e.event_type, e.user_id, e.anonymous_id, e.properties, at):
+            key = (k.a, k.b, k.alias)
+            links[key] = min(at, links.get(key, at))
+            seen(k.a, False, at)
+    return links, {i: tuple(v) for i, v in ids.items()}
+
+
+_event = st.fixed_dictionaries(
+    {
+        "eventType": st.sampled_from(["page", "identify", "alias", "click"]),
+        "timestamp": st.integers(0, 40).map(lambda s: f"2026-12-01T00:00:{s:02d}Z"),
+    },
+    optional={
+        "userId": st.sampled_from(USERS),
+        "anonymousId": st.sampled_from([*ANONS, "u-0"]),
+        "properties": st.fixed_dictionaries(
+            {},
+            optional={
+                "previousId": st.sampled_from([*ANONS, *USERS, "", 7]),
+                "plan": st.sampled_from(["a", "b"]),
+            },
+        ),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_event, min_size=1, max_size=30))
+def test_observe_equals_the_event_by_event_rule(events: list[dict[str, Any]]) -> None:
+    received = dt.datetime(2026, 12, 1, 0, 1, tzinfo=dt.UTC)
+    body = msgspec.json.encode(
+        {"events": [dict(e, eventId=f"e-{i}") for i, e in enumerate(events)]}
+    )
+    parsed = parse_batch(body, Limits(), received)
+    assert not parsed.rejected
+    links, ids = observe(parsed.valid)
+    expected_links, expected_ids = _observe_each(parsed.valid)
+    assert len(links) == len({(k.a, k.b, k.alias) for k in links})  # each link once
+    assert {(k.a, k.b, k.alias): k.at for k in links} == expected_links
+    got = {i: (x.is_user, x.first_seen, x.last_seen, x.traits, x.traits_at) for i, x in ids.items()}
+    assert got == expected_ids

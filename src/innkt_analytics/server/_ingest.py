@@ -6,6 +6,7 @@ Per-event problems are reported per event while the valid events are stored.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -95,29 +96,33 @@ async def store_parsed(
     rows = [to_row(v, received_ms, sent_ms) for v in parsed.valid]
     metrics = state.metrics
     commit = metrics.commit_started()
-    try:
-        stored = await state.storage.insert_events(project, rows)
-    except StorageError as exc:
-        raise ApiError(
-            503,
-            "storage_unavailable",
-            str(exc),
-            retry_after=state.settings.unavailable_retry_after,
-        ) from None
-    finally:
-        metrics.commit_done(commit)
-        data_changed(state, project)  # even a failed commit may have stored some
-    try:
-        # Before the answer, so links are durable once acknowledged; from every
-        # valid event, not only new ones, so a resend repairs a failed write.
-        await record_identity(state, project, parsed.valid)
-    except StorageError as exc:
-        raise ApiError(
-            503,
-            "storage_unavailable",
-            str(exc),
-            retry_after=state.settings.unavailable_retry_after,
-        ) from None
+
+    async def insert() -> set[str]:
+        try:
+            return await state.storage.insert_events(project, rows)
+        finally:
+            metrics.commit_done(commit)
+            data_changed(state, project)  # even a failed commit may have stored some
+
+    # The links are written alongside the events, not after them: both are durable
+    # before the answer, and a batch waits for one flush to disk instead of two in a
+    # row. They come from every valid event, not only the new ones, so a resend
+    # after a 503 (of either write) repairs a failed link write.
+    stored, linked = await asyncio.gather(
+        insert(), record_identity(state, project, parsed.valid), return_exceptions=True
+    )
+    for failed in (stored, linked):
+        if isinstance(failed, StorageError):
+            raise ApiError(
+                503,
+                "storage_unavailable",
+                str(failed),
+                retry_after=state.settings.unavailable_retry_after,
+            ) from None
+        if isinstance(failed, BaseException):
+            raise failed
+    if isinstance(stored, BaseException):  # for the type checker: raised above
+        raise stored
     metrics.ingested(
         accepted=len(stored),
         duplicate=len(rows) - len(stored),

@@ -49,41 +49,76 @@ LAST_SEEN_GRANULARITY: Final = 60_000
 #: how long first/last seen times wait in memory before they are written
 DEFER_SECONDS: Final = 5.0
 _CACHE_LIMIT: Final = 100_000
+#: the event types whose links or traits are read from the event itself
+_CALLS: Final = frozenset({"identify", "alias"})
 log = logging.getLogger("innkt_analytics.server.identity")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def observe(valid: Sequence[ValidEvent]) -> tuple[list[Link], dict[str, IdInfo]]:
-    """The links and per-id facts of a batch (pure)."""
-    links: list[Link] = []
-    ids: dict[str, IdInfo] = {}
+    """The links and per-id facts of a batch (pure).
 
-    def seen(ident: str, is_user: bool, at: int) -> IdInfo:
-        info = ids.get(ident)
-        if info is None:
-            info = ids[ident] = IdInfo(is_user, at, at)
-        else:
-            info.is_user |= is_user
-            info.first_seen = min(info.first_seen, at)
-            info.last_seen = max(info.last_seen, at)
-        return info
-
+    Each link appears once, with the earliest time of the batch's events that give
+    it (what the store keeps of a link). Most events of a batch repeat a few
+    (anonymousId, userId) pairs, so the events are first reduced to their pairs'
+    first and last times; only identify and alias calls are looked at one by one.
+    """
+    spans: dict[tuple[str | None, str | None], list[int]] = {}
+    calls: list[ValidEvent] = []
     for v in valid:
         event, at = v.event, v.corrected_ms
-        if event.anonymous_id is not None:
-            seen(event.anonymous_id, False, at)
-        if event.user_id is not None:
-            info = seen(event.user_id, True, at)
-            if event.event_type == "identify":
-                traits = _encoder.encode(event.properties)
-                if info.traits_at is None or (at, traits) > (info.traits_at, info.traits or b""):
-                    info.traits, info.traits_at = traits, at
-        for link in links_of_event(
+        key = (event.anonymous_id, event.user_id)
+        span = spans.get(key)
+        if span is None:
+            spans[key] = [at, at]
+        elif at < span[0]:
+            span[0] = at
+        elif at > span[1]:
+            span[1] = at
+        if event.event_type in _CALLS:
+            calls.append(v)
+
+    ids: dict[str, IdInfo] = {}
+    firsts: dict[tuple[str, str, bool], int] = {}
+
+    def seen(ident: str, is_user: bool, first: int, last: int) -> IdInfo:
+        info = ids.get(ident)
+        if info is None:
+            info = ids[ident] = IdInfo(is_user, first, last)
+        else:
+            info.is_user |= is_user
+            info.first_seen = min(info.first_seen, first)
+            info.last_seen = max(info.last_seen, last)
+        return info
+
+    def link(a: str, b: str, alias: bool, at: int) -> None:
+        key = (a, b, alias)
+        firsts[key] = min(at, firsts.get(key, at))
+
+    for (anonymous_id, user_id), (first, last) in spans.items():
+        if anonymous_id is not None:
+            seen(anonymous_id, False, first, last)
+        if user_id is not None:
+            seen(user_id, True, first, last)
+            if anonymous_id is not None and anonymous_id != user_id:
+                link(anonymous_id, user_id, False, first)
+    for v in calls:
+        event, at = v.event, v.corrected_ms
+        if event.user_id is None:
+            continue
+        if event.event_type == "identify":
+            info = ids[event.user_id]
+            traits = _encoder.encode(event.properties)
+            if info.traits_at is None or (at, traits) > (info.traits_at, info.traits or b""):
+                info.traits, info.traits_at = traits, at
+        for k in links_of_event(
             event.event_type, event.user_id, event.anonymous_id, event.properties, at
         ):
-            links.append(link)
-            seen(link.a, False, at)
+            if k.alias:
+                link(k.a, k.b, True, at)
+                seen(k.a, False, at, at)
+    links = [Link(a, b, alias, at) for (a, b, alias), at in firsts.items()]
     return links, ids
 
 
