@@ -23,7 +23,7 @@ from innkt_analytics.server._persons import identity_of
 from innkt_analytics.server._state import ServerState
 from innkt_analytics.server.insights._model import Query, counts_persons
 
-__all__ = ["PersonsMap", "graph_version", "persons_for"]
+__all__ = ["PersonsMap", "graph_version", "persons_for", "project_persons"]
 
 #: projects whose mapping is kept in memory (each holds its graph's linked ids)
 _CACHED_PROJECTS: Final = 64
@@ -59,8 +59,18 @@ async def persons_for(state: ServerState, project: str, query: Query) -> Persons
 
     Raises ``StorageError``; ``GraphTooLarge`` never (the whole graph is read).
     """
+    if not counts_persons(query):
+        return None
+    return await project_persons(state, project)
+
+
+async def project_persons(state: ServerState, project: str) -> PersonsMap | None:
+    """The project's id -> person mapping; None when the server links no ids.
+
+    Raises ``StorageError``.
+    """
     identity = identity_of(state)
-    if identity is None or not counts_persons(query):
+    if identity is None:
         return None
     cache = _cache(state)
     store = identity.store
