@@ -9,9 +9,12 @@ store opens (no change to the events schema or its version):
 * ``identity_ids`` — every id seen: whether it was sent as a ``userId``, first
   and last seen, and the latest identify traits. ``id_hash`` is the person id
   the id would have as a root, so a person id can be looked up.
-* ``identity_versions`` — per project, a number raised after every write that can
-  change persons (new links, ids sent as a ``userId``, a deletion): insights that
-  count persons key their cached answers on it (``version``, ``graph``).
+* ``identity_versions`` — per project, a number raised after every write that may
+  change persons, and only then: a link not stored before (or seen earlier than
+  stored), an id sent as a ``userId`` for the first time, a deletion. Insights that
+  count persons key their cached answers on it (``version``, ``graph``), so a
+  batch repeating what the store holds (every batch of a known user after a
+  restart emptied the server's memory of it) leaves their caches alone.
 
 Persons are not stored: ``component`` reads the connected part of the links
 around an id and ``_identity.resolve`` partitions it, so no merge is ever half
@@ -67,10 +70,20 @@ _PG_SCHEMA: Final = tuple(
     for s in _SQLITE_SCHEMA
 )
 
-_LINK_UPSERT: Final = (
-    "INSERT INTO identity_links (project, a, b, alias, at) VALUES ({p})"
+#: a link's row keeps its earliest time: a row the upsert leaves alone is no change
+_LINK_CONFLICT: Final = (
     " ON CONFLICT (project, a, b, alias) DO UPDATE SET at = excluded.at"
     " WHERE excluded.at < identity_links.at"
+)
+_LINK_UPSERT: Final = (
+    "INSERT INTO identity_links (project, a, b, alias, at) VALUES ({p})" + _LINK_CONFLICT
+)
+#: PostgreSQL: every link of a batch in one statement, returning the rows it changed
+_PG_LINKS_UPSERT: Final = (
+    "INSERT INTO identity_links (project, a, b, alias, at) SELECT $1, k.a, k.b, k.alias, k.at"
+    " FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS k(a, b, alias, at)"
+    + _LINK_CONFLICT
+    + " RETURNING 1"
 )
 #: the incoming identify is the later one (ties: the greater bytes, so arrival order is moot)
 _NEWER: Final = (
@@ -116,9 +129,19 @@ class IdInfo:
     traits_at: int | None = None
 
 
-def _changes_persons(links: Sequence[Link], ids: dict[str, IdInfo]) -> bool:
-    # an id sent as a userId stops joining others by plain links (rule 2)
-    return bool(links) or any(info.is_user for info in ids.values())
+def _user_ids(ids: dict[str, IdInfo]) -> list[str]:
+    """The ids a batch sends as a userId: stored as users before, they change nothing."""
+    return sorted(i for i, info in ids.items() if info.is_user)
+
+
+def _unique_links(links: Sequence[Link]) -> list[Link]:
+    """One link per (a, b, alias), the earliest: one statement may touch a row once."""
+    earliest: dict[tuple[str, str, bool], Link] = {}
+    for k in links:
+        found = earliest.get((k.a, k.b, k.alias))
+        if found is None or k.at < found.at:
+            earliest[(k.a, k.b, k.alias)] = k
+    return list(earliest.values())
 
 
 def _id_row(project: str, ident: str, info: IdInfo) -> tuple[Any, ...]:
@@ -258,17 +281,40 @@ class SQLiteIdentity(IdentityStore):
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         conn.execute("BEGIN IMMEDIATE")
         for project, links, ids, _ in group:
+            users = _user_ids(ids)
+            known = SQLiteIdentity._known_users(conn, project, users)
+            before = conn.total_changes
+            # a link counts as a change only when inserted or moved earlier (the
+            # upsert's WHERE leaves any other row untouched, and uncounted)
             conn.executemany(
                 _LINK_UPSERT.format(p="?, ?, ?, ?, ?"),
                 [(project, k.a, k.b, int(k.alias), k.at) for k in links],
             )
+            changed = conn.total_changes > before or len(known) < len(users)
             conn.executemany(
                 _ID_UPSERT.format(p="?, ?, ?, ?, ?, ?, ?, ?", least="min", greatest="max"),
                 [_id_row(project, i, info) for i, info in ids.items()],
             )
-            if _changes_persons(links, ids):
+            if changed:
                 conn.execute(_BUMP.format(p="?"), (project,))
         conn.execute("COMMIT")
+
+    @staticmethod
+    def _known_users(conn: sqlite3.Connection, project: str, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are stored as user ids already."""
+        known: set[str] = set()
+        for start in range(0, len(ids), 400):
+            chunk = ids[start : start + 400]
+            marks = ", ".join("?" * len(chunk))
+            known.update(
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM identity_ids WHERE project = ? AND is_user = 1"
+                    f" AND id IN ({marks})",
+                    (project, *chunk),
+                )
+            )
+        return known
 
     async def _neighbours(self, project: str, ids: list[str]) -> list[Link]:
         def run(conn: sqlite3.Connection) -> list[Link]:
@@ -399,15 +445,32 @@ class PostgresIdentity(IdentityStore):
             raise StorageError(f"identity store: {exc}") from exc
 
     async def record(self, project: str, links: Sequence[Link], ids: dict[str, IdInfo]) -> None:
+        users = [_pg(i) for i in _user_ids(ids)]
+
         async def run(conn: Any) -> None:
+            changed = False
             async with conn.transaction():
                 if not links:
                     await conn.execute("SET LOCAL synchronous_commit = off")
-                if links:
-                    await conn.executemany(
-                        _LINK_UPSERT.format(p="$1, $2, $3, $4, $5"),
-                        [(_pg(project), _pg(k.a), _pg(k.b), int(k.alias), k.at) for k in links],
+                if users:
+                    known = await conn.fetchval(
+                        "SELECT count(*) FROM identity_ids WHERE project = $1 AND is_user = 1"
+                        " AND id = ANY($2::text[])",
+                        _pg(project),
+                        users,
                     )
+                    changed = known < len(users)
+                if links:
+                    unique = _unique_links(links)
+                    touched = await conn.fetch(
+                        _PG_LINKS_UPSERT,
+                        _pg(project),
+                        [_pg(k.a) for k in unique],
+                        [_pg(k.b) for k in unique],
+                        [int(k.alias) for k in unique],
+                        [k.at for k in unique],
+                    )
+                    changed = changed or bool(touched)
                 await conn.executemany(
                     _ID_UPSERT.format(
                         p="$1, $2, $3, $4, $5, $6, $7, $8", least="least", greatest="greatest"
@@ -417,7 +480,7 @@ class PostgresIdentity(IdentityStore):
                         for i, info in sorted(ids.items(), key=lambda kv: kv[0])
                     ],
                 )
-            if _changes_persons(links, ids):
+            if changed:
                 await self._bump(conn, project)
 
         await self._with(run)
