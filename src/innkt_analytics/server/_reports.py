@@ -45,9 +45,10 @@ from innkt_analytics.server._reports_mail import MailError, build_message, send_
 from innkt_analytics.server._reports_render import Section, render_html, render_text
 from innkt_analytics.server._settings import ServerSettings
 from innkt_analytics.server._state import JSON, ApiError, ServerState, authenticate, state_of
-from innkt_analytics.server.insights import InsightEvent, QueryError, QueryTooLarge, parse_query
-from innkt_analytics.server.insights._model import LifecycleQuery, TrendsQuery
-from innkt_analytics.server.storage import EventFilter, Storage
+from innkt_analytics.server.insights import QueryError, QueryTooLarge, parse_query
+from innkt_analytics.server.insights._model import Query
+from innkt_analytics.server.insights._persons_map import PersonsMap, persons_for
+from innkt_analytics.server.storage import Storage
 from innkt_analytics.shared._exceptions import ConfigError, StorageError
 from innkt_analytics.shared._retry import backoff
 from innkt_analytics.shared._version import __version__
@@ -68,12 +69,14 @@ __all__ = [
 ]
 
 log = logging.getLogger("innkt_analytics.server.reports")
+#: the persons a project's query counts with (``insights._persons_map.persons_for``)
+PersonsOf = Callable[[str, Query], Awaitable[PersonsMap | None]]
 
 NAMESPACE: Final = "reports"
 STATUS_NAMESPACE: Final = "report_status"
 MAX_REPORTS_PER_PROJECT: Final = 50
-#: events one query of a report may read (as ``/v1/insights``' bound)
-MAX_EVENTS: Final = 1_000_000
+#: seconds ``run_insight`` gives a query by default (alerts' series): a day
+NO_LIMIT: Final = 86_400.0
 BACKOFF_CAP: Final = 3600.0
 #: seconds one webhook POST may take
 WEBHOOK_TIMEOUT: Final = 30.0
@@ -264,31 +267,28 @@ def _claim(status: ReportStatus, *, at_ms: int, label: str) -> ReportStatus | No
     return msgspec.structs.replace(status, last_period=label, last_period_at=at_ms)
 
 
-async def run_insight(storage: Storage, project: str, query: Any) -> dict[str, Any]:
-    """Answer one parsed insights query over the stored events of ``project``, as the
-    ``/v1/insights`` routes answer it (JSON builtins). Raises ``QueryTooLarge``."""
-    from innkt_analytics.server import insights  # DuckDB on first use
+async def run_insight(
+    storage: Storage,
+    project: str,
+    query: Any,
+    persons: PersonsMap | None = None,
+    *,
+    limit: float = NO_LIMIT,
+) -> dict[str, Any]:
+    """Answer one parsed insights query over the stored events of ``project`` as the
+    ``/v1/insights`` routes answer it (JSON builtins): the same loading and engine,
+    persons counted with ``persons`` (``insights._persons_map.persons_for``; None:
+    every id its own person). Raises ``QueryTooLarge`` past the route's bounds or
+    ``limit`` seconds."""
+    # DuckDB on first use
+    from innkt_analytics.server.insights._routes import answer_within
 
-    start, end = query.range_ms()
-    if isinstance(query, LifecycleQuery):
-        start = None  # "new" and "resurrecting" look at all earlier activity
-    elif isinstance(query, TrendsQuery) and query.compare:
-        start -= end - start
-    events: list[InsightEvent] = []
-    cursor: int | None = None
-    while True:
-        page = await storage.query_events(
-            project, EventFilter(since=start, until=end), cursor, 1000
-        )
-        events.extend(InsightEvent.from_row(project, row) for row in page.rows)
-        if len(events) > MAX_EVENTS:
-            raise QueryTooLarge(f"the range holds more than {MAX_EVENTS} events")
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
-    result = await asyncio.to_thread(insights.run, query, insights.to_arrow(events), project)
-    answer: dict[str, Any] = msgspec.to_builtins(result)
-    return answer
+    try:
+        answer = await answer_within(storage, query, project, limit, persons=persons)
+    except ApiError as exc:  # 422 query_too_large or query_timeout
+        raise QueryTooLarge(str(exc)) from None
+    found: dict[str, Any] = msgspec.json.decode(answer)
+    return found
 
 
 def _retryable(status: int) -> bool:
@@ -298,10 +298,19 @@ def _retryable(status: int) -> bool:
 class ReportService:
     """Stores reports, runs them on schedule and on demand, delivers and records status."""
 
-    def __init__(self, kv: KVStore, storage: Storage, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        kv: KVStore,
+        storage: Storage,
+        settings: ServerSettings,
+        persons: PersonsOf | None = None,
+    ) -> None:
         self.kv = kv
         self.storage = storage
         self.settings = settings
+        #: the identity graph's persons for a query (None: ids are persons), as the
+        #: ``/v1/insights`` routes count them
+        self.persons = persons
         self.last_tick: float | None = None
         self.sent = {"delivered": 0, "failed": 0}
         self._task: asyncio.Task[None] | None = None
@@ -393,9 +402,17 @@ class ReportService:
             title = item.title or item.kind
             try:
                 query = fill_query(item, start, day, zone)
-                section = Section(
-                    title, item.kind, await run_insight(self.storage, report.project, query)
+                persons = (
+                    None if self.persons is None else await self.persons(report.project, query)
                 )
+                answer = await run_insight(
+                    self.storage,
+                    report.project,
+                    query,
+                    persons,
+                    limit=self.settings.insights_timeout,
+                )
+                section = Section(title, item.kind, answer)
             except (QueryError, QueryTooLarge) as exc:
                 section = Section(title, item.kind, None, f"{type(exc).__name__}: {exc}")
             sections.append(section)
@@ -673,7 +690,9 @@ REPORT_HANDLERS: Final = (
 
 def install_reports(state: ServerState, app: Litestar) -> None:
     """``on_state`` hook (after ``install_kv``): the scheduler runs with the app's lifespan."""
-    service = ReportService(kv_of(state), state.storage, state.settings)
+    service = ReportService(
+        kv_of(state), state.storage, state.settings, functools.partial(persons_for, state)
+    )
     state.extensions["reports"] = service
     state.health_sections["reports"] = service.health
     app.on_startup.append(service.start)
