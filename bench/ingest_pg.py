@@ -4,7 +4,7 @@
 
 Each run gets a fresh database. The baseline, measured in the same run, is
 PostgreSQL's own COPY of the very rows the server stores (the same ``events``
-table with its indexes, and the same ids into ``event_ids``) in one
+table with its indexes, and the same ids into the dedup tables) in one
 transaction. Then real server processes (tests/_server.py ServerProcess, rate
 limits off) take the same events as JSON batches of 100 from concurrent
 senders over loopback, and the events/s are compared with the COPY ceiling.
@@ -38,7 +38,7 @@ import _load
 from _load import http_request, process_cpu_seconds, read_response
 from tests._server import ServerProcess
 
-from innkt_analytics.server.storage._pg_ingest import EVENT_COLUMNS
+from innkt_analytics.server.storage._pg_ingest import EVENT_COLUMNS, uuid_key
 from innkt_analytics.server.storage._postgres import PostgresStorage
 
 BATCH = 100
@@ -108,7 +108,7 @@ def drop(pg_url: str, url: str) -> None:
 
 
 async def copy_ceiling(url: str, events: list[dict[str, object]]) -> tuple[float, float, float]:
-    """By COPY: (events/s into events + event_ids, events/s into events alone,
+    """By COPY: (events/s into events + the dedup tables, events/s into events alone,
     PostgreSQL CPU microseconds per event for the first)."""
     storage = PostgresStorage(url)
     await storage.open()  # the real schema, partitions included
@@ -133,21 +133,22 @@ async def copy_ceiling(url: str, events: list[dict[str, object]]) -> tuple[float
                 msgspec.json.encode(e),
             )
         )
+    uuids = sorted((r[0], r[1]) for r in records if uuid_key(str(r[1])))
+    others = sorted((r[0], r[1]) for r in records if not uuid_key(str(r[1])))
     conn = await asyncpg.connect(url)
     try:
         rates = []
         cpu = 0.0
         for with_ids in (True, False):
-            await conn.execute("TRUNCATE events, event_ids")
+            await conn.execute("TRUNCATE events, event_ids, event_uuids")
             await conn.execute("CHECKPOINT")
             pids = postgres_pids(url) | {conn.get_server_pid()}
             before = cpu_seconds(pids)
             start = time.perf_counter()
             async with conn.transaction():
-                if with_ids:
-                    await conn.copy_records_to_table(
-                        "event_ids", records=[(r[0], r[1]) for r in records]
-                    )
+                if with_ids:  # the ids into the dedup tables, split as the server splits them
+                    await conn.copy_records_to_table("event_uuids", records=uuids)
+                    await conn.copy_records_to_table("event_ids", records=others)
                 await conn.copy_records_to_table("events", records=records, columns=COLUMNS)
             rates.append(len(records) / (time.perf_counter() - start))
             if with_ids:
@@ -223,7 +224,8 @@ def serve_and_send(
             raise RuntimeError(f"stored {stored} of {len(events)} events")
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute(
-                "SELECT pg_total_relation_size('event_ids') + coalesce(sum("
+                "SELECT pg_total_relation_size('event_ids') + pg_total_relation_size('event_uuids')"
+                " + coalesce(sum("
                 "pg_total_relation_size(inhrelid)), 0) FROM pg_inherits"
                 " WHERE inhparent = 'events'::regclass"
             ).fetchone()
@@ -280,7 +282,7 @@ def main() -> None:
         print(f"{label:<52}{mid:10,.0f} {unit}  ({each})")
         return mid
 
-    ceiling = line("COPY ceiling (events + event_ids, one transaction):", [c[0] for c in copies])
+    ceiling = line("COPY ceiling (events + dedup tables, one transaction):", [c[0] for c in copies])
     events_only = line("COPY into events alone (reference):", [c[1] for c in copies])
     copy_cpu = statistics.median(c[2] for c in copies)
     print(f"    CPU per event: PostgreSQL {copy_cpu:5.1f} us under COPY")

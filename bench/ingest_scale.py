@@ -2,7 +2,7 @@
 
     python bench/ingest_scale.py [--events 10000000] [--slice 1000000] [--batch 500]
                                  [--processes 2] [--connections 4] [--ceiling-events 200000]
-                                 [--keep DIR] [--pg-url URL [--instances 1|2]]
+                                 [--keep DIR] [--pg-url URL [--instances 1|2] [--keep-pg]]
 
 The traffic is what real clients send, not what our SDK sends on a good day:
 
@@ -27,9 +27,9 @@ are connections (no HTTP, no JSON parsing).
 With ``--pg-url`` (a PostgreSQL server URL; a fresh database is made in it and
 dropped after) the servers run on PostgreSQL, ``--instances`` of them, sender
 process i sending to instance i mod N; the baseline is then PostgreSQL's own
-COPY of the same mix into ``events`` and the dedup table ``event_ids`` in one
-transaction (bench/ingest_pg.py's ``copy_ceiling``), and the size on disk is
-``pg_database_size``.
+COPY of the same mix into ``events`` and the dedup tables (``event_uuids``,
+``event_ids``) in one transaction (bench/ingest_pg.py's ``copy_ceiling``), and
+the size on disk is ``pg_database_size``.
 
 Targets (issue 14): SQLite, every slice >= 40,000 events/s and the last slice >=
 75 % of the first; PostgreSQL (1 and 2 instances), the last slice >= 50 % of the
@@ -149,7 +149,7 @@ async def _insert_all(path: str, batches: list[list[EventRow]], tasks: int) -> f
 
 
 def copy_ceiling(pg_url: str, n: int, seed: int) -> float:
-    """Events/s of PostgreSQL's COPY of the mix (events + event_ids) into a fresh database."""
+    """Events/s of PostgreSQL's COPY of the mix (events + dedup ids) into a fresh database."""
     import ingest_pg  # PostgreSQL runs only: it imports asyncpg and psycopg
 
     url = ingest_pg.database(pg_url)
@@ -264,7 +264,10 @@ def run_server(args: argparse.Namespace, directory: Path) -> list[tuple[int, flo
     try:
         return run_servers(args, directory, url)
     finally:
-        ingest_pg.drop(args.pg_url, url)
+        if args.keep_pg:
+            print(f"database kept (for bench/query.py --pg-url): {url}")
+        else:
+            ingest_pg.drop(args.pg_url, url)
 
 
 def main() -> None:
@@ -280,6 +283,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the SQLite database in this directory")
     parser.add_argument("--pg-url", help="run on PostgreSQL (a fresh database made with this URL)")
     parser.add_argument("--instances", type=int, default=1, help="PostgreSQL server instances")
+    parser.add_argument(
+        "--keep-pg", action="store_true", help="keep the PostgreSQL database (prints its URL)"
+    )
     parser.add_argument(
         "--identify", type=float, default=0.0, help="share of identify calls (issue 19: 0.05)"
     )
@@ -307,7 +313,7 @@ def main() -> None:
         return ceiling(args.ceiling_events, args.batch, tasks, seed)
 
     what = (
-        f"PostgreSQL COPY into events + event_ids, fresh db, {args.instances} instance(s) to come"
+        f"PostgreSQL COPY into events + dedup ids, fresh db, {args.instances} instance(s) to come"
         if args.pg_url
         else f"storage ceiling (SQLiteStorage.insert_events, fresh db, {tasks} tasks"
     )

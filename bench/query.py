@@ -1,9 +1,13 @@
 """Analytical reads: the server's GET /v1/stats and export against DuckDB over Parquet.
 
     python bench/query.py --db DIR/scale.db [--repeat 5] [--export] [--export-limit N]
+    python bench/query.py --pg-url postgresql://.../DB [--repeat 5] [--export]
 
 ``--db`` is a server database with events in project ``default`` (made by
-``python bench/ingest_scale.py --keep DIR``). Measured in the same run:
+``python bench/ingest_scale.py --keep DIR``); ``--pg-url`` a PostgreSQL
+database the server has stored events in (made by ``python
+bench/ingest_scale.py --pg-url URL --keep-pg``, which prints its URL). Measured
+in the same run:
 
 1. ``GET /v1/stats`` for the last 30 days by day (total, unique users, unique
    sessions, counts by type, the daily series) from a real server on that
@@ -84,6 +88,34 @@ def parquet_copy(db: str, path: Path) -> int:
     )
     unsorted.unlink()
     return total
+
+
+def parquet_copy_pg(url: str, path: Path) -> int:
+    """``parquet_copy`` for a PostgreSQL database: PostgreSQL's COPY of the 5 columns
+    as CSV, which DuckDB sorts by time into zstd Parquet; the row count."""
+    import psycopg  # PostgreSQL runs only
+
+    csv = path.with_suffix(".csv")
+    with psycopg.connect(url) as conn, open(csv, "wb") as out:
+        cur = conn.cursor()
+        columns = "event_id, event_type, user_id, session_id, corrected"
+        with cur.copy(
+            f"COPY (SELECT {columns} FROM events WHERE project = 'default') TO STDOUT (FORMAT csv)"
+        ) as copy:
+            for chunk in copy:
+                out.write(chunk)
+    schema = (
+        "{'event_id': 'VARCHAR', 'event_type': 'VARCHAR', 'user_id': 'VARCHAR',"
+        " 'session_id': 'VARCHAR', 'corrected': 'BIGINT'}"
+    )
+    con = duckdb.connect()
+    con.execute(
+        f"COPY (SELECT * FROM read_csv('{csv}', header = false, columns = {schema})"
+        f" ORDER BY corrected) TO '{path}' (FORMAT parquet, COMPRESSION zstd)"
+    )
+    csv.unlink()
+    row = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()
+    return int(row[0]) if row else 0
 
 
 def duckdb_stats(con: duckdb.DuckDBPyConnection, path: Path, since: int, until: int) -> Any:
@@ -191,28 +223,31 @@ def export_parquet_cli(db: str, out: Path) -> tuple[int, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", required=True, help="a server SQLite database with events")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="a server SQLite database with events")
+    where.add_argument("--pg-url", help="a PostgreSQL database with events (the server's)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--export", action="store_true", help="also measure the exports")
     args = parser.parse_args()
-    db = str(Path(args.db).resolve())
+    db = args.pg_url or str(Path(args.db).resolve())
     print(f"load average before: {load()}")
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         copy = tmp / "events.parquet"
         start = time.perf_counter()
-        n = parquet_copy(db, copy)
+        n = parquet_copy_pg(db, copy) if args.pg_url else parquet_copy(db, copy)
         print(
             f"{n:,} events; Parquet copy (5 columns, zstd): {copy.stat().st_size / n:.1f} B/event,"
             f" made in {time.perf_counter() - start:.1f} s"
         )
-        # Open it once here: an older schema is migrated in place (timed), and not
-        # inside the server's start-up wait.
-        start = time.perf_counter()
-        storage = SQLiteStorage(db)
-        storage.open_sync()
-        storage.close_sync()
-        print(f"opened (migrated if older) in {time.perf_counter() - start:.1f} s")
+        if not args.pg_url:
+            # Open it once here: an older schema is migrated in place (timed), and not
+            # inside the server's start-up wait.
+            start = time.perf_counter()
+            storage = SQLiteStorage(db)
+            storage.open_sync()
+            storage.close_sync()
+            print(f"opened (migrated if older) in {time.perf_counter() - start:.1f} s")
         server = ServerProcess(
             db, log_dir=tmp / "logs", env={"INNKT_RATE_LIMIT_PER_SECOND": "0"}
         ).start()

@@ -10,15 +10,24 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from innkt_analytics.server.storage import EventRow
 from innkt_analytics.server.storage._pg_ingest import (
     GroupInserter,
     Key,
     clean_text,
+    copy_records,
     insert_args,
     merge,
     split,
+    uuid_key,
+)
+from innkt_analytics.server.storage._pg_schema import (
+    PartitionWindow,
+    month_start,
+    partitions_to_create,
 )
 from innkt_analytics.shared._exceptions import StorageError
 
@@ -131,3 +140,33 @@ def test_a_caller_that_goes_away_does_not_disturb_the_others() -> None:
 
     assert asyncio.run(main()) == {"kept"}
     assert ("p", "gone") not in store.keys  # never acknowledged, never stored
+
+
+def test_canonical_uuids_are_told_apart_exactly_as_postgresql_tells_them() -> None:
+    # The same regular expression runs in innkt_uuid_key; uuid::text prints this form,
+    # so an id stored as a uuid reads back as the very string that was sent.
+    u = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+    assert uuid_key(u) == u
+    for other in (u.upper(), u.replace("-", ""), "{" + u + "}", u + "\n", u[:-1] + "g", "e1"):
+        assert uuid_key(other) is None
+
+
+def test_copy_input_splits_the_ids_and_sorts_each_table() -> None:
+    u1, u2 = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "00000000-0000-4000-8000-000000000000"
+    copy = copy_records([("p", row(u1)), ("p", row("b\x00")), ("p", row(u2)), ("o", row("a"))])
+    assert copy.uuids == [("p", u2), ("p", u1)]
+    assert copy.ids == [("o", "a"), ("p", "b\ufffd")]
+    assert copy.keys == {("p", u1), ("p", u2), ("p", "b\ufffd"), ("o", "a")}
+    assert [e[1] for e in copy.events] == [u1, "b\ufffd", u2, "a"]  # arrival order
+    assert insert_args([("p", row(u1)), ("p", row("x"))])[-1] == [u1, None]
+
+
+@given(st.lists(st.integers(-(10**12), 4 * 10**12), max_size=50), st.integers(0, 4 * 10**12))
+def test_partitions_to_create_is_the_months_of_the_rows_in_the_window(
+    corrected: list[int], now: int
+) -> None:
+    window = PartitionWindow(past_months=2, future_months=1)
+    low, high = window.bounds(now)
+    known = {month_start(now)}
+    expected = {month_start(ms) for ms in corrected if low <= ms < high} - known
+    assert partitions_to_create(corrected, known, now, window) == sorted(expected)

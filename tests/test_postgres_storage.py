@@ -19,6 +19,8 @@ from innkt_analytics.server._settings import ServerSettings, storage_for
 from innkt_analytics.server.storage import EventFilter, StorageStatus, make_storage
 from innkt_analytics.server.storage._pg_partitions import retire
 from innkt_analytics.server.storage._pg_schema import (
+    KEY_COLUMNS_DDL,
+    MIGRATIONS,
     SCHEMA_VERSION,
     PartitionWindow,
     month_bounds,
@@ -159,19 +161,86 @@ def test_new_batches_go_by_copy_and_resends_row_by_row(pg_database: str) -> None
     assert run(PostgresStorage(pg_database), body) == (0, 1, ["a", "b", "c"])
 
 
+UUID_A = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+UUID_B = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+
+
+def test_canonical_uuid_ids_are_deduplicated_as_uuids_and_other_ids_as_text(
+    pg_database: str,
+) -> None:
+    upper = UUID_A.upper()  # another id: not canonical, so it is text, and distinct
+
+    async def body(s: PostgresStorage) -> tuple[set[str], set[str]]:
+        first = await s.insert_events("p", [row(UUID_A), row(upper), row("plain")])
+        again = await s.insert_events("p", [row(UUID_A), row(upper), row("plain"), row(UUID_B)])
+        return first, again
+
+    assert run(PostgresStorage(pg_database), body) == ({UUID_A, upper, "plain"}, {UUID_B})
+    assert sql(pg_database, "SELECT id::text FROM event_uuids ORDER BY id") == [
+        (UUID_A,),
+        (UUID_B,),
+    ]
+    assert sql(pg_database, "SELECT event_id FROM event_ids ORDER BY 1") == [
+        (upper,),
+        ("plain",),
+    ]
+
+
+def test_deleting_a_user_forgets_both_kinds_of_ids(pg_database: str) -> None:
+    async def body(s: PostgresStorage) -> tuple[int, set[str], list[str]]:
+        await s.insert_events("p", [row(UUID_A, user_id="u1"), row("t1", user_id="u1")])
+        await s.insert_events("p", [row(UUID_B, user_id="u2")])
+        gone = await s.delete_user("p", "u1", NOW)
+        # deleted events sent again are stored again (their ids were forgotten)
+        again = await s.insert_events("p", [row(UUID_A), row("t1"), row(UUID_B)])
+        return gone, again, await all_ids(s, "p")
+
+    assert run(PostgresStorage(pg_database), body) == (2, {UUID_A, "t1"}, [UUID_B, UUID_A, "t1"])
+
+
+def test_a_version_2_database_is_migrated_in_place(pg_database: str) -> None:
+    # The schema as the previous release left it, with one event of each kind of id.
+    for version in (1, 2):
+        for statement in MIGRATIONS[version]:
+            sql(pg_database, statement)
+    for statement in KEY_COLUMNS_DDL:
+        sql(pg_database, statement)
+    sql(pg_database, "CREATE TABLE innkt_schema (version integer NOT NULL)")
+    sql(pg_database, "INSERT INTO innkt_schema VALUES (2)")
+    sql(pg_database, "CREATE TABLE events_old PARTITION OF events FOR VALUES FROM (0) TO (1)")
+    for event_id in (UUID_A, "t1"):
+        sql(
+            pg_database,
+            "INSERT INTO events (project, event_id, event_type, ts, received_at, corrected,"
+            " payload) VALUES ('p', %s, 'page', 0, 0, 0, '{}')",
+            (event_id,),
+        )
+        sql(pg_database, "INSERT INTO event_ids VALUES ('p', %s)", (event_id,))
+
+    async def body(s: PostgresStorage) -> set[str]:
+        return await s.insert_events("p", [row(UUID_A), row("t1"), row(UUID_B)])
+
+    assert run(PostgresStorage(pg_database), body) == {UUID_B}
+    assert sql(pg_database, "SELECT version FROM innkt_schema") == [(SCHEMA_VERSION,)]
+    assert sql(pg_database, "SELECT event_id FROM event_ids") == [("t1",)]
+    assert sql(pg_database, "SELECT count(*) FROM event_uuids") == [(2,)]
+
+
 # -- retention -------------------------------------------------------------------------
 
 
 def test_retention_drops_whole_months_and_deletes_the_rest(pg_database: str) -> None:
     rows = [row(f"m{n}", corrected=month_ago(n) + DAY) for n in range(1, 6)]
-    cutoff = month_ago(2) + 10 * DAY  # months 3..5 go whole; month 2 loses one row
+    rows += [row(UUID_A, corrected=month_ago(4) + DAY), row(UUID_B, corrected=month_ago(2))]
+    cutoff = month_ago(2) + 10 * DAY  # months 3..5 go whole; month 2 loses two rows
 
     async def body(s: PostgresStorage) -> list[str]:
         await s.insert_events("p", rows)
-        assert await s.delete_events_before(None, cutoff) == 4
+        assert await s.delete_events_before(None, cutoff) == 6
         return await all_ids(s, "p")
 
     assert run(PostgresStorage(pg_database), body) == ["m1"]
+    assert sql(pg_database, "SELECT count(*) FROM event_uuids") == [(0,)]
     names = attached(pg_database)
     assert {partition_name(month_ago(n)) for n in (3, 4, 5)}.isdisjoint(names)
     assert partition_name(month_ago(2)) in names  # the month the cutoff falls in stays

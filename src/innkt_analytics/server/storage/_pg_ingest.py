@@ -1,8 +1,9 @@
 """Ingest into PostgreSQL: one transaction per group of concurrent batches.
 
 The fast path is PostgreSQL's bulk path: in one transaction, COPY the ids into
-``event_ids`` and the rows into ``events``. A duplicate makes the first COPY
-fail on the primary key; the transaction is then rolled back and the slow path,
+``event_uuids`` (canonical UUIDs, as 16-byte uuids) and ``event_ids`` (any
+other id; see ``_pg_schema``) and the rows into ``events``. A duplicate makes
+an id COPY fail on the primary key; the transaction is then rolled back and the slow path,
 ``INSERT``, stores the rows that are new (``ON CONFLICT DO NOTHING``). Batches
 are nearly always new, so nearly every event goes the fast way; resends after
 a lost answer cost one failed COPY more.
@@ -25,16 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from innkt_analytics.server.storage._base import EventRow
+from innkt_analytics.server.storage._pg_schema import CANONICAL_UUID
 from innkt_analytics.shared._exceptions import StorageError
 
 __all__ = [
     "EVENT_COLUMNS",
+    "FORGET_IDS",
     "INSERT",
+    "CopyInput",
     "GroupInserter",
     "Key",
     "clean_text",
@@ -42,6 +47,7 @@ __all__ = [
     "insert_args",
     "merge",
     "split",
+    "uuid_key",
 ]
 
 Key = tuple[str, str]  # (project, event_id)
@@ -61,19 +67,26 @@ EVENT_COLUMNS: Final = (
     "payload",
 )
 
-#: the slow path: the dedup insert and the event insert chained in one statement
+#: the slow path: the dedup inserts and the event insert chained in one statement
 INSERT: Final = """
 WITH input AS (
     SELECT * FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::bytea[]
+        $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::bool[], $12::bytea[], $13::uuid[]
     ) WITH ORDINALITY AS u(project, event_id, event_type, session_id, user_id, anonymous_id,
-                           ts, sent_at, received_at, corrected, future, payload, ord)
-), fresh AS (
-    -- sorted as copy_records sorts (code points = UTF-8 bytes = "C"), so concurrent
-    -- transactions sharing ids wait on them in one order and cannot deadlock
+                           ts, sent_at, received_at, corrected, future, payload, uid, ord)
+), fresh_uuids AS (
+    -- sorted as copy_records sorts (code points = UTF-8 bytes = "C"; a canonical
+    -- UUID's text sorts as its bytes), so concurrent transactions sharing ids wait
+    -- on them in one order and cannot deadlock: uuids first, then other ids
+    INSERT INTO event_uuids (project, id)
+    SELECT project, uid FROM input WHERE uid IS NOT NULL ORDER BY project COLLATE "C", uid
+    ON CONFLICT (project, id) DO NOTHING
+    RETURNING project, id
+), fresh_ids AS (
     INSERT INTO event_ids (project, event_id)
-    SELECT project, event_id FROM input ORDER BY project COLLATE "C", event_id COLLATE "C"
+    SELECT project, event_id FROM input WHERE uid IS NULL
+    ORDER BY project COLLATE "C", event_id COLLATE "C"
     ON CONFLICT (project, event_id) DO NOTHING
     RETURNING project, event_id
 )
@@ -81,10 +94,37 @@ INSERT INTO events (project, event_id, event_type, session_id, user_id, anonymou
                     ts, sent_at, received_at, corrected, future, payload)
 SELECT i.project, i.event_id, i.event_type, i.session_id, i.user_id, i.anonymous_id,
        i.ts, i.sent_at, i.received_at, i.corrected, i.future, i.payload
-FROM input i JOIN fresh f ON f.project = i.project AND f.event_id = i.event_id
+FROM input i
+LEFT JOIN fresh_uuids u ON u.project = i.project AND u.id = i.uid
+LEFT JOIN fresh_ids t ON t.project = i.project AND t.event_id = i.event_id
+WHERE u.id IS NOT NULL OR t.event_id IS NOT NULL
 ORDER BY i.ord
 RETURNING project, event_id
 """
+
+#: appended to a ``WITH gone AS (... RETURNING project, event_id)``: forgets the
+#: ids of those events in both dedup tables (so a resend is stored again) and
+#: selects how many ids went
+FORGET_IDS: Final = """
+, forget_uuids AS (
+    DELETE FROM event_uuids d USING gone
+    WHERE d.project = gone.project AND d.id = innkt_uuid_key(gone.event_id)
+    RETURNING 1
+), forget_ids AS (
+    DELETE FROM event_ids d USING gone
+    WHERE d.project = gone.project AND d.event_id = gone.event_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM forget_uuids) + (SELECT count(*) FROM forget_ids)
+"""
+
+_UUID: Final = re.compile(CANONICAL_UUID)
+
+
+def uuid_key(event_id: str) -> str | None:
+    """``event_id`` when it goes to ``event_uuids`` (a canonical UUID), else None;
+    the same test as the database's ``innkt_uuid_key``."""
+    return event_id if len(event_id) == 36 and _UUID.fullmatch(event_id) else None
 
 
 def clean_text(value: str) -> str:
@@ -99,9 +139,10 @@ def _opt(value: str | None) -> str | None:
 
 def insert_args(rows: Sequence[tuple[str, EventRow]]) -> tuple[list[object], ...]:
     """The column arrays ``INSERT`` takes, in its parameter order."""
+    ids = [clean_text(r.event_id) for _, r in rows]
     return (
         [clean_text(p) for p, _ in rows],
-        [clean_text(r.event_id) for _, r in rows],
+        list(ids),
         [clean_text(r.event_type) for _, r in rows],
         [_opt(r.session_id) for _, r in rows],
         [_opt(r.user_id) for _, r in rows],
@@ -112,20 +153,30 @@ def insert_args(rows: Sequence[tuple[str, EventRow]]) -> tuple[list[object], ...
         [r.corrected for _, r in rows],
         [r.future for _, r in rows],
         [r.payload for _, r in rows],
+        [uuid_key(i) for i in ids],
     )
 
 
-def copy_records(
-    rows: Sequence[tuple[str, EventRow]],
-) -> tuple[list[tuple[str, str]], list[tuple[object, ...]]]:
-    """The fast path's COPY input: the keys for ``event_ids`` (sorted, so
-    concurrent copies wait on shared ids in one order) and the ``events`` rows
-    in ``EVENT_COLUMNS`` order."""
-    keys: list[tuple[str, str]] = []
+@dataclass(frozen=True, slots=True)
+class CopyInput:
+    """The fast path's COPY input: the keys of ``event_uuids`` and of ``event_ids``
+    (each sorted, so concurrent copies wait on shared ids in one order), the
+    ``events`` rows in ``EVENT_COLUMNS`` order, and every key as stored."""
+
+    uuids: list[tuple[str, str]]
+    ids: list[tuple[str, str]]
+    events: list[tuple[object, ...]]
+    keys: set[Key]
+
+
+def copy_records(rows: Sequence[tuple[str, EventRow]]) -> CopyInput:
+    """What the fast path COPYs for ``rows`` (merged: each key once)."""
+    uuids: list[tuple[str, str]] = []
+    ids: list[tuple[str, str]] = []
     events: list[tuple[object, ...]] = []
     for project, r in rows:
         project, event_id = clean_text(project), clean_text(r.event_id)
-        keys.append((project, event_id))
+        (uuids if uuid_key(event_id) else ids).append((project, event_id))
         events.append(
             (
                 project,
@@ -142,8 +193,10 @@ def copy_records(
                 r.payload,
             )
         )
-    keys.sort()
-    return keys, events
+    keys = {*uuids, *ids}
+    uuids.sort()
+    ids.sort()
+    return CopyInput(uuids, ids, events, keys)
 
 
 @dataclass(eq=False)

@@ -6,7 +6,7 @@ ingest for long:
 1. ``retire``: in one short transaction, DETACH the partition from ``events``
    (new rows for that month fall into the default partition from then on),
    rename it ``events_retired_…`` and note it in ``innkt_retired``.
-2. ``purge_retired``: forget its ids in ``event_ids`` (so a late resend is
+2. ``purge_retired``: forget its ids in the dedup tables (so a late resend is
    stored again, as after a row-by-row delete), rescue rows of other projects
    when only one project's retention retired it, and DROP it.
 
@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
+from innkt_analytics.server.storage._pg_ingest import FORGET_IDS
 from innkt_analytics.server.storage._pg_schema import month_bounds, partition_name
 
 __all__ = [
@@ -34,11 +35,6 @@ __all__ = [
 
 #: pg_advisory_xact_lock key serialising partition DDL across instances
 PARTITION_LOCK: Final = 0x494E4B54_0002
-
-
-def _count(status: str) -> int:
-    """Rows affected, from a command status such as ``DELETE 42``."""
-    return int(status.rsplit(" ", 1)[1])
 
 
 async def load_partitions(conn: Any) -> set[int]:
@@ -132,21 +128,20 @@ async def purge_retired(conn: Any) -> int:
             if claimed is None:
                 continue  # another instance is purging it
             if project is None:
-                status = await conn.execute(
-                    f"DELETE FROM event_ids d USING {table} p"
-                    " WHERE d.project = p.project AND d.event_id = p.event_id"
+                forgotten = await conn.fetchval(
+                    f"WITH gone AS (SELECT project, event_id FROM {table})" + FORGET_IDS
                 )
             else:
                 # Rows of other projects arrived after the emptiness check: keep them.
                 await conn.execute(
                     f"INSERT INTO events SELECT * FROM {table} WHERE project <> $1", project
                 )
-                status = await conn.execute(
-                    f"DELETE FROM event_ids d USING {table} p"
-                    " WHERE p.project = $1 AND d.project = $1 AND d.event_id = p.event_id",
+                forgotten = await conn.fetchval(
+                    f"WITH gone AS (SELECT project, event_id FROM {table} WHERE project = $1)"
+                    + FORGET_IDS,
                     project,
                 )
-            removed += _count(status)
+            removed += int(forgotten)
             await conn.execute(f"DROP TABLE {table}")
             await conn.execute("DELETE FROM innkt_retired WHERE table_name = $1", table)
     return removed
@@ -155,18 +150,16 @@ async def purge_retired(conn: Any) -> int:
 async def delete_rows_before(conn: Any, project: str | None, before: int) -> int:
     """Row-by-row retention for what partitions could not take (ids too)."""
     if project is None:
-        status = await conn.execute(
+        forgotten = await conn.fetchval(
             "WITH gone AS (DELETE FROM events WHERE corrected < $1 RETURNING project, event_id)"
-            " DELETE FROM event_ids d USING gone"
-            " WHERE d.project = gone.project AND d.event_id = gone.event_id",
+            + FORGET_IDS,
             before,
         )
     else:
-        status = await conn.execute(
+        forgotten = await conn.fetchval(
             "WITH gone AS (DELETE FROM events WHERE project = $1 AND corrected < $2"
-            " RETURNING event_id) DELETE FROM event_ids d USING gone"
-            " WHERE d.project = $1 AND d.event_id = gone.event_id",
+            " RETURNING project, event_id)" + FORGET_IDS,
             project,
             before,
         )
-    return _count(status)
+    return int(forgotten)

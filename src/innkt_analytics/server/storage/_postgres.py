@@ -2,8 +2,9 @@
 
 Ingest goes through ``GroupInserter`` (``_pg_ingest``): concurrent batches are
 merged, at most ``insert_concurrency`` transactions run at once, and each is a
-COPY of the ids into ``event_ids`` and of the rows into ``events`` — falling
-back to ``INSERT … ON CONFLICT DO NOTHING`` when an id was already stored.
+COPY of the ids into ``event_uuids``/``event_ids`` and of the rows into
+``events`` — falling back to ``INSERT … ON CONFLICT DO NOTHING`` when an id was
+already stored.
 Callers are answered only after COMMIT (``synchronous_commit`` stays on).
 
 See ``_pg_schema`` for the table layout and why deduplication lives in its own
@@ -43,6 +44,7 @@ from innkt_analytics.server.storage._base import (
 )
 from innkt_analytics.server.storage._pg_ingest import (
     EVENT_COLUMNS,
+    FORGET_IDS,
     INSERT,
     GroupInserter,
     Key,
@@ -286,18 +288,21 @@ class PostgresStorage(Storage):
         needed = partitions_to_create(
             (r.corrected for _, r in rows), self._known, time.time_ns() // 1_000_000, self._window
         )
-        keys, records = copy_records(rows)
+        copy = copy_records(rows)
 
         async def run(conn: Any) -> set[Key]:
             if needed:
                 await self._create_partitions(conn, needed)
             try:
                 async with conn.transaction():
-                    await conn.copy_records_to_table("event_ids", records=keys)
+                    if copy.uuids:
+                        await conn.copy_records_to_table("event_uuids", records=copy.uuids)
+                    if copy.ids:
+                        await conn.copy_records_to_table("event_ids", records=copy.ids)
                     await conn.copy_records_to_table(
-                        "events", records=records, columns=EVENT_COLUMNS
+                        "events", records=copy.events, columns=EVENT_COLUMNS
                     )
-                return set(keys)
+                return copy.keys
             except asyncpg.UniqueViolationError:
                 self.slow_inserts += 1  # some were stored already: row by row
             stored = await conn.fetch(INSERT, *insert_args(rows))
@@ -491,11 +496,10 @@ class PostgresStorage(Storage):
                 # the ids go too, as deleting a row frees its unique key in SQLite;
                 # anonymous_id has no index (it would cost every insert): a deletion,
                 # rare, scans the project's rows instead
-                status = await conn.execute(
+                deleted = await conn.fetchval(
                     "WITH gone AS (DELETE FROM events WHERE project = $1"
                     " AND (user_id = $2 OR anonymous_id = $2)"
-                    " RETURNING event_id) DELETE FROM event_ids d USING gone"
-                    " WHERE d.project = $1 AND d.event_id = gone.event_id",
+                    " RETURNING project, event_id)" + FORGET_IDS,
                     project,
                     user_id,
                 )
@@ -507,7 +511,7 @@ class PostgresStorage(Storage):
                     user_id,
                     at,
                 )
-            return int(status.split()[-1])
+            return int(deleted)
 
         return await self._run(run)
 
@@ -554,14 +558,16 @@ class PostgresStorage(Storage):
         async def run(conn: Any) -> StorageHealth:
             size, estimate, version = await conn.fetchrow(
                 "SELECT pg_database_size(current_database()),"
-                " (SELECT reltuples FROM pg_class WHERE oid = 'event_ids'::regclass),"
+                " (SELECT sum(greatest(reltuples, 0)) FROM pg_class"
+                "  WHERE oid IN ('event_ids'::regclass, 'event_uuids'::regclass)),"
                 " (SELECT max(version) FROM innkt_schema)",
                 timeout=self._connect_timeout,
             )
-            exact = estimate < _EXACT_COUNT_LIMIT  # -1 before the first ANALYZE
+            exact = estimate < _EXACT_COUNT_LIMIT  # -1 (taken as 0) before the first ANALYZE
             if exact:
                 events = await conn.fetchval(
-                    "SELECT count(*) FROM event_ids", timeout=self._connect_timeout
+                    "SELECT (SELECT count(*) FROM event_ids) + (SELECT count(*) FROM event_uuids)",
+                    timeout=self._connect_timeout,
                 )
             else:
                 events = int(estimate)
