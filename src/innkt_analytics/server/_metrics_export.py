@@ -12,6 +12,8 @@ What is exported (all names start ``innkt_``; see docs/operations.md):
   oldest one's wait);
 * ``websocket_connections``, ``websocket_dropped_messages_total``;
 * ``rate_limit_decisions_total{decision}``, ``key_cache_lookups_total{result}``;
+* ``insights_cache_lookups_total{result}`` (answers from the cache or computed) and
+  ``insights_query_errors_total{error}`` (``query_timeout``, ``query_too_large``);
 * ``storage_up``, ``storage_size_bytes``, ``storage_events``, and
   ``storage_detail{name}`` for each number the storage engine reports in its
   health (e.g. PostgreSQL's slow inserts);
@@ -47,6 +49,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from innkt_analytics.server._metrics import ServerMetrics
 from innkt_analytics.server._state import ServerState, authenticate, required, state_of
+from innkt_analytics.server.insights._cache import insights_of
 from innkt_analytics.server.storage import StorageHealth, StorageStatus
 
 __all__ = ["METRICS_HANDLERS", "install_metrics", "render_metrics"]
@@ -94,6 +97,7 @@ class _Collector:
         lookups.add_metric(["hit"], state.keys.hits)
         lookups.add_metric(["miss"], state.keys.misses)
         yield lookups
+        yield from _insights(state)
         if self.health is not None:
             yield from _storage(self.health)
         uptime = GaugeMetricFamily("innkt_uptime_seconds", "Seconds since the server started")
@@ -151,6 +155,27 @@ def _ingest(m: ServerMetrics) -> Iterator[Metric]:
     )
     waited.add_metric([], lag)
     yield waited
+
+
+def _insights(state: ServerState) -> Iterator[Metric]:
+    runtime = insights_of(state)
+    lookups = CounterMetricFamily(
+        "innkt_insights_cache_lookups",
+        "Insights answers served from the cache (hit) or computed (miss)",
+        labels=["result"],
+    )
+    lookups.add_metric(["hit"], runtime.cache.hits)
+    lookups.add_metric(["miss"], runtime.cache.misses)
+    yield lookups
+    errors = CounterMetricFamily(
+        "innkt_insights_query_errors",
+        "Insights queries refused past the time limit (query_timeout) or the event or"
+        " memory bound (query_too_large)",
+        labels=["error"],
+    )
+    for code in ("query_timeout", "query_too_large"):
+        errors.add_metric([code], runtime.errors[code])
+    yield errors
 
 
 def _storage(health: StorageHealth) -> Iterator[Metric]:

@@ -123,8 +123,9 @@ class InsightsRuntime:
     cache: AnswerCache
     #: seconds a query may run (loading its events included) before it is interrupted
     timeout: float
-    #: queries stopped at the time limit since the start
-    timeouts: int = 0
+    #: queries refused past a bound since the start, by the error answered:
+    #: ``query_timeout`` (the time limit), ``query_too_large`` (events or memory)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def key(self, project: str, kind: str, query: msgspec.Struct) -> CacheKey:
         # The parsed query re-encoded: bodies that differ only in key order, spacing

@@ -266,8 +266,8 @@ async def insights(request: Request[Any, Any, Any]) -> Response[bytes]:
             state.storage, query, key.project, runtime.timeout, persons=persons
         )
     except ApiError as exc:
-        if exc.code == "query_timeout":
-            runtime.timeouts += 1
+        if exc.code in ("query_timeout", "query_too_large"):
+            runtime.errors[exc.code] += 1
         raise
     runtime.cache.put(cache_key, answer)
     return Response(answer, media_type=JSON, headers={CACHE_HEADER: "miss"})
