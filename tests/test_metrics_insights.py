@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import pathlib
 import re
-import uuid
 from typing import Any
 
 import httpx
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests._server import ServerProcess
 from tests.conftest import ServerFactory
+from tests.test_insights_cache import _event, _events
 from tests.test_metrics import samples, value
 
 RANGE = {"dateFrom": "2026-03-02", "dateTo": "2026-03-03"}
@@ -28,23 +28,8 @@ OPERATIONS = pathlib.Path(__file__).parent.parent / "docs" / "operations.md"
 
 def _send(server: ServerProcess, count: int) -> None:
     start = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
-    events = [
-        {
-            "eventId": uuid.uuid4().hex,
-            "eventType": "abc"[i % 3],
-            "userId": f"u{i % 2}",
-            "timestamp": (start + dt.timedelta(seconds=i)).isoformat(),
-        }
-        for i in range(count)
-    ]
-    for i in range(0, count, 2500):
-        r = httpx.post(
-            server.url + "/v1/events/batch",
-            json={"events": events[i : i + 2500]},
-            headers=server.headers("write"),
-            timeout=60,
-        )
-        assert r.status_code == 200, r.text
+    at = [(start + dt.timedelta(seconds=i)).isoformat() for i in range(count)]
+    _events(server, [_event("abc"[i % 3], f"u{i % 2}", at[i]) for i in range(count)])
 
 
 def _ask(server: ServerProcess, kind: str, body: dict[str, Any]) -> httpx.Response:
