@@ -8,10 +8,17 @@ again and must not raise it (issue 19).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
 
 from innkt_analytics.server._identity import Link
 from innkt_analytics.server._identity_store import IdentityStore, IdInfo, make_identity
+from tests._server import ServerProcess
+from tests.conftest import ServerFactory
 
 P = "proj"
 
@@ -99,3 +106,49 @@ def test_concurrent_batches_are_judged_each_by_its_own_project(storage_url: str)
         assert (await store.version("a"), await store.version("b")) == (1, 2)
 
     _with_store(storage_url, body)
+
+
+# -- through the servers: another instance's cached answers ---------------------------
+
+
+def _send(server: ServerProcess, **ids: str) -> None:
+    event = {"eventId": uuid.uuid4().hex, "eventType": "buy", "timestamp": "2026-03-02T10:00:00Z"}
+    r = httpx.post(
+        server.url + "/v1/events/batch", json={"events": [event | ids]}, headers=server.headers()
+    )
+    assert r.status_code == 200, r.text
+
+
+def _users(server: ServerProcess) -> tuple[str, Any]:
+    r = httpx.post(
+        server.url + "/v1/insights/trends",
+        json={
+            "dateFrom": "2026-03-02",
+            "dateTo": "2026-03-03",
+            "series": [{"event": "buy", "math": "unique_users"}],
+        },
+        headers=server.headers("read"),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    return r.headers["X-Innkt-Cache"], r.json()["series"][0]["values"]
+
+
+@pytest.mark.postgres
+def test_a_known_user_through_another_instance_keeps_cached_answers(
+    pg_database: str, server_factory: ServerFactory
+) -> None:
+    # A keeps answers long enough that only the graph version can turn a hit into a miss
+    a = server_factory(db=pg_database, env={"INNKT_INSIGHTS_CACHE_TTL_POSTGRES": "600"})
+    b = server_factory(db=pg_database)
+    b.keys = dict(a.keys)  # the database already had keys when B started
+    _send(a, anonymousId="anon-1", userId="u-1")
+    assert _users(a) == ("miss", [1])
+    assert _users(a) == ("hit", [1])
+    # B has never seen u-1 (as after a restart): it writes what the store already holds
+    _send(b, anonymousId="anon-1", userId="u-1")
+    _send(b, userId="u-1")
+    assert _users(a) == ("hit", [1])
+    # a new link through B: persons may change, A's answer is recomputed
+    _send(b, anonymousId="anon-2", userId="u-1")
+    assert _users(a)[0] == "miss"
