@@ -288,6 +288,7 @@ def test_stats_of_an_empty_range(project: Project) -> None:
         "series": [],
         "uniqueSessions": 0,
         "uniqueUsers": 0,
+        "countBy": "person",
         "bucket": "hour",
     }
 

@@ -89,6 +89,7 @@ def row(
     event_type: str = "page",
     session_id: str | None = "s1",
     user_id: str | None = None,
+    anonymous_id: str | None = None,
     corrected: int = NOW,
     sent_at: int | None = None,
     future: bool = False,
@@ -99,7 +100,7 @@ def row(
         event_type=event_type,
         session_id=session_id,
         user_id=user_id,
-        anonymous_id=None,
+        anonymous_id=anonymous_id,
         timestamp=corrected,
         sent_at=sent_at,
         received_at=corrected + 5,
@@ -285,6 +286,41 @@ def test_stats_count_bucket_and_unique(storage_url: str) -> None:
         assert (hourly.unique_sessions, hourly.unique_users) == (2, 1)
         empty = await s.stats("nobody", EventFilter(), DAY)
         assert (empty.total, empty.series, empty.by_event_type) == (0, [], {})
+
+    with_storage(storage_url, body)
+
+
+def test_stats_count_actors_and_persons(storage_url: str) -> None:
+    """Unique users are actors (the userId, else the anonymousId); with a persons
+    mapping the actors of one person count once, even when its root is not among them."""
+    rows = [
+        row("e1", anonymous_id="a1", corrected=NOW),
+        row("e2", anonymous_id="a1", user_id="u1", corrected=NOW + 1),
+        row("e3", user_id="u1", corrected=NOW + 2),
+        row("e4", anonymous_id="a3", corrected=NOW + 3),
+        row("e5", user_id="u2", corrected=NOW + 4),
+        row("e6", corrected=NOW + 5),  # no id at all: no actor
+        row("e7", anonymous_id="a2", corrected=NOW + DAY),
+        row("e8", anonymous_id="a1", corrected=NOW + DAY + 1),
+    ]
+    persons = {"a1": "u1", "a2": "u1", "a9": "u9"}  # a9/u9: a person not in the events
+
+    async def body(s: Storage) -> None:
+        await s.insert_events("p", rows)
+        await s.insert_events("other", [row("o1", anonymous_id="a5")])
+        by_id = await s.stats("p", EventFilter(), DAY)
+        assert by_id.unique_users == 5  # a1, u1, a3, u2, a2
+        assert (await s.stats("p", EventFilter(), DAY, persons=persons)).unique_users == 3
+        later = EventFilter(since=NOW + DAY)  # a2 and a1: one person, its root absent
+        assert (await s.stats("p", later, DAY)).unique_users == 2
+        assert (await s.stats("p", later, DAY, persons=persons)).unique_users == 1
+        assert (await s.stats("p", EventFilter(), DAY, persons={})).unique_users == 5
+        counts_only = await s.stats("p", EventFilter(), DAY, persons=persons, uniques=False)
+        assert (counts_only.total, counts_only.unique_users, counts_only.unique_sessions) == (
+            8,
+            0,
+            0,
+        )
 
     with_storage(storage_url, body)
 

@@ -551,7 +551,7 @@ class AlertService:
             types = [rule.event_type]
         else:
             totals = await storage.stats(
-                rule.project, EventFilter(since=since, until=until), 3_600_000
+                rule.project, EventFilter(since=since, until=until), 3_600_000, uniques=False
             )
             ranked = sorted(totals.by_event_type.items(), key=lambda kv: (-kv[1], kv[0]))
             types = [t for t, _ in ranked[:MAX_ANOMALY_TYPES]]
@@ -559,7 +559,8 @@ class AlertService:
         for event_type in types:
             flt = EventFilter(event_type=event_type, since=since, until=until)
             values = [0.0] * (hour - first + 1)
-            for start_ms, count in (await storage.stats(rule.project, flt, 3_600_000)).series:
+            hourly = await storage.stats(rule.project, flt, 3_600_000, uniques=False)
+            for start_ms, count in hourly.series:
                 if 0 <= start_ms // 3_600_000 - first < len(values):
                     values[start_ms // 3_600_000 - first] = float(count)
             found.append(_since_first(f"event:{event_type}", first, values))

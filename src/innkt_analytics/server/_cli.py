@@ -617,7 +617,7 @@ def export(
         _fail(ValueError(exc.message))
 
     async def run(storage: Storage) -> int:
-        stats = await storage.stats(project, flt, 86_400_000)
+        stats = await storage.stats(project, flt, 86_400_000, uniques=False)
         with Progress(
             TextColumn("exporting"),
             BarColumn(),

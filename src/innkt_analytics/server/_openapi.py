@@ -79,7 +79,9 @@ class Stats(msgspec.Struct, rename="camel", kw_only=True):
     by_event_type: dict[str, int]
     series: list[SeriesPoint]
     unique_sessions: int
+    #: distinct persons (``countBy=person``) or raw ids (``countBy=id``)
     unique_users: int
+    count_by: Literal["person", "id"]
     bucket: Literal["minute", "hour", "day"]
 
 
@@ -463,6 +465,12 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
                 "bucket",
                 {"type": "string", "enum": sorted(BUCKETS), "default": "hour"},
                 "the series' bucket width",
+            ),
+            Query(
+                "countBy",
+                {"type": "string", "enum": ["id", "person"], "default": "person"},
+                "``uniqueUsers`` counts persons (an anonymous visitor and the user it"
+                " became are one) or raw ids (the userId, else the anonymousId)",
             ),
         ),
     ),

@@ -11,13 +11,16 @@ from litestar import Request, Response, get, put
 
 from innkt_analytics.server._ingest import read_json_body
 from innkt_analytics.server._state import JSON, ApiError, authenticate, state_of
+from innkt_analytics.server.insights._persons_map import project_persons
 from innkt_analytics.server.storage import EventFilter, EventRow
+from innkt_analytics.shared._exceptions import StorageError
 from innkt_analytics.shared._protocol import ClientConfig
 
 __all__ = ["get_config", "list_events", "put_config", "row_to_json", "stats"]
 
 BUCKETS: Final = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
 MAX_PAGE: Final = 1000
+COUNT_BY: Final = ("person", "id")
 _encoder = msgspec.json.Encoder()
 
 
@@ -113,20 +116,38 @@ async def list_events(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def stats(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Counts per event type, a time series and unique sessions/users over a range.
 
-    Query: since, until (ISO 8601), bucket (minute|hour|day), eventType.
+    Query: since, until (ISO 8601), bucket (minute|hour|day), eventType, countBy
+    (person|id: ``uniqueUsers`` counts persons, the default, or raw ids).
     """
     key = await authenticate(request, "read")
+    state = state_of(request)
     flt = _filter(request)
     bucket = request.query_params.get("bucket", "hour")
     if bucket not in BUCKETS:
         raise ApiError(400, "invalid_parameter", "bucket: one of minute, hour, day")
-    result = await state_of(request).storage.stats(key.project, flt, BUCKETS[bucket])
+    count_by = request.query_params.get("countBy", "person")
+    if count_by not in COUNT_BY:
+        raise ApiError(400, "invalid_parameter", "countBy: one of person, id")
+    persons = None
+    if count_by == "person":
+        try:
+            found = await project_persons(state, key.project)
+        except StorageError as exc:
+            raise ApiError(
+                503,
+                "storage_unavailable",
+                str(exc),
+                retry_after=state.settings.unavailable_retry_after,
+            ) from None
+        persons = None if found is None else found.roots
+    result = await state.storage.stats(key.project, flt, BUCKETS[bucket], persons=persons)
     body = {
         "total": result.total,
         "byEventType": result.by_event_type,
         "series": [{"t": _iso(t), "count": c} for t, c in result.series],
         "uniqueSessions": result.unique_sessions,
         "uniqueUsers": result.unique_users,
+        "countBy": count_by,
         "bucket": bucket,
     }
     return Response(_encoder.encode(body), media_type=JSON)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "audit_entry",
     "event_row",
     "key_record",
+    "person_pairs",
 ]
 
 
@@ -75,7 +76,15 @@ class Stats:
     by_event_type: dict[str, int]
     series: list[tuple[int, int]]  # (bucket start ms, count)
     unique_sessions: int
+    #: distinct actors (``userId``, else ``anonymousId``), or persons (``Storage.stats``)
     unique_users: int
+
+
+def person_pairs(roots: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """``roots`` (id -> its person's root, for persons of several ids) as two columns
+    ``(ids, roots)`` that also map each root to itself (``Storage.stats``' persons)."""
+    own = sorted(set(roots.values()) - roots.keys())
+    return [*roots, *own], [*roots.values(), *own]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +220,19 @@ class Storage(abc.ABC):
     ) -> EventPage: ...
 
     @abc.abstractmethod
-    async def stats(self, project: str, flt: EventFilter, bucket_ms: int) -> Stats: ...
+    async def stats(
+        self,
+        project: str,
+        flt: EventFilter,
+        bucket_ms: int,
+        *,
+        persons: Mapping[str, str] | None = None,
+        uniques: bool = True,
+    ) -> Stats:
+        """Counts, a series of ``bucket_ms`` buckets, and (with ``uniques``) the distinct
+        sessions and actors: an actor is the ``userId``, else the ``anonymousId``; with
+        ``persons`` (id -> its person's root, for persons of several ids) the actors of
+        one person count once. Without ``uniques`` both are 0 (and cost nothing)."""
 
     @abc.abstractmethod
     async def get_config(self, project: str) -> ClientConfig | None: ...

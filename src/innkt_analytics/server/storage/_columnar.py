@@ -11,21 +11,48 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from innkt_analytics.server.storage import _segments
-from innkt_analytics.server.storage._base import EventFilter, EventRow, event_row
+from innkt_analytics.server.storage._base import EventFilter, EventRow, event_row, person_pairs
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-__all__ = ["Reader", "Snapshot", "where"]
+__all__ = [
+    "DISTINCT_ACTORS",
+    "MERGED_ACTORS",
+    "Reader",
+    "Snapshot",
+    "person_table",
+    "where",
+]
 
 #: the columns query_events returns, in ``_base.event_row``'s order
 ROW_COLUMNS: Final = tuple(c for c in _segments.HOT_COLUMNS if c != "project")
+
+
+#: the distinct actors (``userId``, else ``anonymousId``) of the relation ``ev``
+DISTINCT_ACTORS: Final = (
+    "SELECT DISTINCT coalesce(user_id, anonymous_id) AS actor FROM ev"
+    " WHERE coalesce(user_id, anonymous_id) IS NOT NULL"
+)
+#: how many of the actors ``a`` are one person with another of them (``person_of``,
+#: ``person_table``): distinct persons = distinct actors - this
+MERGED_ACTORS: Final = (
+    "SELECT COUNT(*) - COUNT(DISTINCT m.root) FROM a JOIN person_of m ON m.id = a.actor"
+)
+
+
+def person_table(roots: Mapping[str, str]) -> pa.Table:
+    """``person_pairs(roots)`` as a table ``(id, root)``."""
+    import pyarrow as pa
+
+    ids, own = person_pairs(roots)
+    return pa.table({"id": pa.array(ids, pa.string()), "root": pa.array(own, pa.string())})
 
 
 def where(project: str | None, flt: EventFilter) -> tuple[str, list[object]]:
@@ -133,13 +160,23 @@ class Reader:
         ]
         return Snapshot(segments, hot)
 
-    def query(self, snap: Snapshot, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+    def query(
+        self,
+        snap: Snapshot,
+        sql: str,
+        params: Sequence[object],
+        tables: Mapping[str, pa.Table] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """``sql`` with the snapshot's hot rows as ``hot`` and ``tables`` by their names."""
         con = self.duck()
-        con.register("hot", snap.hot)
+        named = {"hot": snap.hot, **(tables or {})}
+        for name, table in named.items():
+            con.register(name, table)
         try:
             return con.execute(sql, list(params)).fetchall()
         finally:
-            con.unregister("hot")
+            for name in named:
+                con.unregister(name)
 
     def page(
         self,

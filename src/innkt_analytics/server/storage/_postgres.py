@@ -20,7 +20,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import asyncpg
@@ -41,6 +41,7 @@ from innkt_analytics.server.storage._base import (
     audit_entry,
     event_row,
     key_record,
+    person_pairs,
 )
 from innkt_analytics.server.storage._pg_ingest import (
     EVENT_COLUMNS,
@@ -83,6 +84,8 @@ _CONFIG_LOCK_SPACE: Final = 0x494E4B54  # two-int form: (space, hashtext(project
 #: above this many (estimated) events, health reports the planner's estimate
 _EXACT_COUNT_LIMIT: Final = 200_000
 
+#: who did an event: the userId, else the anonymousId (``Storage.stats``)
+_ACTOR: Final = "coalesce(user_id, anonymous_id)"
 _SELECT: Final = (
     "SELECT seq, event_id, event_type, session_id, user_id, anonymous_id,"
     " ts, sent_at, received_at, corrected, future, payload FROM events"
@@ -328,7 +331,15 @@ class PostgresStorage(Storage):
 
         return await self._run(run)
 
-    async def stats(self, project: str, flt: EventFilter, bucket_ms: int) -> Stats:
+    async def stats(
+        self,
+        project: str,
+        flt: EventFilter,
+        bucket_ms: int,
+        *,
+        persons: Mapping[str, str] | None = None,
+        uniques: bool = True,
+    ) -> Stats:
         where, params = _where(project, flt)
         n = len(params)
 
@@ -348,17 +359,30 @@ class PostgresStorage(Storage):
                     *params,
                     bucket_ms,
                 )
-                uniques = await conn.fetchrow(
-                    "SELECT count(DISTINCT session_id), count(DISTINCT user_id)"
-                    f" FROM events WHERE {where}",
-                    *params,
-                )
+                sessions = actors = merged = 0
+                if uniques:
+                    sessions = await conn.fetchval(
+                        f"SELECT count(DISTINCT session_id) FROM events WHERE {where}", *params
+                    )
+                    ids, roots = person_pairs(persons or {})
+                    actors, merged = await conn.fetchrow(
+                        f"WITH a AS (SELECT DISTINCT {_ACTOR} AS actor FROM events"
+                        f" WHERE {where} AND {_ACTOR} IS NOT NULL),"
+                        f" m AS (SELECT * FROM unnest(${n + 1}::text[], ${n + 2}::text[])"
+                        " AS m(id, root))"
+                        " SELECT (SELECT count(*) FROM a),"
+                        " (SELECT count(*) - count(DISTINCT m.root)"
+                        "  FROM a JOIN m ON m.id = a.actor)",
+                        *params,
+                        ids,
+                        roots,
+                    )
             return Stats(
                 total=sum(by_type.values()),
                 by_event_type=by_type,
                 series=[(int(t), int(c)) for t, c in series],
-                unique_sessions=int(uniques[0]),
-                unique_users=int(uniques[1]),
+                unique_sessions=int(sessions),
+                unique_users=int(actors) - int(merged),
             )
 
         return await self._run(run)

@@ -26,7 +26,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -49,7 +49,13 @@ from innkt_analytics.server.storage._base import (
     audit_entry,
     key_record,
 )
-from innkt_analytics.server.storage._columnar import Reader, where
+from innkt_analytics.server.storage._columnar import (
+    DISTINCT_ACTORS,
+    MERGED_ACTORS,
+    Reader,
+    person_table,
+    where,
+)
 from innkt_analytics.server.storage._engine import Compactor, EngineSettings, segment_dir, spawn
 from innkt_analytics.server.storage._segments import HOT_COLUMNS
 from innkt_analytics.server.storage._sqlite_client import WriterClient, storage_error
@@ -296,31 +302,48 @@ class SQLiteStorage(Storage):
 
         return await self._read(run)
 
-    async def stats(self, project: str, flt: EventFilter, bucket_ms: int) -> Stats:
+    async def stats(
+        self,
+        project: str,
+        flt: EventFilter,
+        bucket_ms: int,
+        *,
+        persons: Mapping[str, str] | None = None,
+        uniques: bool = True,
+    ) -> Stats:
         cond, params = where(project, flt)
 
         def run(conn: sqlite3.Connection) -> Stats:
             snap = self.columnar.snapshot(conn, project, flt, _STATS_COLUMNS)
             source = f"({snap.source(_STATS_COLUMNS)}) WHERE {cond}"
-            [(total, sessions, users, by_type, series)] = self.columnar.query(
+            tables: dict[str, pa.Table] = {}
+            sessions_sql = actors_sql = merged_sql = "0"
+            if uniques:
+                sessions_sql = "SELECT COUNT(DISTINCT session_id) FROM ev"
+                actors_sql = "SELECT COUNT(*) FROM a"
+                if persons:
+                    merged_sql = MERGED_ACTORS
+                    tables["person_of"] = person_table(persons)
+            [(total, sessions, actors, merged, by_type, series)] = self.columnar.query(
                 snap,
                 f"WITH ev AS (SELECT * FROM {source}),"
                 " t AS (SELECT event_type, COUNT(*) AS n FROM ev GROUP BY 1),"
                 f" b AS (SELECT (corrected // {int(bucket_ms)}) * {int(bucket_ms)} AS k,"
-                " COUNT(*) AS n FROM ev GROUP BY 1)"
+                " COUNT(*) AS n FROM ev GROUP BY 1),"
+                f" a AS ({DISTINCT_ACTORS})"
                 " SELECT (SELECT COUNT(*) FROM ev),"
-                " (SELECT COUNT(DISTINCT session_id) FROM ev),"
-                " (SELECT COUNT(DISTINCT user_id) FROM ev),"
+                f" ({sessions_sql}), ({actors_sql}), ({merged_sql}),"
                 " (SELECT list(struct_pack(k := event_type, n := n) ORDER BY n DESC) FROM t),"
                 " (SELECT list(struct_pack(k := k, n := n) ORDER BY k) FROM b)",
                 params,
+                tables,
             )
             return Stats(
                 total=int(total),
                 by_event_type={d["k"]: int(d["n"]) for d in by_type or []},
                 series=[(int(d["k"]), int(d["n"])) for d in series or []],
                 unique_sessions=int(sessions),
-                unique_users=int(users),
+                unique_users=int(actors) - int(merged),
             )
 
         return await self._read(run)
