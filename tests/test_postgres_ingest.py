@@ -8,6 +8,7 @@ statement runs in test_storage_contract.py and test_postgres_storage.py.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from hypothesis import given
@@ -25,6 +26,7 @@ from innkt_analytics.server.storage._pg_ingest import (
     uuid_key,
 )
 from innkt_analytics.server.storage._pg_schema import (
+    CANONICAL_UUID,
     PartitionWindow,
     month_start,
     partitions_to_create,
@@ -159,6 +161,22 @@ def test_copy_input_splits_the_ids_and_sorts_each_table() -> None:
     assert copy.keys == {("p", u1), ("p", u2), ("p", "b\ufffd"), ("o", "a")}
     assert [e[1] for e in copy.events] == [u1, "b\ufffd", u2, "a"]  # arrival order
     assert insert_args([("p", row(u1)), ("p", row("x"))])[-1] == [u1, None]
+
+
+@given(
+    st.one_of(
+        st.uuids().map(str),
+        st.uuids().map(lambda u: str(u).upper()),
+        st.text(alphabet="0123456789abcdefABCDEF-x{} \n", min_size=30, max_size=40),
+        st.uuids().map(lambda u: str(u).replace("-", "")[:32].ljust(36, "-")),
+        st.tuples(st.uuids(), st.integers(0, 35), st.sampled_from("0aA-x\n")).map(
+            lambda t: str(t[0])[: t[1]] + t[2] + str(t[0])[t[1] + 1 :]  # one character changed
+        ),
+    )
+)
+def test_uuid_key_is_the_regular_expression_postgresql_runs(event_id: str) -> None:
+    expected = event_id if re.fullmatch(CANONICAL_UUID, event_id) else None
+    assert uuid_key(event_id) == expected
 
 
 @given(st.lists(st.integers(-(10**12), 4 * 10**12), max_size=50), st.integers(0, 4 * 10**12))

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from innkt_analytics.server.storage._base import EventRow
-from innkt_analytics.server.storage._pg_schema import CANONICAL_UUID
 from innkt_analytics.shared._exceptions import StorageError
 
 __all__ = [
@@ -118,13 +116,23 @@ FORGET_IDS: Final = """
 SELECT (SELECT count(*) FROM forget_uuids) + (SELECT count(*) FROM forget_ids)
 """
 
-_UUID: Final = re.compile(CANONICAL_UUID)
+_HEX_OR_DASH: Final = "0123456789abcdef-"
 
 
 def uuid_key(event_id: str) -> str | None:
-    """``event_id`` when it goes to ``event_uuids`` (a canonical UUID), else None;
-    the same test as the database's ``innkt_uuid_key``."""
-    return event_id if len(event_id) == 36 and _UUID.fullmatch(event_id) else None
+    """``event_id`` when it goes to ``event_uuids`` (a canonical UUID), else None.
+
+    The same test as the database's ``innkt_uuid_key`` (``CANONICAL_UUID``; the
+    tests hold them equal), in string methods: the regular expression cost 5 %
+    of a server's CPU under ingest (py-spy)."""
+    if (
+        len(event_id) == 36
+        and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-"
+        and event_id.count("-") == 4
+        and not event_id.strip(_HEX_OR_DASH)
+    ):
+        return event_id
+    return None
 
 
 def clean_text(value: str) -> str:
