@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DISTINCT_ACTORS",
+    "DISTINCT_SESSIONS",
     "MERGED_ACTORS",
     "Reader",
     "Snapshot",
@@ -35,15 +36,23 @@ __all__ = [
 ROW_COLUMNS: Final = tuple(c for c in _segments.HOT_COLUMNS if c != "project")
 
 
-#: the distinct actors (``userId``, else ``anonymousId``) of the relation ``ev``
+# Distinct sessions and actors are counted by their 64-bit DuckDB ``hash()``: a hash
+# table of integers instead of strings, ~1.5-2x faster at millions of sessions. Two
+# different ids count as one only on a collision: with n distinct ids, a chance of
+# about n^2 / 2^65 (1e-7 at two million). Hashes live only inside one query.
+#: the distinct sessions of the relation ``ev``
+DISTINCT_SESSIONS: Final = (
+    "SELECT COUNT(DISTINCT hash(session_id)) FROM ev WHERE session_id IS NOT NULL"
+)
+#: the distinct actors (``userId``, else ``anonymousId``) of the relation ``ev``, hashed
 DISTINCT_ACTORS: Final = (
-    "SELECT DISTINCT coalesce(user_id, anonymous_id) AS actor FROM ev"
+    "SELECT DISTINCT hash(coalesce(user_id, anonymous_id)) AS actor FROM ev"
     " WHERE coalesce(user_id, anonymous_id) IS NOT NULL"
 )
 #: how many of the actors ``a`` are one person with another of them (``person_of``,
 #: ``person_table``): distinct persons = distinct actors - this
 MERGED_ACTORS: Final = (
-    "SELECT COUNT(*) - COUNT(DISTINCT m.root) FROM a JOIN person_of m ON m.id = a.actor"
+    "SELECT COUNT(*) - COUNT(DISTINCT m.root) FROM a JOIN person_of m ON hash(m.id) = a.actor"
 )
 
 

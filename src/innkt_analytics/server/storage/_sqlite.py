@@ -51,6 +51,7 @@ from innkt_analytics.server.storage._base import (
 )
 from innkt_analytics.server.storage._columnar import (
     DISTINCT_ACTORS,
+    DISTINCT_SESSIONS,
     MERGED_ACTORS,
     Reader,
     person_table,
@@ -319,7 +320,7 @@ class SQLiteStorage(Storage):
             tables: dict[str, pa.Table] = {}
             sessions_sql = actors_sql = merged_sql = "0"
             if uniques:
-                sessions_sql = "SELECT COUNT(DISTINCT session_id) FROM ev"
+                sessions_sql = DISTINCT_SESSIONS
                 actors_sql = "SELECT COUNT(*) FROM a"
                 if persons:
                     merged_sql = MERGED_ACTORS
