@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import hashlib
 import hmac
 import logging
@@ -39,7 +40,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import httpx
 import msgspec
@@ -70,10 +71,14 @@ from innkt_analytics.server.insights._model import (
     TrendsQuery,
 )
 from innkt_analytics.server.insights._model import validate as validate_query
+from innkt_analytics.server.insights._persons_map import persons_for
 from innkt_analytics.server.storage import EventFilter, Storage
 from innkt_analytics.shared._exceptions import ConfigError, StorageError
 from innkt_analytics.shared._protocol import ClientConfig, ValidEvent
 from innkt_analytics.shared._retry import backoff
+
+if TYPE_CHECKING:
+    from innkt_analytics.server._reports import PersonsOf
 from innkt_analytics.shared._version import __version__
 
 __all__ = [
@@ -432,12 +437,18 @@ class AlertService:
     """The I/O front-end of ``AlertEngine``: an ingest observer plus a periodic task."""
 
     def __init__(
-        self, kv: KVStore, settings: AlertSettings, storage: Storage | None = None
+        self,
+        kv: KVStore,
+        settings: AlertSettings,
+        storage: Storage | None = None,
+        persons: PersonsOf | None = None,
     ) -> None:
         self.kv = kv
         self.settings = settings
         #: where anomaly rules read their series (None: anomaly rules are not evaluated)
         self.storage = storage
+        #: the persons an insights series counts with, as the API does (None: ids)
+        self.persons = persons
         self.detector = DetectorConfig()
         self.anomaly_hour: int | None = None  # the last epoch hour evaluated
         self.anomaly_last: dict[tuple[str, str], int] = {}  # (rule, series) -> hour alerted
@@ -567,10 +578,10 @@ class AlertService:
         from innkt_analytics.server._reports import run_insight  # DuckDB on first use
 
         for i, series in enumerate(rule.series or []):
+            query = _hourly(series, first, hour - first + 1)
             try:
-                answer = await run_insight(
-                    storage, rule.project, _hourly(series, first, hour - first + 1)
-                )
+                persons = None if self.persons is None else await self.persons(rule.project, query)
+                answer = await run_insight(storage, rule.project, query, persons)
             except QueryTooLarge as exc:
                 log.warning("anomaly rule %s: series %d skipped: %s", rule.id, i, exc)
                 continue
@@ -748,7 +759,9 @@ def install_alerts(state: ServerState, app: Litestar) -> None:
 
     Raises ``ConfigError`` for a bad ``INNKT_ALERT_*`` variable.
     """
-    service = AlertService(kv_of(state), AlertSettings.from_env(), state.storage)
+    service = AlertService(
+        kv_of(state), AlertSettings.from_env(), state.storage, functools.partial(persons_for, state)
+    )
     state.parts.alerts = service
     state.observers.append(service)
     state.health_sections["alerts"] = service.health
