@@ -120,3 +120,42 @@ def test_anomaly_rule_validation_names_the_field(fields: dict[str, Any], field: 
     with pytest.raises(ConfigError) as caught:
         validate_rule(rule)
     assert caught.value.field == field
+
+
+def test_an_insights_series_counts_persons_like_the_api(
+    server_factory: Callable[..., ServerProcess], receiver: Receiver
+) -> None:
+    """The unique users of a watched series are persons: in the hour evaluated 150
+    people browse anonymously and then signed in (identify links the two ids), so
+    300 ids but 150 persons."""
+    now = dt.datetime.now(dt.UTC)
+    if now.minute == 59:
+        time.sleep(61 - now.second)
+        now = dt.datetime.now(dt.UTC)
+    last = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+    server = server_factory(env=ENV)
+    events = []
+    for h in range(96, 0, -1):
+        events += _hour_of_events(last - dt.timedelta(hours=h), {"page_view": 30})
+    for n in range(150):
+        at = last + dt.timedelta(seconds=n * 20)
+        for extra in (
+            {"eventType": "page_view", "anonymousId": f"a{n}"},
+            {"eventType": "identify", "anonymousId": f"a{n}", "userId": f"u{n}"},
+            {"eventType": "page_view", "userId": f"u{n}"},
+        ):
+            events.append({"eventId": uuid.uuid4().hex, "timestamp": at.isoformat(), **extra})
+    _post(server, events)
+    rule = {
+        "name": "Users",
+        "kind": "anomaly",
+        "eventType": "page_view",
+        "webhookUrl": receiver.url,
+        "series": [{"event": "page_view", "math": "unique_users"}],
+    }
+    r = httpx.post(server.url + "/v1/alerts/rules", json=rule, headers=server.headers("admin"))
+    assert r.status_code == 201, r.text
+    posts = receiver.wait_for(2)
+    by_series = {p["series"]: p for p in posts}
+    assert by_series["event:page_view"]["value"] == 300.0  # events
+    assert by_series["series:0"]["value"] == 150.0  # persons, not the 300 ids
