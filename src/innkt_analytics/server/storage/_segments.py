@@ -140,7 +140,9 @@ class _Writer:
             self.tmp,
             schema(),
             compression="zstd",
-            compression_level=3,
+            # level 1: faster than 3 and, on these columns, no bigger (a 163k-row
+            # merged segment: 1.3 vs 1.6 us/event to write, 67.9 vs 72.0 B/event)
+            compression_level=1,
             use_dictionary=["project", "event_type", "user_id", "session_id", "anonymous_id"],
             write_statistics=["seq", "corrected", "project", "event_type"],
         )
@@ -230,10 +232,25 @@ def rewrite(
 ) -> SegmentMeta | None:
     """One new segment from the row groups of ``sources`` (in seq order), streaming:
     memory stays at a row group. ``keep`` (table -> boolean mask) drops rows."""
+    import pyarrow as pa
+
     writer = _Writer(directory, name, tier)
     try:
+        # Whole row groups of ROW_GROUP rows: the sources' groups are smaller (a
+        # compaction's rows), and a merged file would keep them small otherwise.
+        pending: list[pa.Table] = []
+        buffered = 0
         for table in _batches(sources):
-            writer.write(table if keep is None else table.filter(keep(table)))
+            kept = table if keep is None else table.filter(keep(table))
+            pending.append(kept)
+            buffered += kept.num_rows
+            if buffered >= ROW_GROUP:
+                joined = pa.concat_tables(pending)
+                whole = buffered - buffered % ROW_GROUP
+                writer.write(joined.slice(0, whole))
+                pending, buffered = [joined.slice(whole)], buffered - whole
+        if buffered:
+            writer.write(pa.concat_tables(pending))
     except BaseException:
         writer.abort()
         raise
