@@ -45,6 +45,7 @@ from innkt_analytics.server.insights._model import (
     RetentionCohort,
     RetentionQuery,
     RetentionResult,
+    Series,
     SeriesResult,
     StickinessQuery,
     StickinessResult,
@@ -63,68 +64,98 @@ _LABEL: Final = "'%Y-%m-%dT%H:%M:%S'"
 
 #: set by ``_run``: whether ``src`` holds each event id once
 _UNIQUE: contextvars.ContextVar[bool] = contextvars.ContextVar("unique", default=False)
+#: set by ``_run``: what the connection reads (``_Source``)
+_SOURCE: contextvars.ContextVar[_Source | None] = contextvars.ContextVar("source", default=None)
+#: where a filter's or breakdown's ``source`` sits in an event's stored JSON
+_STORED_KEY: Final = {"properties": "properties", "context": "context", "device": "deviceInfo"}
+
+
+class _Source:
+    """What a connection reads: an Arrow table of ``arrow_schema()`` (``src``), or a
+    storage's stored rows (``raw_events`` of ``connect_segments``: the JSON payload,
+    ids not yet mapped to persons), and whether ids map to persons (``person_of``)."""
+
+    def __init__(self, stored: bool, mapped: bool) -> None:
+        self.stored, self.mapped = stored, mapped
+
+    @classmethod
+    def of(cls, con: duckdb.DuckDBPyConnection) -> _Source:
+        names = {
+            name
+            for (name,) in con.execute(
+                "SELECT view_name FROM duckdb_views() "
+                "WHERE view_name IN ('raw_events', 'person_of')"
+            ).fetchall()
+        }
+        return cls("raw_events" in names, "person_of" in names)
 
 
 class _Sql:
-    """SQL text with its parameters."""
+    """SQL text with its parameters.
+
+    Property values are read as JSON values (``value``): from the stored payload
+    directly on a storage's rows (one parse of the payload per key, not one to cut
+    out ``properties`` and another to read the key from it), from the ``properties``,
+    ``context`` or ``device`` column of an Arrow table otherwise.
+    """
 
     def __init__(self) -> None:
         # named, so the order the SQL is built in need not be the order it reads in
         self.params: dict[str, Any] = {}
         self.unique = _UNIQUE.get()
+        self.source = _SOURCE.get() or _Source(stored=False, mapped=False)
 
     def p(self, value: Any) -> str:
         name = f"p{len(self.params)}"
         self.params[name] = value
         return f"${name}"
 
-    def path(self, key: str) -> str:
-        # keys never hold '"' or '\' (validated), so this is always a plain member path
-        return self.p(f'$."{key}"')
+    def value(self, source: str, key: str) -> str:
+        """The key's JSON value; NULL when missing or when ``source`` is no object."""
+        # keys never hold '"' or '\\' (validated), so this is always a plain member path
+        # a literal, not a parameter: DuckDB then compiles the path once and sees the
+        # same subexpression twice when an expression reads it again
+        member = '."' + key.replace("'", "''") + '"'
+        if self.source.stored:
+            return f"json_extract(payload, '$.{_STORED_KEY[source]}{member}')"
+        return f"json_extract({source}, '${member}')"
 
-    def eq(self, col: str, key: str, value: Any) -> str:
+    def eq(self, v: str, value: Any) -> str:
         if isinstance(value, bool):
-            cond = f"json_type({col}, {self.path(key)}) = 'BOOLEAN' AND "
             return (
-                cond
-                + f"json_extract_string({col}, {self.path(key)}) = {self.p(str(value).lower())}"
+                f"json_type({v}) = 'BOOLEAN' AND "
+                f"json_extract_string({v}, '$') = {self.p(str(value).lower())}"
             )
         if isinstance(value, str):
-            cond = f"json_type({col}, {self.path(key)}) = 'VARCHAR' AND "
-            return cond + f"json_extract_string({col}, {self.path(key)}) = {self.p(value)}"
-        return f"{self.number(col, key)} = {self.p(float(value))}"
+            return f"json_type({v}) = 'VARCHAR' AND json_extract_string({v}, '$') = {self.p(value)}"
+        return f"{self.number(v)} = {self.p(float(value))}"
 
-    def number(self, col: str, key: str) -> str:
-        """The value as a DOUBLE when it is a JSON number, else NULL."""
+    def number(self, v: str) -> str:
+        """The JSON value ``v`` as a DOUBLE when it is a number, else NULL."""
         return (
-            f"(CASE WHEN json_type({col}, {self.path(key)}) IN {_NUMERIC} "
-            f"THEN CAST(json_extract_string({col}, {self.path(key)}) AS DOUBLE) END)"
+            f"(CASE WHEN json_type({v}) IN {_NUMERIC} "
+            f"THEN CAST(json_extract_string({v}, '$') AS DOUBLE) END)"
         )
 
     def filter(self, f: PropertyFilter) -> str:
-        col = f.source
+        v = self.value(f.source, f.key)
         if f.op in ("is_set", "is_not_set"):
-            cond = f"coalesce(json_type({col}, {self.path(f.key)}) <> 'NULL', false)"
+            cond = f"coalesce(json_type({v}) <> 'NULL', false)"
             return cond if f.op == "is_set" else f"NOT {cond}"
         if f.op == "eq":
-            return f"coalesce({self.eq(col, f.key, f.value)}, false)"
+            return f"coalesce({self.eq(v, f.value)}, false)"
         if f.op == "neq":
-            return f"NOT coalesce({self.eq(col, f.key, f.value)}, false)"
+            return f"NOT coalesce({self.eq(v, f.value)}, false)"
         if f.op == "in":
             assert isinstance(f.value, list)
-            return (
-                "("
-                + " OR ".join(f"coalesce({self.eq(col, f.key, v)}, false)" for v in f.value)
-                + ")"
-            )
+            return "(" + " OR ".join(f"coalesce({self.eq(v, x)}, false)" for x in f.value) + ")"
         if f.op == "contains":
             return (
-                f"coalesce(json_type({col}, {self.path(f.key)}) = 'VARCHAR' AND "
-                f"contains(json_extract_string({col}, {self.path(f.key)}), "
-                f"{self.p(f.value)}), false)"
+                f"coalesce(json_type({v}) = 'VARCHAR' AND "
+                f"contains(json_extract_string({v}, '$'), {self.p(f.value)}), false)"
             )
         sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[f.op]
-        return f"coalesce({self.number(col, f.key)} {sym} {self.p(float(f.value))}, false)"  # type: ignore[arg-type]  # a number: validated
+        return f"coalesce({self.number(v)} {sym} {self.p(float(f.value))}, false)"  # type: ignore[arg-type]  # a number: validated
 
     def filters(self, filters: list[PropertyFilter]) -> str:
         return " AND ".join(["true", *(f"({self.filter(f)})" for f in filters)])
@@ -134,33 +165,70 @@ class _Sql:
         return f"({cond} AND {self.filters(spec.filters)})"
 
     def breakdown(self, b: Breakdown) -> str:
-        col = b.source
+        # the JSON value is cut out of the payload once (DuckDB computes a
+        # projection's repeated subexpression once), then read three ways
+        v = self.value(b.source, b.property)
         return (
-            f"(CASE json_type({col}, {self.path(b.property)}) "
-            f"WHEN 'VARCHAR' THEN json_extract_string({col}, {self.path(b.property)}) "
-            f"WHEN 'NULL' THEN NULL "
-            f"ELSE CAST(json_extract({col}, {self.path(b.property)}) AS VARCHAR) END)"
+            f"(CASE json_type({v}) WHEN 'VARCHAR' THEN json_extract_string({v}, '$') "
+            f"WHEN 'NULL' THEN NULL ELSE CAST({v} AS VARCHAR) END)"
         )
 
     def bucket(self, interval: str, zone: str) -> str:
         """The wall-clock start of the event's bucket as a naive TIMESTAMP."""
         assert interval in ("minute", "hour", "day", "week", "month")
+        if zone == "UTC":  # epoch_ms is UTC's wall clock already: no ICU conversion
+            return f"date_trunc('{interval}', epoch_ms(ts))"
         return (
             f"date_trunc('{interval}', timezone({self.p(zone)}, CAST(epoch_ms(ts) AS TIMESTAMPTZ)))"
         )
 
-    def base(self, query: Query, project: str) -> str:
-        """The ``ev`` CTE: the project's events, one per event id, past the query's filters."""
+    def base(self, query: Query, project: str, *, persons: bool = True) -> str:
+        """The ``ev`` CTE: ``events``."""
+        return f"ev AS ({self.events(query, project, persons=persons)})"
+
+    def events(self, query: Query, project: str, *, persons: bool = True) -> str:
+        """The project's events, one per event id, past the query's filters, with
+        ``id`` (user or else anonymous id) and ``actor`` (its person).
+
+        On a storage's rows ``persons=False`` leaves ``actor`` the id: the join with
+        the mapping then waits for the caller's fewer rows (``persons_of``)."""
+        if self.source.stored:
+            join = ""
+            actor = "coalesce(e.user_id, e.anonymous_id)"
+            if persons and self.source.mapped:
+                join = f" LEFT JOIN person_of pm ON pm.id = {actor}"
+                actor = f"coalesce(pm.person, {actor})"
+            rows = "raw_events"
+            if not self.unique:
+                rows = (
+                    "(SELECT * FROM raw_events QUALIFY row_number() OVER "
+                    "(PARTITION BY project, event_id ORDER BY seq) = 1)"
+                )
+            return (
+                "SELECT e.event_id, e.seq, e.event_type, e.ts, e.session_id, e.payload, "
+                f"coalesce(e.user_id, e.anonymous_id) AS id, {actor} AS actor FROM {rows} e"
+                f"{join} WHERE e.project = {self.p(project)} AND {self.filters(query.filters)}"
+            )
         if self.unique:  # a storage's events: one per (project, event id) already
             return (
-                f"ev AS (SELECT * FROM src WHERE project = {self.p(project)}"
-                f" AND {self.filters(query.filters)})"
+                f"SELECT *, actor AS id FROM src WHERE project = {self.p(project)}"
+                f" AND {self.filters(query.filters)}"
             )
         return (
-            "ev AS (SELECT * FROM (SELECT *, row_number() OVER "
+            "SELECT *, actor AS id FROM (SELECT *, row_number() OVER "
             "(PARTITION BY event_id ORDER BY seq) AS dup FROM src "
-            f"WHERE project = {self.p(project)}) WHERE dup = 1 AND {self.filters(query.filters)})"
+            f"WHERE project = {self.p(project)}) WHERE dup = 1 AND {self.filters(query.filters)}"
         )
+
+    def persons_of(self, table: str) -> str:
+        """``table``'s rows with ``actor``: the person of their ``id`` (``base`` with
+        ``persons=False``; an Arrow table's ids are persons already)."""
+        if self.source.stored and self.source.mapped:
+            return (
+                f"SELECT t.*, coalesce(pm.person, t.id) AS actor FROM {table} t "
+                "LEFT JOIN person_of pm ON pm.id = t.id"
+            )
+        return f"SELECT *, id AS actor FROM {table}"
 
 
 def _connect(
@@ -189,20 +257,27 @@ def connect_segments(
     memory_limit: str,
     persons: Mapping[str, str] | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """A connection whose view ``src`` has the columns of ``arrow_schema()`` over the
-    storage engine's Parquet ``segments`` and ``hot`` rows (``_segments.HOT_COLUMNS``
-    of one snapshot): DuckDB reads only the columns and row groups a query needs, and
-    extracts properties, context and device from the JSON only when asked for."""
+    """A connection over the storage engine's Parquet ``segments`` and ``hot`` rows
+    (``_segments.HOT_COLUMNS`` of one snapshot).
+
+    The engine reads the view ``raw_events`` (the stored columns, ``corrected`` as
+    ``ts``, the JSON ``payload``) and ``person_of`` (the ``persons`` mapping, when
+    given), so DuckDB reads only the columns and row groups a query needs, cuts only
+    the keys it asks for out of the JSON, and joins ids to persons only where a
+    query counts them. The view ``src`` has the columns of ``arrow_schema()`` over
+    the same rows, for reading them as the engine's Arrow input."""
     con = duckdb.connect(config={"threads": 2, "memory_limit": memory_limit})
     con.execute("SET TimeZone = 'UTC'")
     con.register("hot_rows", hot)
     raw = (
-        "seq, project, event_id, event_type, corrected, user_id, anonymous_id, session_id, payload"
+        "seq, project, event_id, event_type, corrected AS ts, user_id, anonymous_id,"
+        " session_id, payload"
     )
     parts = [f"SELECT {raw} FROM hot_rows"]
     if segments:
         files = ", ".join("'" + p.replace("'", "''") + "'" for p in segments)
         parts.insert(0, f"SELECT {raw} FROM read_parquet([{files}])")
+    con.execute(f"CREATE VIEW raw_events AS {' UNION ALL '.join(parts)}")
     actor = "coalesce(e.user_id, e.anonymous_id)"
     join = ""
     if persons:
@@ -218,11 +293,10 @@ def connect_segments(
         join = f" LEFT JOIN person_of m ON m.id = {actor}"
         actor = f"coalesce(m.person, {actor})"
     con.execute(
-        f"CREATE VIEW src AS SELECT e.seq, e.project, e.event_id, e.event_type,"
-        f" e.corrected AS ts, {actor} AS actor, e.session_id,"
+        f"CREATE VIEW src AS SELECT e.seq, e.project, e.event_id, e.event_type, e.ts,"
+        f" {actor} AS actor, e.session_id,"
         f" {_json_column('properties')} AS properties, {_json_column('context')} AS context,"
-        f" {_json_column('deviceInfo')} AS device"
-        f" FROM ({' UNION ALL '.join(parts)}) e{join}"
+        f" {_json_column('deviceInfo')} AS device FROM raw_events e{join}"
     )
     return con
 
@@ -298,9 +372,11 @@ def _run(
     as ``connect_segments`` gives), so the engine skips deduplicating them, which at
     10M events is a window over every id and most of a query's time."""
     token = _UNIQUE.set(unique)
+    source = _SOURCE.set(_Source.of(con))
     try:
         return _dispatch(con, query, project)
     finally:
+        _SOURCE.reset(source)
         _UNIQUE.reset(token)
 
 
@@ -321,32 +397,52 @@ def _dispatch(con: duckdb.DuckDBPyConnection, query: Query, project: str) -> Any
 # -- trends ----------------------------------------------------------------------------
 
 
-def _ranked_groups(bv: str, weight: str, limit: int, sql: _Sql) -> str:
-    """SQL for ``top``: breakdown values ranked as ``_reference._top`` ranks them."""
+def _ranked_groups(table: str, weight: str, limit: int, sql: _Sql) -> str:
+    """SQL for ``ranked``: ``table``'s breakdown values ``bv`` ranked as
+    ``_reference._top`` ranks them, by the aggregate ``weight``."""
+    order = "w DESC, bv IS NULL, coalesce(bv, '')"
     return (
-        f"top AS (SELECT {bv} AS bv, {weight} AS w FROM m GROUP BY 1 "
-        f"ORDER BY w DESC, bv IS NULL, coalesce(bv, '') LIMIT {sql.p(limit)}), "
-        "ranked AS (SELECT bv, row_number() OVER "
-        "(ORDER BY w DESC, bv IS NULL, coalesce(bv, '')) AS r FROM top)"
+        f"top AS (SELECT bv, {weight} AS w FROM {table} GROUP BY 1 "
+        f"ORDER BY {order} LIMIT {sql.p(limit)}), "
+        f"ranked AS (SELECT bv, row_number() OVER (ORDER BY {order}) AS r FROM top)"
     )
 
 
-def _aggregate(series_math: str, sql: _Sql, prop: str | None, source: str) -> str:
+def _grouped(table: str, sql: _Sql) -> str:
+    """``table``'s rows with their group: ``grp`` (the value, or ``$other`` past the
+    top ones) and its rank ``r`` (``$other`` last)."""
+    return (
+        f"SELECT t.*, CASE WHEN ranked.r IS NULL THEN {sql.p(OTHER)} ELSE t.bv END AS grp, "
+        f"coalesce(ranked.r, 1000) AS r FROM {table} t "
+        "LEFT JOIN ranked ON t.bv IS NOT DISTINCT FROM ranked.bv"
+    )
+
+
+def _aggregate(series_math: str, sql: _Sql) -> str:
+    """The series' aggregate of ``x``: what ``_measured`` gives."""
     if series_math == "total":
         return "count(*)"
-    if series_math == "unique_users":
-        return "count(DISTINCT actor)"
-    if series_math == "unique_sessions":
-        return "count(DISTINCT session_id)"
-    assert prop is not None
-    x = sql.number(source, prop)
+    if series_math in ("unique_users", "unique_sessions"):
+        return "count(DISTINCT x)"
     if series_math == "sum":
-        return f"coalesce(fsum({x}), 0.0)"
+        return "coalesce(fsum(x), 0.0)"
     if series_math == "avg":
-        return f"fsum({x}) / count({x})"
+        return "fsum(x) / count(x)"
     if series_math in ("min", "max"):
-        return f"{series_math}({x})"
-    return f"quantile_disc({x}, {sql.p(float(QUANTILES[series_math]))})"
+        return f"{series_math}(x)"
+    return f"quantile_disc(x, {sql.p(float(QUANTILES[series_math]))})"
+
+
+def _measured(series: Series, sql: _Sql) -> str:
+    """What a series' math reads of an event, as ``x``."""
+    if series.math == "total":
+        return "NULL"
+    if series.math == "unique_users":
+        return "actor"
+    if series.math == "unique_sessions":
+        return "session_id"
+    assert series.math_property is not None
+    return sql.number(sql.value(series.math_source, series.math_property))
 
 
 def _trends_range(
@@ -356,26 +452,37 @@ def _trends_range(
     out: list[SeriesResult] = []
     for index, series in enumerate(q.series):
         sql = _Sql()
-        base = sql.base(q, project)
+        base = sql.base(q, project, persons=series.math == "unique_users")
         bucket = sql.bucket(q.interval, q.timezone)
-        bv = sql.breakdown(q.breakdown) if q.breakdown else "CAST(NULL AS VARCHAR)"
         where = f"ts >= {sql.p(start)} AND ts < {sql.p(end)} AND {sql.spec(series)}"
-        text = (
-            f"WITH {base}, m AS (SELECT *, strftime({bucket}, {_LABEL}) AS b, "
-            f"{bv} AS bv FROM ev WHERE {where})"
-        )
+        x = _measured(series, sql)
+        agg = _aggregate(series.math, sql)
+        # rows grouped by bucket (a TIMESTAMP; its label is written per group, not per event)
         if q.breakdown is None:
-            text += ", g AS (SELECT *, bv AS grp, 1 AS r FROM m)"
-        else:
-            text += ", " + _ranked_groups("bv", "count(*)", q.breakdown.limit, sql)
-            text += (
-                ", g AS (SELECT m.*, CASE WHEN ranked.r IS NULL THEN "
-                f"{sql.p(OTHER)} ELSE m.bv END AS grp, coalesce(ranked.r, 1000) AS r "
-                "FROM m LEFT JOIN ranked ON m.bv IS NOT DISTINCT FROM ranked.bv)"
+            text = (
+                f"WITH {base}, m AS (SELECT {bucket} AS bt, {x} AS x FROM ev WHERE {where}) "
+                f"SELECT 1, NULL, strftime(bt, {_LABEL}), {agg} FROM m GROUP BY bt"
             )
-        agg = _aggregate(series.math, sql, series.math_property, series.math_source)
-        text += f" SELECT r, grp, b, {agg} FROM g GROUP BY r, grp, b ORDER BY r"
-        rows = con.execute(text, sql.params).fetchall()
+        elif series.math == "total":
+            # counts add up: count per (value, bucket), then rank and group the counts
+            bv = sql.breakdown(q.breakdown)
+            text = (
+                f"WITH {base}, m AS (SELECT {bucket} AS bt, {bv} AS bv FROM ev WHERE {where}), "
+                "c AS MATERIALIZED (SELECT bt, bv, count(*) AS n FROM m GROUP BY bt, bv), "
+                + _ranked_groups("c", "sum(n)", q.breakdown.limit, sql)
+                + f", g AS ({_grouped('c', sql)}) "
+                f"SELECT r, grp, strftime(bt, {_LABEL}), sum(n) FROM g GROUP BY r, grp, bt"
+            )
+        else:
+            bv = sql.breakdown(q.breakdown)
+            text = (
+                f"WITH {base}, m AS MATERIALIZED (SELECT {bucket} AS bt, {bv} AS bv, {x} AS x "
+                f"FROM ev WHERE {where}), "
+                + _ranked_groups("m", "count(*)", q.breakdown.limit, sql)
+                + f", g AS ({_grouped('m', sql)}) "
+                f"SELECT r, grp, strftime(bt, {_LABEL}), {agg} FROM g GROUP BY r, grp, bt"
+            )
+        rows = con.execute(text + " ORDER BY 1", sql.params).fetchall()
         empty: Any = 0 if series.math in ("total", "unique_users", "unique_sessions") else None
         if series.math == "sum":
             empty = 0.0
@@ -411,69 +518,110 @@ def _trends(con: duckdb.DuckDBPyConnection, q: TrendsQuery, project: str) -> Tre
 
 
 def _funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> FunnelResult:
+    """Each actor's best attempt (per breakdown value), into ``funnel_best``.
+
+    Only events of some step matter. The earliest attempt that reaches the last step
+    is the best one, so first each actor's earliest attempt is followed with joins
+    and minimums, no sort (the next step-k event: the smallest ``(ts, event_id)``
+    after step k-1's, within the window). Only actors for whom it falls short are
+    sequenced: their events sorted once per actor by ``(ts, event_id)``, and per
+    event "the chain from the next step-k event" (its times) is a window function
+    over the rows after it, one pass per step from the last back to the second; a
+    step-1 event is an attempt, the window only cuts its chain short. The best is
+    an ``arg_min`` of (most steps, earliest) per actor and value, in a temporary
+    table that the overall answer, the breakdown and the dropped page all read.
+    """
     start, end = q.range_ms()
     n = len(q.steps)
     sql = _Sql()
     key = "session_id" if q.count_by == "session" else "actor"
     flags = ", ".join(f"{sql.spec(s)} AS m{k}" for k, s in enumerate(q.steps))
-    bv = sql.breakdown(q.breakdown) if q.breakdown else "CAST(NULL AS VARCHAR)"
-    text = (
-        f"WITH {sql.base(q, project)}, e AS (SELECT {key} AS a, ts, {flags}, {bv} AS bv, "
-        f"row_number() OVER (PARTITION BY {key} ORDER BY ts, event_id) AS o FROM ev "
-        f"WHERE {key} IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)}), "
-        "s0 AS (SELECT a, bv, o AS o0, ts AS t0 FROM e WHERE m0)"
+    bv = sql.breakdown(q.breakdown) if q.breakdown else "NULL"
+    window = sql.p(q.window_seconds * 1000)
+    rows = f"{key} IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)}"
+    types = {s.event for s in q.steps}
+    ev = sql.events(q, project, persons=key == "actor")
+    # the step events: one scan per event type when every step names one (DuckDB
+    # reads the other columns of only the rows an equality on the type selects; an
+    # IN or OR is checked after reading every row). Text, not a CTE, and read again
+    # by each step: DuckDB would keep a CTE read several times as one result, which
+    # at 10M events is more than the memory limit and spills to disk.
+    e0 = " UNION ALL ".join(
+        f"SELECT *, {key} AS a, {flags} FROM ({ev}) ev WHERE {rows}"
+        + ("" if t is None else f" AND event_type = {sql.p(t)}")
+        for t in ([None] if None in types else sorted(t for t in types if t is not None))
     )
-    window = q.window_seconds * 1000
+    # the breakdown value of step-1 events only: the JSON of no other is read
+    e = (
+        f"(SELECT a, ts, event_id, {', '.join(f'm{k}' for k in range(n))}, "
+        f"CASE WHEN m0 THEN {bv} END AS bv FROM ({e0}) e0 "
+        f"WHERE {' OR '.join(f'm{k}' for k in range(n))})"
+    )
+    text = (
+        # the earliest attempt per actor and value, step by step
+        "WITH f0 AS MATERIALIZED (SELECT a, bv, min({'t': ts, 'i': event_id}) AS p0 "
+        f"FROM {e} e WHERE m0 GROUP BY a, bv)"
+    )
     for k in range(1, n):
-        # ASOF: the first step-k event after step k-1's; a later one is no nearer
+        last = f"f.p{k - 1}"
         text += (
-            f", c{k} AS (SELECT a, o, ts FROM e WHERE m{k}), "
-            f"j{k} AS (SELECT s.*, c.o AS x{k}, c.ts AS y{k} FROM s{k - 1} s "
-            f"ASOF LEFT JOIN c{k} c ON s.a = c.a AND c.o > s.o{k - 1}), "
-            f"s{k} AS (SELECT * EXCLUDE (x{k}, y{k}), "
-            f"CASE WHEN y{k} - t0 <= {sql.p(window)} THEN x{k} END AS o{k}, "
-            f"CASE WHEN y{k} - t0 <= {sql.p(window)} THEN y{k} END AS t{k} FROM j{k})"
-        )
-    depth = " + ".join(["1", *(f"(o{k} IS NOT NULL)::INT" for k in range(1, n))])
-    text += f", att AS (SELECT *, {depth} AS depth FROM s{n - 1})"
-    if q.breakdown is None:
-        text += ", grouped AS (SELECT *, CAST(NULL AS VARCHAR) AS grp, 1 AS r FROM att)"
-    else:
-        text += (
-            ", m AS (SELECT * FROM att), "
-            + _ranked_groups("bv", "count(DISTINCT a)", q.breakdown.limit, sql)
-            + ", grouped AS (SELECT att.*, CASE WHEN ranked.r IS NULL THEN "
-            f"{sql.p(OTHER)} ELSE att.bv END AS grp, coalesce(ranked.r, 1000) AS r "
-            "FROM att LEFT JOIN ranked ON att.bv IS NOT DISTINCT FROM ranked.bv)"
+            f", f{k} AS (SELECT f.*, min({{'t': e.ts, 'i': e.event_id}}) AS p{k} "
+            f"FROM f{k - 1} f JOIN {e} e ON e.a = f.a AND e.m{k} "
+            f"AND (e.ts > {last}.t OR (e.ts = {last}.t AND e.event_id > {last}.i)) "
+            f"AND e.ts - f.p0.t <= {window} GROUP BY ALL)"
         )
     text += (
-        ", best AS (SELECT * FROM grouped QUALIFY row_number() OVER "
-        "(PARTITION BY a, r ORDER BY depth DESC, o0) = 1)"
+        f", done AS MATERIALIZED (SELECT * FROM f{n - 1}), "
+        "open AS (SELECT DISTINCT f0.a FROM f0 LEFT JOIN done d "
+        "ON d.a = f0.a AND d.bv IS NOT DISTINCT FROM f0.bv WHERE d.a IS NULL), "
+        f"rest AS (SELECT * FROM {e} e WHERE a IN (SELECT a FROM open))"
     )
+    after = "ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING"
+    prev = "rest"
+    for k in range(n - 1, 0, -1):
+        # f{k}: the times of the chain from the next step-k event (t{k} .. t{n-1})
+        fields = ", ".join([f"'t{k}': ts", *(f"'t{j}': c{k + 1}.t{j}" for j in range(k + 1, n))])
+        # the first pass orders by (ts, event_id) and numbers the rows; the others
+        # order by that number
+        order = "ts, event_id" if k == n - 1 else "o"
+        number = f", row_number() OVER (PARTITION BY a ORDER BY {order}) AS o" if k == n - 1 else ""
+        text += (
+            f", l{k} AS (SELECT *{number}, first_value(CASE WHEN m{k} THEN {{{fields}}} END "
+            f"IGNORE NULLS) OVER (PARTITION BY a ORDER BY {order} {after}) AS c{k} "
+            f"FROM {prev})"
+        )
+        prev = f"l{k}"
+    times = ", ".join(f"c1.t{k} AS t{k}" for k in range(1, n))
+    depth = " + ".join(
+        ["1", *(f"coalesce(t{k} - t0 <= {window}, false)::INT" for k in range(1, n))]
+    )
+    fields = ", ".join(["'depth': depth", *(f"'t{k}': t{k}" for k in range(n))])
+    quick = ", ".join([f"'depth': {n}", *(f"'t{k}': p{k}.t" for k in range(n))])
+    text += (
+        f", att AS (SELECT a, bv, event_id, ts AS t0, {times} FROM l1 WHERE m0), "
+        # the most steps, then the earliest: the smallest score
+        f"scored AS (SELECT a, bv, {{{fields}}} AS s, "
+        "{'d': -depth, 't': t0, 'i': event_id} AS score "
+        f"FROM (SELECT *, {depth} AS depth FROM att) "
+        f"UNION ALL SELECT a, bv, {{{quick}}}, {{'d': -{n}, 't': p0.t, 'i': p0.i}} FROM done "
+        "WHERE a NOT IN (SELECT a FROM open)) "
+        "SELECT a, bv, arg_min(s, score) AS s, min(score) AS score FROM scored GROUP BY a, bv"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE funnel_best AS {text}", sql.params)
+    try:
+        return _funnel_answer(con, q, n)
+    finally:
+        con.execute("DROP TABLE funnel_best")
+
+
+def _funnel_answer(con: duckdb.DuckDBPyConnection, q: FunnelQuery, n: int) -> FunnelResult:
+    """The answer from ``funnel_best``: each actor's best attempt per breakdown value."""
     cols = ["r", "any_value(grp)"]
     for k in range(n):
-        cols.append(f"count(*) FILTER (WHERE depth > {k})")
+        cols.append(f"count(*) FILTER (WHERE s.depth > {k})")
         if k:
-            cols.append(f"list((t{k} - t{k - 1}) / 1000.0) FILTER (WHERE depth > {k})")
-    prefix = text
-    text += f" SELECT {', '.join(cols)} FROM best GROUP BY r ORDER BY r"
-    rows = con.execute(text, sql.params).fetchall()
-    dropped: list[str] | None = None
-    dropped_next: str | None = None
-    if q.dropped is not None and q.breakdown is None:
-        page = q.dropped
-        after = "true" if page.after is None else f"a > {sql.p(page.after)}"
-        dropped = [
-            a
-            for (a,) in con.execute(
-                f"{prefix} SELECT a FROM best WHERE depth = {sql.p(page.step - 1)} AND {after} "
-                f"ORDER BY a LIMIT {sql.p(page.limit + 1)}",
-                sql.params,
-            ).fetchall()
-        ]
-        if len(dropped) > page.limit:
-            dropped = dropped[: page.limit]
-            dropped_next = dropped[-1]
+            cols.append(f"list((s.t{k} - s.t{k - 1}) / 1000.0) FILTER (WHERE s.depth > {k})")
+    aggregate = f"SELECT {', '.join(cols)} FROM best GROUP BY r ORDER BY r"
 
     def steps(row: tuple[Any, ...]) -> Any:
         counts: list[int] = [row[2]]
@@ -483,19 +631,41 @@ def _funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Fun
             times.append(list(row[2 + 2 * k] or []))
         return funnel_steps(counts, times)
 
-    if q.breakdown is None:
-        return FunnelResult(
-            steps=steps(rows[0]) if rows else funnel_steps([0] * n, [[]] * n),
-            dropped=dropped,
-            dropped_next=dropped_next,
+    overall = (
+        "best AS (SELECT a, 1 AS r, NULL AS grp, arg_min(s, score) AS s "
+        "FROM funnel_best GROUP BY a)"
+    )
+    rows = con.execute(f"WITH {overall} {aggregate}").fetchall()
+    result = FunnelResult(steps=steps(rows[0]) if rows else funnel_steps([0] * n, [[]] * n))
+    if q.dropped is not None:
+        page, sql = q.dropped, _Sql()
+        after = "true" if page.after is None else f"a > {sql.p(page.after)}"
+        dropped = [
+            a
+            for (a,) in con.execute(
+                f"WITH {overall} SELECT a FROM best WHERE s.depth = {sql.p(page.step - 1)} "
+                f"AND {after} ORDER BY a LIMIT {sql.p(page.limit + 1)}",
+                sql.params,
+            ).fetchall()
+        ]
+        result.dropped, result.dropped_next = dropped, None
+        if len(dropped) > page.limit:
+            result.dropped = dropped[: page.limit]
+            result.dropped_next = dropped[page.limit - 1]
+    if q.breakdown is not None:
+        # per (actor, value) best attempts: a group's best is the best of its values'
+        sql = _Sql()
+        by_value = (
+            _ranked_groups("funnel_best", "count(*)", q.breakdown.limit, sql)
+            + f", g AS ({_grouped('funnel_best', sql)}), "
+            "best AS (SELECT a, r, any_value(grp) AS grp, arg_min(s, score) AS s "
+            "FROM g GROUP BY a, r)"
         )
-    overall = _funnel(con, FunnelQuery(**{**_fields(q), "breakdown": None}), project)
-    overall.breakdown = [FunnelBreakdownResult(breakdown_value=r[1], steps=steps(r)) for r in rows]
-    return overall
-
-
-def _fields(q: FunnelQuery) -> dict[str, Any]:
-    return {f: getattr(q, f) for f in q.__struct_fields__}
+        result.breakdown = [
+            FunnelBreakdownResult(breakdown_value=r[1], steps=steps(r))
+            for r in con.execute(f"WITH {by_value} {aggregate}", sql.params).fetchall()
+        ]
+    return result
 
 
 # -- retention, paths, lifecycle -------------------------------------------------------
@@ -511,14 +681,20 @@ def _retention(con: duckdb.DuckDBPyConnection, q: RetentionQuery, project: str) 
         "week": "date_diff('day', c.bt, r.bt) // 7",
         "month": "date_diff('month', c.bt, r.bt)",
     }[q.period]
+    # one pass over the events: the buckets each id was active in, by what it did
+    # there; ids become persons on those few rows, not on every event
     text = (
-        f"WITH {sql.base(q, project)}, e AS (SELECT actor, {bucket} AS bt, "
+        f"WITH {sql.base(q, project, persons=False)}, e AS (SELECT id, {bucket} AS bt, "
         f"{sql.spec(q.target)} AS mt, {sql.spec(q.returning)} AS mr FROM ev "
-        f"WHERE actor IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)}), "
+        f"WHERE id IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)}), "
+        "ids AS (SELECT id, bt, bool_or(mt) AS mt, bool_or(mr) AS mr FROM e "
+        "WHERE mt OR mr GROUP BY id, bt), "
+        f"act AS MATERIALIZED (SELECT actor, bt, bool_or(mt) AS mt, bool_or(mr) AS mr "
+        f"FROM ({sql.persons_of('ids')}) GROUP BY actor, bt), "
         # day, week and month buckets never go back in time, so the first event's
         # bucket is the smallest
-        "c AS (SELECT actor, min(bt) AS bt FROM e WHERE mt GROUP BY actor), "
-        "r AS (SELECT DISTINCT actor, bt FROM e WHERE mr) "
+        "c AS (SELECT actor, min(bt) AS bt FROM act WHERE mt GROUP BY actor), "
+        "r AS (SELECT actor, bt FROM act WHERE mr) "
         # period 0 is the cohort's size
         f"SELECT strftime(bt, {_LABEL}), 0, count(*) FROM c GROUP BY 1 UNION ALL "
         f"SELECT strftime(c.bt, {_LABEL}), {diff}, count(DISTINCT c.actor) FROM c "
