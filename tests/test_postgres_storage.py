@@ -28,7 +28,7 @@ from innkt_analytics.server.storage._pg_schema import (
     months_ahead,
     partition_name,
 )
-from innkt_analytics.server.storage._postgres import PostgresStorage
+from innkt_analytics.server.storage._postgres import _MIGRATION_LOCK, PostgresStorage
 from innkt_analytics.shared._exceptions import ConfigError, StorageError
 from tests.test_storage_contract import DAY, NOW, all_ids, row
 
@@ -224,6 +224,33 @@ def test_a_version_2_database_is_migrated_in_place(pg_database: str) -> None:
     assert sql(pg_database, "SELECT version FROM innkt_schema") == [(SCHEMA_VERSION,)]
     assert sql(pg_database, "SELECT event_id FROM event_ids") == [("t1",)]
     assert sql(pg_database, "SELECT count(*) FROM event_uuids") == [(2,)]
+
+
+def test_an_instance_waits_for_another_instances_migration_past_its_command_timeout(
+    pg_database: str,
+) -> None:
+    # A migration of a large database takes minutes; an instance starting meanwhile
+    # waits on the migration lock instead of failing at its command timeout.
+    async def main() -> set[str]:
+        holder = await asyncpg.connect(pg_database)
+        try:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            storage = PostgresStorage(pg_database, command_timeout=0.3)
+            opening = asyncio.create_task(storage.open())
+            await asyncio.sleep(1.0)
+            assert not opening.done()
+            await tx.commit()
+            await opening
+        finally:
+            await holder.close()
+        try:
+            return await storage.insert_events("p", [row(UUID_A)])
+        finally:
+            await storage.close()
+
+    assert asyncio.run(main()) == {UUID_A}
 
 
 # -- retention -------------------------------------------------------------------------

@@ -80,6 +80,8 @@ log = logging.getLogger("innkt_analytics.server.postgres")
 # Arbitrary constants for pg_advisory_xact_lock: instances serialise migrations
 # (partition DDL uses _pg_partitions.PARTITION_LOCK).
 _MIGRATION_LOCK: Final = 0x494E4B54_0001
+#: seconds a migration statement (or the wait for another instance's) may take
+_MIGRATION_TIMEOUT: Final = 3600.0
 _CONFIG_LOCK_SPACE: Final = 0x494E4B54  # two-int form: (space, hashtext(project))
 #: above this many (estimated) events, health reports the planner's estimate
 _EXACT_COUNT_LIMIT: Final = 200_000
@@ -211,7 +213,11 @@ class PostgresStorage(Storage):
 
     async def _migrate(self, conn: Any) -> None:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            # Not the command timeout: a migration of a large database (v3 moves
+            # every UUID id) takes minutes, and the other instances wait for it.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK, timeout=_MIGRATION_TIMEOUT
+            )
             await conn.execute("CREATE TABLE IF NOT EXISTS innkt_schema (version integer NOT NULL)")
             version = await conn.fetchval("SELECT max(version) FROM innkt_schema") or 0
             if version > SCHEMA_VERSION:
@@ -221,7 +227,7 @@ class PostgresStorage(Storage):
                 )
             for target in sorted(v for v in MIGRATIONS if v > version):
                 for statement in MIGRATIONS[target]:
-                    await conn.execute(statement)
+                    await conn.execute(statement, timeout=_MIGRATION_TIMEOUT)
                 await conn.execute("DELETE FROM innkt_schema")
                 await conn.execute("INSERT INTO innkt_schema (version) VALUES ($1)", target)
             for statement in KEY_COLUMNS_DDL:  # idempotent, outside the numbered versions
