@@ -214,7 +214,7 @@ class PostgresStorage(Storage):
     async def _migrate(self, conn: Any) -> None:
         async with conn.transaction():
             # Not the command timeout: a migration of a large database (v3 moves
-            # every UUID id) takes minutes, and the other instances wait for it.
+            # every UUID id) can outlast it, and the other instances wait for it.
             await conn.execute(
                 "SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK, timeout=_MIGRATION_TIMEOUT
             )
