@@ -20,6 +20,7 @@ adds ~0.03 s).
 from __future__ import annotations
 
 import contextvars
+import re
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -109,6 +110,10 @@ class _Sql:
         name = f"p{len(self.params)}"
         self.params[name] = value
         return f"${name}"
+
+    def used(self, text: str) -> dict[str, Any]:
+        """The parameters ``text`` reads (a statement refuses any other)."""
+        return {name: self.params[name] for name in set(re.findall(r"\$(p\d+)\b", text))}
 
     def value(self, source: str, key: str) -> str:
         """The key's JSON value; NULL when missing or when ``source`` is no object."""
@@ -521,15 +526,18 @@ def _funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Fun
     """Each actor's best attempt (per breakdown value), into ``funnel_best``.
 
     Only events of some step matter. The earliest attempt that reaches the last step
-    is the best one, so first each actor's earliest attempt is followed with joins
-    and minimums, no sort (the next step-k event: the smallest ``(ts, event_id)``
-    after step k-1's, within the window). Only actors for whom it falls short are
-    sequenced: their events sorted once per actor by ``(ts, event_id)``, and per
-    event "the chain from the next step-k event" (its times) is a window function
-    over the rows after it, one pass per step from the last back to the second; a
-    step-1 event is an attempt, the window only cuts its chain short. The best is
-    an ``arg_min`` of (most steps, earliest) per actor and value, in a temporary
-    table that the overall answer, the breakdown and the dropped page all read.
+    is the best one, so each actor's earliest attempt is first followed with joins
+    and minimums, no sort (step k: the earliest step-k event after step k-1's within
+    the window), by time alone: exact for an actor none of whose step events share a
+    millisecond, and event ids (a column as costly to read as all the others) are
+    not read. The other actors (whose earliest attempt falls short, or with ties)
+    are sequenced: their events sorted once per actor by ``(ts, event_id)`` (by
+    ``ts`` when none of them has a tie), and per event "the chain from the next
+    step-k event" is a window function over the rows after it, one pass per step
+    from the last back to the second; each step-1 event is an attempt, the window
+    only cuts its chain short. The best is an ``arg_min`` of (most steps, earliest)
+    per actor and value, in a temporary table that the overall answer, the
+    breakdown and the dropped page all read.
     """
     start, end = q.range_ms()
     n = len(q.steps)
@@ -539,47 +547,91 @@ def _funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Fun
     bv = sql.breakdown(q.breakdown) if q.breakdown else "NULL"
     window = sql.p(q.window_seconds * 1000)
     rows = f"{key} IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)}"
-    types = {s.event for s in q.steps}
     ev = sql.events(q, project, persons=key == "actor")
-    # the step events: one scan per event type when every step names one (DuckDB
-    # reads the other columns of only the rows an equality on the type selects; an
-    # IN or OR is checked after reading every row). Text, not a CTE, and read again
-    # by each step: DuckDB would keep a CTE read several times as one result, which
-    # at 10M events is more than the memory limit and spills to disk.
-    e0 = " UNION ALL ".join(
-        f"SELECT *, {key} AS a, {flags} FROM ({ev}) ev WHERE {rows}"
-        + ("" if t is None else f" AND event_type = {sql.p(t)}")
-        for t in ([None] if None in types else sorted(t for t in types if t is not None))
-    )
-    # the breakdown value of step-1 events only: the JSON of no other is read
-    e = (
-        f"(SELECT a, ts, event_id, {', '.join(f'm{k}' for k in range(n))}, "
-        f"CASE WHEN m0 THEN {bv} END AS bv FROM ({e0}) e0 "
-        f"WHERE {' OR '.join(f'm{k}' for k in range(n))})"
-    )
-    text = (
-        # the earliest attempt per actor and value, step by step
-        "WITH f0 AS MATERIALIZED (SELECT a, bv, min({'t': ts, 'i': event_id}) AS p0 "
-        f"FROM {e} e WHERE m0 GROUP BY a, bv)"
-    )
-    for k in range(1, n):
-        last = f"f.p{k - 1}"
-        text += (
-            f", f{k} AS (SELECT f.*, min({{'t': e.ts, 'i': e.event_id}}) AS p{k} "
-            f"FROM f{k - 1} f JOIN {e} e ON e.a = f.a AND e.m{k} "
-            f"AND (e.ts > {last}.t OR (e.ts = {last}.t AND e.event_id > {last}.i)) "
-            f"AND e.ts - f.p0.t <= {window} GROUP BY ALL)"
+    ms = ", ".join(f"m{k}" for k in range(n))
+
+    def steps(cols: str, of: Sequence[int], each_type: bool = True) -> str:
+        # the events of steps ``of``, as text rather than a CTE: DuckDB keeps a CTE
+        # read several times as one result, which at 10M events is more than the
+        # memory limit (spilled to disk), where a scan per use reads only what its
+        # filters select. One scan per event type when each of those steps names one:
+        # DuckDB reads the other columns of only the rows an equality on the type
+        # selects (an IN or OR is checked after reading every row)
+        types = {q.steps[k].event for k in of}
+        each = [None] if None in types or not each_type else sorted(types)  # type: ignore[type-var]  # no None
+        scans = " UNION ALL ".join(
+            f"SELECT *, {key} AS a, {flags} FROM ({ev}) ev WHERE {rows}"
+            + ("" if t is None else f" AND event_type = {sql.p(t)}")
+            for t in each
         )
+        # the breakdown value of step-1 events only: the JSON of no other is read
+        return (
+            f"(SELECT a, ts, {cols}{ms}, CASE WHEN m0 THEN {bv} END AS bv FROM ({scans}) e0 "
+            f"WHERE {' OR '.join(f'm{k}' for k in of)})"
+        )
+
+    text = (
+        f"WITH f0 AS (SELECT a, bv, min(ts) AS t0 FROM {steps('', [0])} e WHERE m0 GROUP BY a, bv)"
+    )
+    keys = ["f.a", "f.bv", "f.t0"]
+    for k in range(1, n):
+        # step k of the chain, and whether step k-1's event is the only event of step
+        # k-1 or k at its millisecond (else which comes first is the event ids' call)
+        text += (
+            f", f{k} AS (SELECT f.*, min(e.ts) FILTER (WHERE e.m{k} AND e.ts > f.t{k - 1} "
+            f"AND e.ts - f.t0 <= {window}) AS t{k}, "
+            f"count(*) FILTER (WHERE e.ts = f.t{k - 1}) > 1 AS tie{k} "
+            f"FROM f{k - 1} f LEFT JOIN {steps('', [k - 1, k])} e ON e.a = f.a "
+            f"AND e.ts >= f.t{k - 1} AND e.ts - f.t0 <= {window} "
+            f"GROUP BY {', '.join(keys)})"
+        )
+        keys += [f"f.t{k}", f"f.tie{k}"]
+    ties = " OR ".join(f"coalesce(tie{k}, false)" for k in range(1, n))
     text += (
-        f", done AS MATERIALIZED (SELECT * FROM f{n - 1}), "
-        "open AS (SELECT DISTINCT f0.a FROM f0 LEFT JOIN done d "
-        "ON d.a = f0.a AND d.bv IS NOT DISTINCT FROM f0.bv WHERE d.a IS NULL), "
+        # done: the earliest attempt reached the last step with no tie on the way;
+        # an actor's values whose earliest attempts start at the same millisecond
+        # are ordered by event id too
+        f" SELECT *, t{n - 1} IS NOT NULL AND NOT ({ties}) "
+        "AND count(*) OVER (PARTITION BY a, t0) = 1 AS done, "
+        f"({ties}) OR count(*) OVER (PARTITION BY a, t0) > 1 AS tied FROM f{n - 1}"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE funnel_first AS {text}", sql.used(text))
+    try:
+        [(tied,)] = con.execute(
+            "SELECT coalesce(bool_or(tied), false) FROM funnel_first WHERE a IN "
+            "(SELECT a FROM funnel_first GROUP BY a HAVING NOT bool_and(done))"
+        ).fetchall()
+        _funnel_best(
+            con,
+            q,
+            sql,
+            # ids only when ties need them: then one scan (the id column costs as
+            # much to read for some rows as for all)
+            steps("event_id, " if tied else "NULL AS event_id, ", range(n), each_type=not tied),
+            n,
+            window,
+        )
+    finally:
+        con.execute("DROP TABLE funnel_first")
+    try:
+        return _funnel_answer(con, q, n)
+    finally:
+        con.execute("DROP TABLE funnel_best")
+
+
+def _funnel_best(
+    con: duckdb.DuckDBPyConnection, q: FunnelQuery, sql: _Sql, e: str, n: int, window: str
+) -> None:
+    """``funnel_best`` from ``funnel_first``: the actors whose earliest attempts are
+    done as they are, the others sequenced (``e``: their step events)."""
+    text = (
+        "WITH open AS (SELECT a FROM funnel_first GROUP BY a HAVING NOT bool_and(done)), "
         f"rest AS (SELECT * FROM {e} e WHERE a IN (SELECT a FROM open))"
     )
     after = "ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING"
     prev = "rest"
     for k in range(n - 1, 0, -1):
-        # f{k}: the times of the chain from the next step-k event (t{k} .. t{n-1})
+        # c{k}: the times of the chain from the next step-k event (t{k} .. t{n-1})
         fields = ", ".join([f"'t{k}': ts", *(f"'t{j}': c{k + 1}.t{j}" for j in range(k + 1, n))])
         # the first pass orders by (ts, event_id) and numbers the rows; the others
         # order by that number
@@ -596,22 +648,18 @@ def _funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Fun
         ["1", *(f"coalesce(t{k} - t0 <= {window}, false)::INT" for k in range(1, n))]
     )
     fields = ", ".join(["'depth': depth", *(f"'t{k}': t{k}" for k in range(n))])
-    quick = ", ".join([f"'depth': {n}", *(f"'t{k}': p{k}.t" for k in range(n))])
+    quick = ", ".join([f"'depth': {n}", *(f"'t{k}': t{k}" for k in range(n))])
     text += (
         f", att AS (SELECT a, bv, event_id, ts AS t0, {times} FROM l1 WHERE m0), "
         # the most steps, then the earliest: the smallest score
         f"scored AS (SELECT a, bv, {{{fields}}} AS s, "
         "{'d': -depth, 't': t0, 'i': event_id} AS score "
         f"FROM (SELECT *, {depth} AS depth FROM att) "
-        f"UNION ALL SELECT a, bv, {{{quick}}}, {{'d': -{n}, 't': p0.t, 'i': p0.i}} FROM done "
-        "WHERE a NOT IN (SELECT a FROM open)) "
+        f"UNION ALL SELECT a, bv, {{{quick}}}, {{'d': -{n}, 't': t0, 'i': NULL}} "
+        "FROM funnel_first WHERE a NOT IN (SELECT a FROM open)) "
         "SELECT a, bv, arg_min(s, score) AS s, min(score) AS score FROM scored GROUP BY a, bv"
     )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE funnel_best AS {text}", sql.params)
-    try:
-        return _funnel_answer(con, q, n)
-    finally:
-        con.execute("DROP TABLE funnel_best")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE funnel_best AS {text}", sql.used(text))
 
 
 def _funnel_answer(con: duckdb.DuckDBPyConnection, q: FunnelQuery, n: int) -> FunnelResult:
