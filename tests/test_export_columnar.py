@@ -36,6 +36,7 @@ def event(i: int, **payload: object) -> EventRow:
         "eventType": "page" if i % 3 else "click",
         "timestamp": "2026-12-01T10:00:00.123Z",
         "userId": f"u{i % 4}",
+        "sessionId": "s1",  # the stored columns are the JSON's values, as at ingest
         "properties": {"i": i, "name": f'naïve, "quoted"\n{i}', "ok": i % 2 == 0},
         "context": {"app": {"version": "1.0"}},
         **payload,

@@ -85,15 +85,42 @@ _NDJSON_SELECT: Final = (
 )
 
 
+#: the event's JSON parsed once per event for the four cells cut out of it (a
+#: json_extract per cell parsed it once per cell); the first column of a CSV or
+#: Parquet scan, dropped before rendering
+_PARSED: Final = (
+    "json_extract(payload, ['$.timestamp', '$.properties', '$.deviceInfo', '$.context']) AS _j"
+)
+_FROM_JSON: Final = {
+    "timestamp": "json_extract_string(_j[1], '$')",
+    "properties": "CAST(_j[2] AS VARCHAR)",
+    "deviceInfo": "CAST(_j[3] AS VARCHAR)",
+    "context": "CAST(_j[4] AS VARCHAR)",
+}
+#: the ids are stored columns too, the values the event's JSON holds
+_FROM_COLUMNS: Final = {
+    "eventId": "event_id",
+    "eventType": "event_type",
+    "sessionId": "session_id",
+    "userId": "user_id",
+    "anonymousId": "anonymous_id",
+}
+
+
 def _csv_cell_sql(column: str) -> str:
-    if column in ("properties", "deviceInfo", "context"):
-        return f"CAST(json_extract(payload, '$.{column}') AS VARCHAR)"
+    if column in _FROM_JSON:
+        return _FROM_JSON[column]
     if column in ("sentAt", "receivedAt", "correctedTimestamp"):
         source = {"sentAt": "sent_at", "receivedAt": "received_at"}.get(column, "corrected")
         return _iso_sql(source)
     if column == "future":
         return "CASE WHEN future THEN 'true' ELSE 'false' END"
-    return f"json_extract_string(payload, '$.{column}')"
+    return _FROM_COLUMNS[column]
+
+
+def _csv_select(cell: Callable[[str], str]) -> str:
+    """The scan's select list: ``_j``, then each of ``CSV_COLUMNS`` by ``cell``."""
+    return ", ".join([_PARSED, *(f'{cell(c)} AS "{c}"' for c in CSV_COLUMNS)])
 
 
 async def iter_rows(
@@ -129,7 +156,7 @@ async def export_stream(
     if fmt == "ndjson":
         select, render = _NDJSON_SELECT, _ndjson_batch
     else:
-        select, render = ", ".join(_csv_cell_sql(c) for c in CSV_COLUMNS), _csv_batch
+        select, render = _csv_select(_csv_cell_sql), _csv_batch
     async for batch in _threaded(storage.scan(project, flt, select)):
         yield render(batch)
         if progress is not None:
@@ -187,7 +214,7 @@ def _ndjson_batch(batch: pa.RecordBatch) -> bytes:
 def _csv_batch(batch: pa.RecordBatch) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    columns = [c.to_pylist() for c in batch.columns]
+    columns = [c.to_pylist() for c in batch.columns[1:]]  # after _j
     writer.writerows(["" if v is None else v for v in row] for row in zip(*columns, strict=True))
     return buf.getvalue().encode()
 
@@ -234,12 +261,10 @@ async def write_parquet(
     schema = pa.schema([(c, pa.bool_() if c == "future" else pa.string()) for c in CSV_COLUMNS])
     total = 0
     if isinstance(storage, SQLiteStorage):
-        select = ", ".join(
-            ("future" if c == "future" else _csv_cell_sql(c)) + f' AS "{c}"' for c in CSV_COLUMNS
-        )
+        select = _csv_select(lambda c: "future" if c == "future" else _csv_cell_sql(c))
         with pq.ParquetWriter(path, schema, compression="zstd") as writer:
             async for batch in _threaded(storage.scan(project, flt, select)):
-                writer.write_batch(batch.cast(schema))
+                writer.write_batch(batch.select(CSV_COLUMNS).cast(schema))
                 total += batch.num_rows
                 if progress is not None:
                     progress(batch.num_rows)
