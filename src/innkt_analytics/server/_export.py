@@ -118,6 +118,24 @@ def _csv_cell_sql(column: str) -> str:
     return _FROM_COLUMNS[column]
 
 
+def _csv_quoted(sql: str) -> str:
+    """``sql`` as one CSV cell the way ``csv.writer`` (QUOTE_MINIMAL, ``\\n`` line
+    ends) writes it: empty for NULL, quoted (quotes doubled) when it holds a comma, a
+    quote or a newline."""
+    return (
+        f"CASE WHEN ({sql}) IS NULL THEN '' WHEN regexp_matches({sql}, '[,\"\n]')"
+        f" THEN '\"' || replace({sql}, '\"', '\"\"') || '\"' ELSE ({sql}) END"
+    )
+
+
+#: DuckDB SQL for a CSV line of an event, after ``_PARSED``
+_CSV_LINE: Final = (
+    "concat("
+    + ", ',', ".join(_csv_quoted(_csv_cell_sql(c)) for c in CSV_COLUMNS)
+    + ", '\n') AS line"
+)
+
+
 def _csv_select(cell: Callable[[str], str]) -> str:
     """The scan's select list: ``_j``, then each of ``CSV_COLUMNS`` by ``cell``."""
     return ", ".join([_PARSED, *(f'{cell(c)} AS "{c}"' for c in CSV_COLUMNS)])
@@ -156,7 +174,7 @@ async def export_stream(
     if fmt == "ndjson":
         select, render = _NDJSON_SELECT, _ndjson_batch
     else:
-        select, render = _csv_select(_csv_cell_sql), _csv_batch
+        select, render = f"{_PARSED}, {_CSV_LINE}", _csv_batch
     async for batch in _threaded(storage.scan(project, flt, select)):
         yield render(batch)
         if progress is not None:
@@ -212,11 +230,7 @@ def _ndjson_batch(batch: pa.RecordBatch) -> bytes:
 
 
 def _csv_batch(batch: pa.RecordBatch) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    columns = [c.to_pylist() for c in batch.columns[1:]]  # after _j
-    writer.writerows(["" if v is None else v for v in row] for row in zip(*columns, strict=True))
-    return buf.getvalue().encode()
+    return "".join(batch.column(1).to_pylist()).encode()  # the lines, after _j
 
 
 def render_ndjson(rows: list[EventRow]) -> bytes:
