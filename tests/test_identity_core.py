@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -179,3 +182,48 @@ def test_observe_equals_the_event_by_event_rule(events: list[dict[str, Any]]) ->
     assert {(k.a, k.b, k.alias): k.at for k in links} == expected_links
     got = {i: (x.is_user, x.first_seen, x.last_seen, x.traits, x.traits_at) for i, x in ids.items()}
     assert got == expected_ids
+
+
+def test_identify_with_traits_the_store_holds_writes_nothing(tmp_path: Path) -> None:
+    """An app that calls identify with the same traits at every start: after the first
+    time, its batches cost the identity store no transaction; later traits do."""
+    from innkt_analytics.server._identity_store import IdInfo, SQLiteIdentity
+    from innkt_analytics.server._persons import Identity
+
+    class Counted(SQLiteIdentity):  # the real store, its writes counted
+        writes = 0
+
+        async def record(self, project: str, links: Sequence[Link], ids: dict[str, IdInfo]) -> None:
+            Counted.writes += 1
+            await super().record(project, links, ids)
+
+    def batch(at: int, plan: str) -> list[ValidEvent]:
+        event = {
+            "eventId": f"e-{at}-{plan}",
+            "eventType": "identify",
+            "anonymousId": "a-1",
+            "userId": "u-1",
+            "timestamp": f"2026-12-01T00:00:{at:02d}Z",
+            "properties": {"plan": plan},
+        }
+        received = dt.datetime(2026, 12, 1, 0, 1, tzinfo=dt.UTC)
+        return parse_batch(msgspec.json.encode({"events": [event]}), Limits(), received).valid
+
+    async def main() -> None:
+        store = Counted(str(tmp_path / "id.db"))
+        await store.open()
+        identity = Identity(store)
+        try:
+            await identity.record("p", batch(1, "free"))
+            assert Counted.writes == 1
+            await identity.record("p", batch(1, "free"))  # a replay: nothing new
+            assert Counted.writes == 1
+            await identity.record("p", batch(0, "trial"))  # older: only the link moves
+            assert (await store.infos("p", ["u-1"]))["u-1"].traits == b'{"plan":"free"}'
+            await identity.record("p", batch(2, "pro"))
+            assert (await store.infos("p", ["u-1"]))["u-1"].traits == b'{"plan":"pro"}'
+        finally:
+            await identity.flush()
+            await store.close()
+
+    asyncio.run(main())

@@ -137,6 +137,8 @@ class Identity:
         self._known: dict[tuple[str, str], tuple[int, int, bool]] = {}
         #: (project, a, b, alias) -> the earliest time already stored
         self._links: dict[tuple[str, str, str, bool], int] = {}
+        #: (project, id) -> the (time, traits) of the latest identify already stored
+        self._traits: dict[tuple[str, str], tuple[int, bytes]] = {}
         #: project -> id -> seen times not written yet
         self._deferred: dict[str, dict[str, IdInfo]] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -150,6 +152,12 @@ class Identity:
         urgent: dict[str, IdInfo] = {}
         for ident, info in ids.items():
             known = self._known.get((project, ident))
+            if info.traits is not None and info.traits_at is not None:
+                stored = self._traits.get((project, ident))
+                if stored is not None and (info.traits_at, info.traits) <= stored:
+                    # the store holds these traits or later ones (an app that calls
+                    # identify at every start): nothing to write
+                    info.traits = info.traits_at = None
             if (
                 info.traits is not None
                 or (info.is_user and (known is None or not known[2]))
@@ -169,8 +177,14 @@ class Identity:
                 self._links[key] = min(k.at, self._links.get(key, k.at))
             for ident, info in urgent.items():
                 self._remember(project, ident, info)
+                if info.traits is not None and info.traits_at is not None:
+                    latest = (info.traits_at, info.traits)
+                    stored = self._traits.get((project, ident), latest)
+                    self._traits[(project, ident)] = max(latest, stored)
         if len(self._known) > _CACHE_LIMIT:
             self._known.clear()
+        if len(self._traits) > _CACHE_LIMIT:
+            self._traits.clear()
         if len(self._links) > _CACHE_LIMIT:
             self._links.clear()
 
@@ -221,6 +235,7 @@ class Identity:
     def forget(self, project: str, ids: Sequence[str]) -> None:
         for ident in ids:
             self._known.pop((project, ident), None)
+            self._traits.pop((project, ident), None)
             self._deferred.get(project, {}).pop(ident, None)
         gone = set(ids)
         for key in [k for k in self._links if k[0] == project and (k[1] in gone or k[2] in gone)]:
