@@ -97,14 +97,20 @@ class Run:
         self.lo: U64 = np.frombuffer(self._map, dtype="<u8", count=n, offset=_HEADER + 8 * n)
 
     def contains(self, hi: U64, lo: U64) -> npt.NDArray[np.bool_]:
-        """For each digest, whether this run holds it."""
+        """For each digest, whether this run holds it (faster with ``hi`` sorted)."""
         if self.n == 0 or len(hi) == 0:
             return np.zeros(len(hi), dtype=bool)
         left = np.searchsorted(self.hi, hi, side="left")
-        right = np.searchsorted(self.hi, hi, side="right")
+        # one search: where the high half is there at all, its entries start at ``left``
+        maybe = np.nonzero(self.hi[np.minimum(left, self.n - 1)] == hi)[0]
         found = np.zeros(len(hi), dtype=bool)
-        for i in np.nonzero(right > left)[0]:  # only where the high half matched: rare
-            found[i] = bool((self.lo[left[i] : right[i]] == lo[i]).any())
+        for i in maybe:  # only where the high half matched: rare
+            j = int(left[i])
+            while j < self.n and self.hi[j] == hi[i]:
+                if self.lo[j] == lo[i]:
+                    found[i] = True
+                    break
+                j += 1
         return found
 
     def close(self) -> None:
@@ -116,9 +122,14 @@ class Run:
 
 def contains_any(runs: Sequence[Run], hi: U64, lo: U64) -> npt.NDArray[np.bool_]:
     """For each digest, whether any of the runs holds it."""
-    found = np.zeros(len(hi), dtype=bool)
+    # Sorted, the searches walk each run's array in one direction: fewer cache misses.
+    order = np.argsort(hi, kind="stable")
+    hi_sorted, lo_sorted = hi[order], lo[order]
+    found_sorted = np.zeros(len(hi), dtype=bool)
     for run in runs:
-        found |= run.contains(hi, lo)
+        found_sorted |= run.contains(hi_sorted, lo_sorted)
+    found = np.zeros(len(hi), dtype=bool)
+    found[order] = found_sorted
     return found
 
 
