@@ -28,6 +28,7 @@ __all__ = [
     "MERGED_ACTORS",
     "Reader",
     "Snapshot",
+    "parquet_list",
     "person_table",
     "where",
 ]
@@ -104,6 +105,9 @@ class Segment:
 class Snapshot:
     segments: list[Segment]
     hot: pa.Table
+    #: every segment listed when the snapshot was taken (``segments``: those that
+    #: can hold matching events)
+    listed: tuple[str, ...] = ()
 
     def source(self, columns: Sequence[str]) -> str:
         """SQL for a relation of ``columns`` over every segment and the hot rows
@@ -114,6 +118,11 @@ class Snapshot:
             files = ", ".join(_quote(s.path) for s in self.segments)
             parts.insert(0, f"SELECT {cols} FROM read_parquet([{files}])")
         return " UNION ALL ".join(parts)
+
+
+def parquet_list(paths: Sequence[str]) -> str:
+    """``read_parquet`` of the files ``paths``, as SQL."""
+    return f"read_parquet([{', '.join(_quote(p) for p in paths)}])"
 
 
 def _quote(text: str) -> str:
@@ -167,7 +176,7 @@ class Reader:
             and (flt.until is None or bounds[2] < flt.until)
             and (after_seq is None or bounds[1] > after_seq)
         ]
-        return Snapshot(segments, hot)
+        return Snapshot(segments, hot, tuple(f"{self.dir}/{name}" for name, *_ in listed))
 
     def query(
         self,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
-from innkt_analytics.server.storage import _engine_backup
+from innkt_analytics.server.storage import _engine_backup, _rollups
 from innkt_analytics.server.storage import _sqlite_writer as _w
 from innkt_analytics.server.storage._base import (
     KEY_COLUMNS,
@@ -50,10 +50,10 @@ from innkt_analytics.server.storage._base import (
     key_record,
 )
 from innkt_analytics.server.storage._columnar import (
-    DISTINCT_ACTORS,
-    DISTINCT_SESSIONS,
     MERGED_ACTORS,
     Reader,
+    Snapshot,
+    parquet_list,
     person_table,
     where,
 )
@@ -100,6 +100,7 @@ class SQLiteStorage(Storage):
         self._compactor_proc: subprocess.Popen[bytes] | None = None
         self._local_compactor: Compactor | None = None
         self.columnar = Reader(self.path)
+        self.rollups = _rollups.Rollups()
         self._closed = False
         self._writer: WriterClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -312,42 +313,68 @@ class SQLiteStorage(Storage):
         persons: Mapping[str, str] | None = None,
         uniques: bool = True,
     ) -> Stats:
-        cond, params = where(project, flt)
-
         def run(conn: sqlite3.Connection) -> Stats:
             snap = self.columnar.snapshot(conn, project, flt, _STATS_COLUMNS)
-            source = f"({snap.source(_STATS_COLUMNS)}) WHERE {cond}"
-            tables: dict[str, pa.Table] = {}
-            sessions_sql = actors_sql = merged_sql = "0"
-            if uniques:
-                sessions_sql = DISTINCT_SESSIONS
-                actors_sql = "SELECT COUNT(*) FROM a"
-                if persons:
-                    merged_sql = MERGED_ACTORS
-                    tables["person_of"] = person_table(persons)
-            [(total, sessions, actors, merged, by_type, series)] = self.columnar.query(
-                snap,
-                f"WITH ev AS (SELECT * FROM {source}),"
-                " t AS (SELECT event_type, COUNT(*) AS n FROM ev GROUP BY 1),"
-                f" b AS (SELECT (corrected // {int(bucket_ms)}) * {int(bucket_ms)} AS k,"
-                " COUNT(*) AS n FROM ev GROUP BY 1),"
-                f" a AS ({DISTINCT_ACTORS})"
-                " SELECT (SELECT COUNT(*) FROM ev),"
-                f" ({sessions_sql}), ({actors_sql}), ({merged_sql}),"
-                " (SELECT list(struct_pack(k := event_type, n := n) ORDER BY n DESC) FROM t),"
-                " (SELECT list(struct_pack(k := k, n := n) ORDER BY k) FROM b)",
-                params,
-                tables,
-            )
+            tables = {"person_of": person_table(persons)} if uniques and persons else {}
+            merged = MERGED_ACTORS if tables else "0"
+            if _rollups.usable(bucket_ms, flt):
+                query = self._rolled_stats(snap, project, flt, bucket_ms, uniques, merged)
+            else:
+                cond, params = where(project, flt)
+                source = f"({snap.source(_STATS_COLUMNS)}) WHERE {cond}"
+                query = _rollups.events_stats_query(source, params, bucket_ms, uniques, merged)
+            query.tables.update(tables)
+            answer = self.columnar.query(snap, query.sql, query.params, query.tables)
+            [(total, sessions, actors, merged_actors, by_type, series)] = answer
             return Stats(
                 total=int(total),
                 by_event_type={d["k"]: int(d["n"]) for d in by_type or []},
                 series=[(int(d["k"]), int(d["n"])) for d in series or []],
                 unique_sessions=int(sessions),
-                unique_users=int(actors) - int(merged),
+                unique_users=int(actors) - int(merged_actors),
             )
 
         return await self._read(run)
+
+    def _rolled_stats(
+        self,
+        snap: Snapshot,
+        project: str,
+        flt: EventFilter,
+        bucket_ms: int,
+        uniques: bool,
+        merged: str,
+    ) -> _rollups.StatsQuery:
+        """Stats from the segments' rollups (``_rollups.py``) plus the events they
+        cannot answer: the hot rows, segments left without a rollup, edge minutes."""
+        self.rollups.forget(snap.listed)
+        found, left = self.rollups.get(self.columnar.duck(), [s.path for s in snap.segments])
+        cond, params = where(project, flt)
+        cols = "event_type, corrected, session_id, user_id, anonymous_id"
+        raw: list[tuple[str, list[object]]] = [(f"SELECT {cols} FROM hot WHERE {cond}", params)]
+        if left:
+            raw.append((f"SELECT {cols} FROM {parquet_list(left)} WHERE {cond}", params))
+        lo, hi = _rollups.whole_minutes(flt.since, flt.until)
+        edges = []
+        if lo is not None and flt.since != lo * _rollups.MINUTE_MS:
+            edges.append(f"corrected < {lo * _rollups.MINUTE_MS}")
+        if hi is not None and flt.until != hi * _rollups.MINUTE_MS:
+            edges.append(f"corrected >= {hi * _rollups.MINUTE_MS}")
+        if found and edges:
+            files = parquet_list(list(found))
+            raw.append(
+                (f"SELECT {cols} FROM {files} WHERE {cond} AND ({' OR '.join(edges)})", params)
+            )
+        return _rollups.stats_query(
+            rollups=list(found.values()),
+            raw_parts=raw,
+            project=project,
+            since=flt.since,
+            until=flt.until,
+            bucket_ms=bucket_ms,
+            uniques=uniques,
+            merged_sql=merged,
+        )
 
     async def delete_events_before(self, project: str | None, before: int) -> int:
         flt = EventFilter(until=before)
