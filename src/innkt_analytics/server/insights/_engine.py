@@ -337,6 +337,11 @@ def _trends(con: duckdb.DuckDBPyConnection, q: TrendsQuery, project: str) -> Tre
 # -- retention, paths, lifecycle -------------------------------------------------------
 
 
+#: UTC buckets of a fixed length: (length, shift) in ms, bucket = (ts + shift) // length
+#: (weeks start on Monday: 1970-01-01 was a Thursday)
+_FIXED_MS: Final = {"day": (86_400_000, 0), "week": (604_800_000, 3 * 86_400_000)}
+
+
 def _retention(con: duckdb.DuckDBPyConnection, q: RetentionQuery, project: str) -> RetentionResult:
     start, end = q.range_ms()
     labels = bucket_labels(start, end, q.period, zoneinfo.ZoneInfo(q.timezone))
@@ -347,23 +352,31 @@ def _retention(con: duckdb.DuckDBPyConnection, q: RetentionQuery, project: str) 
         "week": "date_diff('day', c.bt, r.bt) // 7",
         "month": "date_diff('month', c.bt, r.bt)",
     }[q.period]
-    # one pass over the events: the buckets each id was active in, by what it did
-    # there; ids become persons on those few rows, not on every event
+    label = f"strftime({{bt}}, {LABEL})"
+    if q.timezone == "UTC" and q.period in _FIXED_MS:
+        # UTC days and weeks are fixed lengths: bucket by an integer (the events'
+        # grouping is ~5 % faster), made a timestamp only for the labels
+        size, shift = _FIXED_MS[q.period]
+        bucket = f"((ts + {shift}) // {size} - ((ts + {shift}) % {size} < 0)::BIGINT)"
+        diff = "r.bt - c.bt"
+        label = f"strftime(epoch_ms({{bt}} * {size} - {shift}), {LABEL})"
+    # one pass over the events: the buckets each id (hashed) was active in, by what
+    # it did there; ids become persons on those few rows, not on every event
     text = (
-        f"WITH {sql.base(q, project, persons=False)}, e AS (SELECT id, {bucket} AS bt, "
+        f"WITH {sql.base(q, project, persons=False)}, e AS (SELECT hash(id) AS id, {bucket} AS bt, "
         f"{sql.spec(q.target)} AS mt, {sql.spec(q.returning)} AS mr FROM ev "
         f"WHERE id IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)}), "
         "ids AS (SELECT id, bt, bool_or(mt) AS mt, bool_or(mr) AS mr FROM e "
         "WHERE mt OR mr GROUP BY id, bt), "
         f"act AS MATERIALIZED (SELECT actor, bt, bool_or(mt) AS mt, bool_or(mr) AS mr "
-        f"FROM ({sql.persons_of('ids')}) GROUP BY actor, bt), "
+        f"FROM ({sql.persons_of('ids', hashed=True)}) GROUP BY actor, bt), "
         # day, week and month buckets never go back in time, so the first event's
         # bucket is the smallest
         "c AS (SELECT actor, min(bt) AS bt FROM act WHERE mt GROUP BY actor), "
         "r AS (SELECT actor, bt FROM act WHERE mr) "
         # period 0 is the cohort's size
-        f"SELECT strftime(bt, {LABEL}), 0, count(*) FROM c GROUP BY 1 UNION ALL "
-        f"SELECT strftime(c.bt, {LABEL}), {diff}, count(DISTINCT c.actor) FROM c "
+        f"SELECT {label.format(bt='bt')}, 0, count(*) FROM c GROUP BY 1 UNION ALL "
+        f"SELECT {label.format(bt='c.bt')}, {diff}, count(DISTINCT c.actor) FROM c "
         "JOIN r ON r.actor = c.actor AND r.bt > c.bt GROUP BY 1, 2"
     )
     counts: dict[tuple[str, int], int] = {}

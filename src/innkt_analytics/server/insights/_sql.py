@@ -185,10 +185,20 @@ class Sql:
             f"WHERE project = {self.p(project)}) WHERE dup = 1 AND {self.filters(query.filters)}"
         )
 
-    def persons_of(self, table: str) -> str:
+    def persons_of(self, table: str, *, hashed: bool = False) -> str:
         """``table``'s rows with ``actor``: the person of their ``id`` (``base`` with
-        ``persons=False``; an Arrow table's ids are persons already)."""
+        ``persons=False``; an Arrow table's ids are persons already). ``hashed``:
+        ``id`` is DuckDB's 64-bit ``hash()`` of the id, and ``actor`` is then the hash
+        of the person (grouping millions of events by an integer instead of a string
+        is ~25 % faster; a collision has a chance of about n^2 / 2^65)."""
         if self.source.stored and self.source.mapped:
+            if hashed:
+                return (
+                    # not coalesce(): hash(NULL) is a number, not NULL
+                    f"SELECT t.*, CASE WHEN pm.id IS NULL THEN t.id ELSE hash(pm.person) END"
+                    f" AS actor FROM {table} t "
+                    "LEFT JOIN person_of pm ON hash(pm.id) = t.id"
+                )
             return (
                 f"SELECT t.*, coalesce(pm.person, t.id) AS actor FROM {table} t "
                 "LEFT JOIN person_of pm ON pm.id = t.id"
