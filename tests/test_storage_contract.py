@@ -290,6 +290,20 @@ def test_stats_count_bucket_and_unique(storage_url: str) -> None:
     with_storage(storage_url, body)
 
 
+def test_stats_buckets_round_down_before_1970(storage_url: str) -> None:
+    """A broken clock's event before 1970 lands in the bucket that starts before it,
+    on both backends (integer division in SQL rounds toward zero)."""
+
+    async def body(s: Storage) -> None:
+        await s.insert_events(
+            "p", [row("b1", corrected=-1), row("b2", corrected=-DAY - 5), row("b3", corrected=7)]
+        )
+        result = await s.stats("p", EventFilter(), DAY)
+        assert result.series == [(-2 * DAY, 1), (-DAY, 1), (0, 1)]
+
+    with_storage(storage_url, body)
+
+
 def test_stats_count_actors_and_persons(storage_url: str) -> None:
     """Unique users are actors (the userId, else the anonymousId); with a persons
     mapping the actors of one person count once, even when its root is not among them."""

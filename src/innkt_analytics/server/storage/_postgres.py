@@ -360,7 +360,9 @@ class PostgresStorage(Storage):
                     )
                 }
                 series = await conn.fetch(
-                    f"SELECT (corrected / ${n + 1}) * ${n + 1} AS bucket, count(*)"
+                    # rounded down, before 1970 too (integer / rounds toward zero)
+                    f"SELECT corrected - mod(mod(corrected, ${n + 1}) + ${n + 1}, ${n + 1})"
+                    " AS bucket, count(*)"
                     f" FROM events WHERE {where} GROUP BY 1 ORDER BY 1",
                     *params,
                     bucket_ms,
