@@ -56,20 +56,31 @@ def _hour_of_events(start: dt.datetime, counts: dict[str, int]) -> list[dict[str
     ]
 
 
+def _last_full_hour() -> dt.datetime:
+    """The start of the last complete hour (waiting out minute 59, so that hour does
+    not change while the test runs)."""
+    now = dt.datetime.now(dt.UTC)
+    if now.minute == 59:
+        time.sleep(61 - now.second)
+        now = dt.datetime.now(dt.UTC)
+    return now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+
+
+def _history(last: dt.datetime, counts: dict[str, int]) -> list[dict[str, Any]]:
+    """Four days of the same hourly ``counts`` before ``last``: too short for weeks,
+    long enough for the hour-of-day pool."""
+    events = []
+    for h in range(96, 0, -1):
+        events += _hour_of_events(last - dt.timedelta(hours=h), counts)
+    return events
+
+
 def test_a_spike_in_the_last_hour_is_sent_with_its_expected_range(
     server_factory: Callable[..., ServerProcess], receiver: Receiver
 ) -> None:
-    now = dt.datetime.now(dt.UTC)
-    if now.minute == 59:  # the last complete hour must not change while the test runs
-        time.sleep(61 - now.second)
-        now = dt.datetime.now(dt.UTC)
-    last = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+    last = _last_full_hour()
     server = server_factory(env=ENV)
-    # four days of history: too short for weeks, long enough for the hour-of-day pool
-    usual = {"page_view": 30, "steady": 40, "rare": 3}
-    events = []
-    for h in range(96, 0, -1):
-        events += _hour_of_events(last - dt.timedelta(hours=h), usual)
+    events = _history(last, {"page_view": 30, "steady": 40, "rare": 3})
     # the hour evaluated: page views x 10; the quiet type x 5 (below the minimum volume)
     events += _hour_of_events(last, {"page_view": 300, "steady": 40, "rare": 15})
     _post(server, events)
@@ -128,15 +139,9 @@ def test_an_insights_series_counts_persons_like_the_api(
     """The unique users of a watched series are persons: in the hour evaluated 150
     people browse anonymously and then signed in (identify links the two ids), so
     300 ids but 150 persons."""
-    now = dt.datetime.now(dt.UTC)
-    if now.minute == 59:
-        time.sleep(61 - now.second)
-        now = dt.datetime.now(dt.UTC)
-    last = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+    last = _last_full_hour()
     server = server_factory(env=ENV)
-    events = []
-    for h in range(96, 0, -1):
-        events += _hour_of_events(last - dt.timedelta(hours=h), {"page_view": 30})
+    events = _history(last, {"page_view": 30})
     for n in range(150):
         at = last + dt.timedelta(seconds=n * 20)
         for extra in (

@@ -63,6 +63,7 @@ from innkt_analytics.server.insights._sql import (
     grouped,
     ranked_groups,
 )
+from innkt_analytics.server.storage._columnar import person_table
 
 __all__ = ["MEMORY_LIMIT", "connect_segments", "run", "run_interruptible"]
 
@@ -119,15 +120,7 @@ def connect_segments(
     actor = "coalesce(e.user_id, e.anonymous_id)"
     join = ""
     if persons:
-        con.register(
-            "person_of",
-            pa.table(
-                {
-                    "id": pa.array(list(persons), pa.string()),
-                    "person": pa.array(list(persons.values()), pa.string()),
-                }
-            ),
-        )
+        con.register("person_of", person_table(persons, "person"))
         join = f" LEFT JOIN person_of m ON m.id = {actor}"
         actor = f"coalesce(m.person, {actor})"
     con.execute(

@@ -57,12 +57,13 @@ MERGED_ACTORS: Final = (
 )
 
 
-def person_table(roots: Mapping[str, str]) -> pa.Table:
-    """``person_pairs(roots)`` as a table ``(id, root)``."""
+def person_table(roots: Mapping[str, str], person: str = "root") -> pa.Table:
+    """``person_pairs(roots)`` as a table ``(id, <person>)``: each id and its person,
+    each person itself included (the stats and the insights engine's ``person_of``)."""
     import pyarrow as pa
 
     ids, own = person_pairs(roots)
-    return pa.table({"id": pa.array(ids, pa.string()), "root": pa.array(own, pa.string())})
+    return pa.table({"id": pa.array(ids, pa.string()), person: pa.array(own, pa.string())})
 
 
 def where(project: str | None, flt: EventFilter) -> tuple[str, list[object]]:
