@@ -330,8 +330,8 @@ def _trends(con: duckdb.DuckDBPyConnection, q: TrendsQuery, project: str) -> Tre
 # -- retention, paths, lifecycle -------------------------------------------------------
 
 
-#: UTC buckets of a fixed length: (length, shift) in ms, bucket = (ts + shift) // length
-#: (weeks start on Monday: 1970-01-01 was a Thursday)
+#: UTC buckets of a fixed length: (length, shift) in ms, a bucket starting where
+#: ``(t + shift) % length == 0`` (weeks start on Monday: 1970-01-01 was a Thursday)
 _FIXED_MS: Final = {"day": (86_400_000, 0), "week": (604_800_000, 3 * 86_400_000)}
 
 
@@ -347,12 +347,15 @@ def _retention(con: duckdb.DuckDBPyConnection, q: RetentionQuery, project: str) 
     }[q.period]
     label = f"strftime({{bt}}, {LABEL})"
     if q.timezone == "UTC" and q.period in _FIXED_MS:
-        # UTC days and weeks are fixed lengths: bucket by an integer (the events'
-        # grouping is ~5 % faster), made a timestamp only for the labels
+        # UTC days and weeks are fixed lengths: bucket by an integer counted from
+        # the bucket that holds ``start`` (every event read is at or after it, so
+        # ``//`` rounds down), made a timestamp only for the labels (the events'
+        # grouping ~10 % faster than by timestamps)
         size, shift = _FIXED_MS[q.period]
-        bucket = f"((ts + {shift}) // {size} - ((ts + {shift}) % {size} < 0)::BIGINT)"
+        base = (start + shift) // size * size - shift
+        bucket = f"((ts - {int(base)}) // {size})"
         diff = "r.bt - c.bt"
-        label = f"strftime(epoch_ms({{bt}} * {size} - {shift}), {LABEL})"
+        label = f"strftime(epoch_ms({int(base)} + {{bt}} * {size}), {LABEL})"
     # one pass over the events: the buckets each id (hashed) was active in, by what
     # it did there; ids become persons on those few rows, not on every event
     text = (
