@@ -90,7 +90,10 @@ def hot_rows(
     import pyarrow as pa
 
     full = schema()
-    sql = f"SELECT {', '.join(columns)} FROM events WHERE {where} ORDER BY seq"
+    # NOT INDEXED: a scan in seq (rowid) order, at most the hot log's few tens of
+    # thousands of rows, beats the (project, event_id) index's walk plus a sort by
+    # seq: 0.20 -> 0.11 s for 18,500 rows of one project
+    sql = f"SELECT {', '.join(columns)} FROM events NOT INDEXED WHERE {where} ORDER BY seq"
     if limit is not None:
         sql, params = sql + " LIMIT ?", [*params, limit]
     rows = conn.execute(sql, params).fetchall()

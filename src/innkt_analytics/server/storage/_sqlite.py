@@ -129,12 +129,11 @@ class SQLiteStorage(Storage):
             conn = _w.connect_writer(self.path)
             try:
                 migrate(conn)
-                self._event_count = int(
-                    conn.execute(
-                        "SELECT (SELECT COUNT(*) FROM events)"
-                        " + (SELECT coalesce(sum(rows), 0) FROM segments)"
-                    ).fetchone()[0]
-                )
+                hot, cold = conn.execute(
+                    "SELECT (SELECT COUNT(*) FROM events),"
+                    " (SELECT coalesce(sum(rows), 0) FROM segments)"
+                ).fetchone()
+                self._event_count = int(hot) + int(cold)
             finally:
                 conn.close()
         except sqlite3.Error as exc:
@@ -145,6 +144,8 @@ class SQLiteStorage(Storage):
                 self.compactor().recover()  # before the first read: deletions finished
             except (sqlite3.Error, OSError) as exc:
                 raise storage_error(_w.error_of(exc)) from exc
+            if hot:  # rows a stopped server left in the hot log: compacted now, not
+                self._ensure_compactor_process()  # at the next write
 
     async def open(self, *, start_writer: bool = True) -> None:
         """``open_sync``, and bind the storage to the running loop, which then
