@@ -21,6 +21,7 @@ import pytest
 from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
 from innkt_analytics.server.storage._base import Stats
 from innkt_analytics.server.storage._rollups import Rollups
+from innkt_analytics.shared._protocol import _MAX_MS, _MIN_MS
 from tests.test_storage_contract import row
 
 MINUTE = 60_000
@@ -35,6 +36,8 @@ def _events(rng: random.Random, n: int, tag: str) -> list[EventRow]:
     for i in range(n):
         broken = rng.random() < 0.05  # a broken clock: before 1970
         at = -rng.randrange(3 * DAY) if broken else T0 + rng.randrange(3 * DAY)
+        if rng.random() < 0.01:  # the protocol's extremes: years 1 and 9999
+            at = rng.choice((_MIN_MS, _MAX_MS - rng.randrange(HOUR)))
         user = rng.randrange(40)
         kind = rng.random()
         out.append(
