@@ -200,3 +200,36 @@ def test_the_server_starts_without_duckdb_and_pyarrow() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
+_RANGE = {"dateFrom": "2026-01-01", "dateTo": "2026-01-08"}
+_PAGE = {"event": "page"}
+_WITH_FILTER = {"event": "page", "filters": [{"key": "plan", "op": "eq", "value": "pro"}]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "reads"),
+    [
+        ("trends", {"series": [_PAGE]}, False),
+        ("trends", {"series": [_PAGE], "breakdown": {"property": "plan"}}, True),
+        ("trends", {"series": [{**_PAGE, "math": "sum", "mathProperty": "n"}]}, True),
+        ("trends", {"series": [_WITH_FILTER]}, True),
+        ("trends", {"series": [_PAGE], "filters": _WITH_FILTER["filters"]}, True),
+        ("funnels", {"steps": [_PAGE, {"event": "buy"}]}, False),
+        ("funnels", {"steps": [_PAGE, {"event": "buy"}], "breakdown": {"property": "plan"}}, True),
+        ("funnels", {"steps": [_PAGE, _WITH_FILTER]}, True),
+        ("retention", {"target": _PAGE}, False),
+        ("retention", {"target": _PAGE, "returning": _WITH_FILTER}, True),
+        ("paths", {"start": _WITH_FILTER}, True),
+        ("lifecycle", {"event": _PAGE}, False),
+    ],
+)
+def test_reads_json_finds_every_use_of_the_events_json(
+    kind: str, body: dict[str, Any], reads: bool
+) -> None:
+    """What decides whether the hot rows are loaded with their JSON: a query that
+    reads a property must say so, wherever the property is."""
+    from innkt_analytics.server.insights._model import reads_json
+
+    query = parse_query(kind, msgspec.json.encode({**_RANGE, **body}))
+    assert reads_json(query) is reads

@@ -112,7 +112,11 @@ def connect_segments(
         "seq, project, event_id, event_type, corrected AS ts, user_id, anonymous_id,"
         " session_id, payload"
     )
-    parts = [f"SELECT {raw} FROM hot_rows"]
+    # hot rows loaded without their JSON (a query that reads none): NULL in its place
+    hot_raw = (
+        raw if "payload" in hot.column_names else raw.replace("payload", "NULL::VARCHAR AS payload")
+    )
+    parts = [f"SELECT {hot_raw} FROM hot_rows"]
     if segments:
         files = ", ".join("'" + p.replace("'", "''") + "'" for p in segments)
         parts.insert(0, f"SELECT {raw} FROM read_parquet([{files}])")

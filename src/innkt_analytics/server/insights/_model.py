@@ -327,6 +327,21 @@ def _parse_time(value: str, zone: zoneinfo.ZoneInfo) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+def reads_json(value: object) -> bool:
+    """Whether a query (or any part of one) reads the events' JSON: a property filter,
+    a breakdown, a property's math. The storage's hot rows are then loaded with their
+    JSON; otherwise without it (most of a hot row's bytes)."""
+    if isinstance(value, PropertyFilter | Breakdown):
+        return True
+    if isinstance(value, Series) and value.math_property is not None:
+        return True
+    if isinstance(value, msgspec.Struct):
+        return any(reads_json(getattr(value, name)) for name in value.__struct_fields__)
+    if isinstance(value, list):
+        return any(reads_json(v) for v in value)
+    return False
+
+
 def parse_query(kind: str, body: bytes) -> Query:
     """Decode and validate a query of ``kind`` (trends, funnels, retention, paths, lifecycle).
 

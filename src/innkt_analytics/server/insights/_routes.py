@@ -34,6 +34,7 @@ from innkt_analytics.server.insights._model import (
     TrendsQuery,
     counts_persons,
     parse_query,
+    reads_json,
 )
 from innkt_analytics.server.insights._persons_map import PersonsMap, graph_version, persons_for
 from innkt_analytics.server.storage import EventFilter, SQLiteStorage, Storage
@@ -111,9 +112,13 @@ class Segments:
 Source = list[InsightEvent] | Segments
 
 
-async def _load(storage: Storage, project: str, since: int | None, until: int) -> Source:
+async def _load(
+    storage: Storage, project: str, since: int | None, until: int, *, payload: bool = True
+) -> Source:
     if isinstance(storage, SQLiteStorage):
-        paths, hot = await asyncio.to_thread(storage.insight_source, project, since, until)
+        paths, hot = await asyncio.to_thread(
+            storage.insight_source, project, since, until, payload=payload
+        )
         return Segments(paths, hot)
     events: list[InsightEvent] = []
     cursor: int | None = None
@@ -199,7 +204,7 @@ async def answer_within(
     since, until = _read_range(query)
     try:
         async with asyncio.timeout_at(deadline):
-            events = await _load(storage, project, since, until)
+            events = await _load(storage, project, since, until, payload=reads_json(query))
     except TimeoutError:
         raise _timed_out(limit) from None
     return await run_within(

@@ -253,15 +253,16 @@ class SQLiteStorage(Storage):
             conn.close()
 
     def insight_source(
-        self, project: str, since: int | None, until: int | None
+        self, project: str, since: int | None, until: int | None, *, payload: bool = True
     ) -> tuple[list[str], pa.Table]:
         """One snapshot of the project's events in ``[since, until)`` for the insights
         engine: the segment files that may hold some, and the matching hot rows
-        (blocking)."""
+        (blocking), without their JSON unless ``payload``."""
+        columns = HOT_COLUMNS if payload else tuple(c for c in HOT_COLUMNS if c != "payload")
         conn = _w.connect(self.path)
         try:
             snap = self.columnar.snapshot(
-                conn, project, EventFilter(since=since, until=until), HOT_COLUMNS
+                conn, project, EventFilter(since=since, until=until), columns
             )
         finally:
             conn.close()
