@@ -63,7 +63,7 @@ from innkt_analytics.server.insights._sql import (
     grouped,
     ranked_groups,
 )
-from innkt_analytics.server.storage._columnar import person_table
+from innkt_analytics.server.storage._columnar import parquet_list, person_table
 
 __all__ = ["MEMORY_LIMIT", "connect_segments", "run", "run_interruptible"]
 
@@ -118,8 +118,7 @@ def connect_segments(
     )
     parts = [f"SELECT {hot_raw} FROM hot_rows"]
     if segments:
-        files = ", ".join("'" + p.replace("'", "''") + "'" for p in segments)
-        parts.insert(0, f"SELECT {raw} FROM read_parquet([{files}])")
+        parts.insert(0, f"SELECT {raw} FROM {parquet_list(segments)}")
     con.execute(f"CREATE VIEW raw_events AS {' UNION ALL '.join(parts)}")
     actor = "coalesce(e.user_id, e.anonymous_id)"
     join = ""

@@ -116,8 +116,7 @@ class Snapshot:
         cols = ", ".join(columns)
         parts = [f"SELECT {cols} FROM hot"]
         if self.segments:
-            files = ", ".join(_quote(s.path) for s in self.segments)
-            parts.insert(0, f"SELECT {cols} FROM read_parquet([{files}])")
+            parts.insert(0, f"SELECT {cols} FROM {parquet_list([s.path for s in self.segments])}")
         return " UNION ALL ".join(parts)
 
 

@@ -31,7 +31,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from innkt_analytics.server.storage._base import EventFilter
-from innkt_analytics.server.storage._columnar import DISTINCT_ACTORS, DISTINCT_SESSIONS
+from innkt_analytics.server.storage._columnar import (
+    DISTINCT_ACTORS,
+    DISTINCT_SESSIONS,
+    parquet_list,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -42,6 +46,7 @@ __all__ = [
     "Rollup",
     "Rollups",
     "StatsQuery",
+    "edge_minutes",
     "events_stats_query",
     "floor_div",
     "stats_query",
@@ -94,8 +99,20 @@ def whole_minutes(since: int | None, until: int | None) -> tuple[int | None, int
     return lo, hi
 
 
+def edge_minutes(since: int | None, until: int | None) -> str | None:
+    """SQL for the events of ``[since, until)`` outside its whole minutes (they are
+    read as events), or None when both ends fall on a minute."""
+    lo, hi = whole_minutes(since, until)
+    edges = []
+    if lo is not None and since != lo * MINUTE_MS:
+        edges.append(f"corrected < {lo * MINUTE_MS}")
+    if hi is not None and until != hi * MINUTE_MS:
+        edges.append(f"corrected >= {hi * MINUTE_MS}")
+    return " OR ".join(edges) or None
+
+
 def _compact(table: pa.Table) -> pa.Table:
-    """Project and event type as dictionaries: ~18 bytes a row. (The minute stays an
+    """Project and event type as dictionaries: ~20 bytes a row. (The minute stays an
     int64: an event may be stamped up to the year 9999, minute 4.2e9.)"""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -111,7 +128,7 @@ def _compact(table: pa.Table) -> pa.Table:
 
 def build(con: duckdb.DuckDBPyConnection, path: str) -> Rollup:
     """The rollup of one segment file."""
-    src = "read_parquet('" + path.replace("'", "''") + "')"
+    src = parquet_list([path])
     parts = {
         name: _compact(con.sql(sql.format(src=src)).to_arrow_table())
         for name, sql in _BUILD.items()
@@ -249,9 +266,7 @@ def stats_query(
         params.extend(cond_params)
         return f"SELECT {select} FROM r_{name} WHERE {rc} UNION ALL "
 
-    counts = rolled(
-        "counts", "event_type::VARCHAR AS event_type, m::BIGINT * 60000 AS corrected, n"
-    )
+    counts = rolled("counts", "event_type::VARCHAR AS event_type, m * 60000 AS corrected, n")
     parts = [f"c AS ({counts}SELECT event_type, corrected, 1 AS n FROM raw)"]
     sessions_sql = actors_sql = "0"
     if uniques:
@@ -273,14 +288,8 @@ def stats_query(
         "t AS (SELECT event_type, SUM(n) AS n FROM c GROUP BY 1)",
         f"b AS (SELECT {floor_div('corrected', b)} * {b} AS k, SUM(n) AS n FROM c GROUP BY 1)",
     ]
-    sql = (
-        f"{head}, {', '.join(parts)}"
-        f" SELECT (SELECT coalesce(SUM(n), 0) FROM c), ({sessions_sql}), ({actors_sql}),"
-        f" ({merged_sql}),"
-        " (SELECT list(struct_pack(k := event_type, n := n) ORDER BY n DESC) FROM t),"
-        " (SELECT list(struct_pack(k := k, n := n) ORDER BY k) FROM b)"
-    )
-    return StatsQuery(sql, params, tables)
+    answer = _answer("SELECT coalesce(SUM(n), 0) FROM c", sessions_sql, actors_sql, merged_sql)
+    return StatsQuery(f"{head}, {', '.join(parts)} {answer}", params, tables)
 
 
 def events_stats_query(
@@ -299,10 +308,17 @@ def events_stats_query(
         f"WITH ev AS (SELECT * FROM {source}),"
         " t AS (SELECT event_type, COUNT(*) AS n FROM ev GROUP BY 1),"
         f" b AS (SELECT {floor_div('corrected', b)} * {b} AS k, COUNT(*) AS n FROM ev GROUP BY 1),"
-        f" a AS ({DISTINCT_ACTORS})"
-        " SELECT (SELECT COUNT(*) FROM ev),"
-        f" ({sessions_sql}), ({actors_sql}), ({merged_sql}),"
+        f" a AS ({DISTINCT_ACTORS}) "
+        + _answer("SELECT COUNT(*) FROM ev", sessions_sql, actors_sql, merged_sql)
+    )
+    return StatsQuery(sql, list(params), {})
+
+
+def _answer(total: str, sessions: str, actors: str, merged: str) -> str:
+    """The stats' one row, from the CTEs ``t`` (counts by type) and ``b`` (the
+    series) and the four scalar subqueries."""
+    return (
+        f"SELECT ({total}), ({sessions}), ({actors}), ({merged}),"
         " (SELECT list(struct_pack(k := event_type, n := n) ORDER BY n DESC) FROM t),"
         " (SELECT list(struct_pack(k := k, n := n) ORDER BY k) FROM b)"
     )
-    return StatsQuery(sql, list(params), {})

@@ -356,17 +356,10 @@ class SQLiteStorage(Storage):
         raw: list[tuple[str, list[object]]] = [(f"SELECT {cols} FROM hot WHERE {cond}", params)]
         if left:
             raw.append((f"SELECT {cols} FROM {parquet_list(left)} WHERE {cond}", params))
-        lo, hi = _rollups.whole_minutes(flt.since, flt.until)
-        edges = []
-        if lo is not None and flt.since != lo * _rollups.MINUTE_MS:
-            edges.append(f"corrected < {lo * _rollups.MINUTE_MS}")
-        if hi is not None and flt.until != hi * _rollups.MINUTE_MS:
-            edges.append(f"corrected >= {hi * _rollups.MINUTE_MS}")
+        edges = _rollups.edge_minutes(flt.since, flt.until)
         if found and edges:
             files = parquet_list(list(found))
-            raw.append(
-                (f"SELECT {cols} FROM {files} WHERE {cond} AND ({' OR '.join(edges)})", params)
-            )
+            raw.append((f"SELECT {cols} FROM {files} WHERE {cond} AND ({edges})", params))
         return _rollups.stats_query(
             rollups=list(found.values()),
             raw_parts=raw,
