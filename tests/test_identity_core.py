@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import random
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,74 @@ def test_identify_with_traits_the_store_holds_writes_nothing(tmp_path: Path) -> 
             await store.close()
 
     asyncio.run(main())
+
+
+#: a known user's plain events: what ``Identity._news`` may skip
+_plain = st.fixed_dictionaries({"eventType": st.just("page"), "userId": st.sampled_from(USERS[:2])})
+#: "u-0" sent as an anonymousId first: its plain events must still make it a user
+_as_anonymous = st.fixed_dictionaries({"eventType": st.just("page"), "anonymousId": st.just("u-0")})
+#: minutes and seconds: times within and beyond a minute's granularity of each other
+_when = st.sampled_from(["00:00", "00:30", "01:05", "01:59", "03:00", "06:10", "09:59"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.one_of(_plain, _plain, _as_anonymous, _event), _when).map(
+                lambda ew: ew[0] | {"timestamp": f"2026-12-01T00:{ew[1]}Z"}
+            ),
+            min_size=1,
+            max_size=8,
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_skipping_known_users_plain_events_stores_the_same(batches: list[Any]) -> None:
+    """``Identity._news`` skips a known user's plain events inside its known first ..
+    last seen (+ the granularity): the store ends up as if it had read them all
+    (last seen to within ``LAST_SEEN_GRANULARITY``)."""
+    import tempfile
+
+    from innkt_analytics.server._identity_store import SQLiteIdentity
+    from innkt_analytics.server._persons import LAST_SEEN_GRANULARITY, Identity
+
+    class ReadsAll(Identity):
+        def _news(self, project: str, valid: Sequence[ValidEvent]) -> Sequence[ValidEvent]:
+            return valid
+
+    received = dt.datetime(2026, 12, 1, 0, 15, tzinfo=dt.UTC)
+    parsed = []
+    for i, b in enumerate(batches):
+        events = [dict(e, eventId=f"e-{i}-{j}") for j, e in enumerate(b)]
+        batch = parse_batch(msgspec.json.encode({"events": events}), Limits(), received)
+        assert not batch.rejected
+        parsed.append(batch.valid)
+
+    async def stored(kind: type[Identity], path: str) -> tuple[list[Any], dict[str, Any]]:
+        store = SQLiteIdentity(path)
+        await store.open()
+        identity = kind(store)
+        try:
+            for valid in parsed:
+                await identity.record("p", valid)
+            await identity.flush()
+        finally:
+            await store.close()
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            links = db.execute("SELECT * FROM identity_links ORDER BY a, b, alias").fetchall()
+            ids = db.execute(
+                "SELECT id, is_user, first_seen, last_seen, traits, traits_at FROM identity_ids"
+            ).fetchall()
+        return links, {row[0]: row[1:] for row in ids}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        links, infos = asyncio.run(stored(Identity, f"{tmp}/skips.db"))
+        all_links, all_infos = asyncio.run(stored(ReadsAll, f"{tmp}/all.db"))
+    assert links == all_links
+    assert infos.keys() == all_infos.keys()
+    for ident, (is_user, first, last, traits, traits_at) in infos.items():
+        full = all_infos[ident]
+        assert (is_user, first, traits, traits_at) == (full[0], full[1], full[3], full[4])
+        assert 0 <= full[2] - last <= LAST_SEEN_GRANULARITY

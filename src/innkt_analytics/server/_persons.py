@@ -144,6 +144,9 @@ class Identity:
         self._flusher: asyncio.Task[None] | None = None
 
     async def record(self, project: str, valid: Sequence[ValidEvent]) -> None:
+        valid = self._news(project, valid)
+        if not valid:
+            return
         observed, ids = observe(valid)
         links = [
             k for k in observed if self._links.get((project, k.a, k.b, k.alias), k.at + 1) > k.at
@@ -187,6 +190,29 @@ class Identity:
             self._traits.clear()
         if len(self._links) > _CACHE_LIMIT:
             self._links.clear()
+
+    def _news(self, project: str, valid: Sequence[ValidEvent]) -> Sequence[ValidEvent]:
+        """The events that may tell the store something: all but the plain events
+        (no anonymousId, no identify or alias) of a user already known as one, at a
+        time inside its known first seen .. last seen + ``LAST_SEEN_GRANULARITY``.
+        Those are most of a busy project's events, and ``record`` would find nothing
+        to write or defer for them: skipping them first saves building their ids'
+        facts (~1 us per event of ingest's CPU)."""
+        known = self._known
+        out: list[ValidEvent] = []
+        for v in valid:
+            event = v.event
+            user = event.user_id
+            if user is not None and event.anonymous_id is None and event.event_type not in _CALLS:
+                facts = known.get((project, user))
+                if (
+                    facts is not None
+                    and facts[2]
+                    and facts[0] <= v.corrected_ms <= facts[1] + LAST_SEEN_GRANULARITY
+                ):
+                    continue
+            out.append(v)
+        return out
 
     def _remember(self, project: str, ident: str, info: IdInfo) -> None:
         old = self._known.get((project, ident))
