@@ -11,6 +11,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -79,7 +80,8 @@ def test_a_report_counts_persons_like_the_insights_api(
     storage_url: str, server_factory: Any, receiver: Receiver
 ) -> None:
     server = server_factory(db=storage_url, env={"INNKT_REPORT_INTERVAL": "0"})
-    yesterday = dt.datetime.now(UTC).date() - dt.timedelta(days=1)
+    # the report's yesterday is Paris's: in UTC's last hour of a day, UTC's is another
+    yesterday = dt.datetime.now(ZoneInfo("Europe/Paris")).date() - dt.timedelta(days=1)
     r = httpx.post(
         server.url + "/v1/events/batch",
         json={"events": _journeys(yesterday)},
