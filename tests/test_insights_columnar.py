@@ -2,10 +2,11 @@
 
 On SQLite the engine reads the segments and the hot log of one snapshot through
 the view of ``_engine.connect_segments`` (properties, context and device pulled out
-of the stored JSON by DuckDB) instead of an Arrow table built in Python. Generated
-logs (test_insights_engine's strategies) are stored, half compacted into segments and
-half left in the hot log, and every query type must give the reference
-implementation's answer over the events as stored.
+of the stored JSON by DuckDB, or read from a segment's property columns) instead of
+an Arrow table built in Python. Generated logs (test_insights_engine's strategies)
+are stored, a third compacted into a segment, a third into another and the rest left
+in the hot log, and every query type must give the reference implementation's answer
+over the events as stored.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from hypothesis import HealthCheck, given, settings
 
 from innkt_analytics.server.insights._engine import MEMORY_LIMIT, _run, connect_segments
 from innkt_analytics.server.insights._events import InsightEvent
-from innkt_analytics.server.insights._model import Query, parse_query
+from innkt_analytics.server.insights._model import Query, parse_query, property_keys
 from innkt_analytics.server.insights._reference import run_reference
 from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
 from tests.test_insights_engine import (
+    T0,
     close,
     funnels,
     lifecycle,
@@ -99,8 +101,11 @@ def check(storage: SQLiteStorage, kind: str, body: dict[str, Any], log: list[Ins
             if rows:
                 await storage.insert_events(run + name, rows)
 
-    asyncio.run(store(log[:half]))
-    storage.compact_sync()  # the first half in segments, the rest in the hot log
+    third = len(log) // 3
+    asyncio.run(store(log[:third]))
+    storage.compact_sync()  # two thirds in two segments (each with the property
+    asyncio.run(store(log[third:half]))  # columns its own rows call for), the rest
+    storage.compact_sync()  # in the hot log
     asyncio.run(store(log[half:]))
     project = run + "p"
     events = asyncio.run(stored(storage, project))
@@ -108,7 +113,7 @@ def check(storage: SQLiteStorage, kind: str, body: dict[str, Any], log: list[Ins
     expected = msgspec.to_builtins(run_reference(query, events, project))
     files, hot = storage.insight_source(project, None, None)
     assert files  # the segments are read, not only the hot rows
-    con = connect_segments(files, hot, MEMORY_LIMIT)
+    con = connect_segments(files, hot, MEMORY_LIMIT, props=property_keys(query))
     try:
         got = msgspec.to_builtins(_run(con, query, project, unique=True))
     finally:
@@ -171,3 +176,96 @@ def test_the_columnar_view_reads_the_stored_json(tmp_path: Path) -> None:
     assert row[0] == "a1"
     assert msgspec.json.decode(row[1]) == {"plan": "pro", "n": 2}
     assert (row[2], msgspec.json.decode(row[3])) == ("{}", {"os": "ios"})
+
+
+def _event(event_id: str, ts: int, properties: dict[str, Any]) -> InsightEvent:
+    return InsightEvent(
+        project="p",
+        event_id=event_id,
+        event_type="view",
+        timestamp=ts,
+        user_id=f"u{int(event_id[1:]) % 3}",
+        properties=properties,
+    )
+
+
+def test_property_columns_hold_the_json_values_and_merges_keep_the_shared_ones(
+    tmp_path: Path,
+) -> None:
+    """A segment's ``p:<key>`` column holds ``property_json(key)`` of each row for the
+    keys in >= 10 % of its rows; a segment whose rows lack a key is read from the JSON
+    in the same query; a merge keeps the columns every source has."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from innkt_analytics.server.storage import _segments
+
+    values: list[Any] = ["pro", "", 7, "7", 2.5, True, None, {"a": [1]}, [1, "x"], "it's"]
+    first = [_event(f"e{i}", T0 + i * 60_000, {"plan": values[i % len(values)]}) for i in range(40)]
+    first[0].properties["rare"] = 1  # in 1 row of 40: no column
+    second = [_event(f"e{100 + i}", T0 + i * 60_000, {"url": f"/{i % 4}"}) for i in range(40)]
+    second[0].properties["plan"], second[1].properties["plan"] = "pro", 7  # 5 %: no column
+    s = SQLiteStorage(str(tmp_path / "s.db"))
+    s.open_sync()
+    try:
+        for part in (first, second):
+            asyncio.run(s.insert_events("p", [to_row(e) for e in part]))
+            s.compact_sync()
+        files, hot = s.insight_source("p", None, None)
+        assert hot.num_rows == 0
+        assert len(files) == 2
+        held = sorted(_segments.segment_properties(f) for f in files)
+        assert held == [frozenset({"plan"}), frozenset({"url"})]  # "rare": 1 row of 40
+        con = duckdb.connect()
+        for f in files:
+            key = next(iter(_segments.segment_properties(f)))
+            column = '"' + _segments.PROPERTY_PREFIX + key + '"'
+            mismatched = con.execute(
+                f"SELECT count(*) FROM read_parquet('{f}') "
+                f"WHERE {column} IS DISTINCT FROM {_segments.property_json(key)}"
+            ).fetchone()
+            assert mismatched == (0,)
+        con.close()
+        events = asyncio.run(stored(s, "p"))
+        for body in (
+            {"series": [{"event": "view"}], "breakdown": {"property": "plan", "limit": 20}},
+            {"series": [{"event": "view"}], "breakdown": {"property": "url"}},
+            {"series": [{"event": "view"}], "breakdown": {"property": "rare"}},
+            {"series": [{"event": "view", "math": "sum", "mathProperty": "plan"}]},
+            *(
+                {"series": [{"event": "view", "filters": [f]}]}
+                for f in (
+                    {"key": "plan", "op": "eq", "value": "pro"},
+                    {"key": "plan", "op": "eq", "value": 7},
+                    {"key": "plan", "op": "eq", "value": True},
+                    {"key": "plan", "op": "neq", "value": "pro"},
+                    {"key": "plan", "op": "in", "value": ["", 2.5]},
+                    {"key": "plan", "op": "contains", "value": "'"},
+                    {"key": "plan", "op": "gt", "value": 3},
+                    {"key": "plan", "op": "is_set"},
+                    {"key": "plan", "op": "is_not_set"},
+                    {"key": "url", "op": "eq", "value": "/1"},
+                )
+            ),
+        ):
+            full = {"dateFrom": "2026-03-26", "dateTo": "2026-03-29", "interval": "hour", **body}
+            query = parse_query("trends", msgspec.json.encode(full))
+            expected = msgspec.to_builtins(run_reference(query, events, "p"))
+            con = connect_segments(files, hot, MEMORY_LIMIT, props=property_keys(query))
+            try:
+                got = msgspec.to_builtins(_run(con, query, "p", unique=True))
+            finally:
+                con.close()
+            assert close(got, expected), f"{body}\nsegments:  {got}\nreference: {expected}"
+        merged = _segments.rewrite(str(tmp_path), "merged.parquet", files, tier=1)
+        assert merged is not None
+        assert merged.rows == 80
+        assert _segments.segment_properties(str(tmp_path / "merged.parquet")) == frozenset()
+        one = _segments.rewrite(str(tmp_path), "one.parquet", files[:1], tier=1)
+        assert one is not None
+        assert _segments.segment_properties(str(tmp_path / "one.parquet")) == (
+            _segments.segment_properties(files[0])
+        )
+        assert pq.read_table(str(tmp_path / "one.parquet")).num_rows == 40
+    finally:
+        s.close_sync()

@@ -25,7 +25,7 @@ query asks for, and ids joined to persons in SQL only where a query counts actor
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 import duckdb
@@ -52,6 +52,7 @@ from innkt_analytics.server.insights._model import (
     TrendsQuery,
     TrendsResult,
     counts_persons,
+    property_keys,
 )
 from innkt_analytics.server.insights._reference import QUANTILES
 from innkt_analytics.server.insights._sql import (
@@ -64,6 +65,11 @@ from innkt_analytics.server.insights._sql import (
     ranked_groups,
 )
 from innkt_analytics.server.storage._columnar import parquet_list, person_table
+from innkt_analytics.server.storage._segments import (
+    PROPERTY_PREFIX,
+    property_json,
+    segment_properties,
+)
 
 __all__ = ["MEMORY_LIMIT", "connect_segments", "run", "run_interruptible"]
 
@@ -95,6 +101,7 @@ def connect_segments(
     hot: pa.Table,
     memory_limit: str,
     persons: Mapping[str, str] | None = None,
+    props: Sequence[str] = (),
 ) -> duckdb.DuckDBPyConnection:
     """A connection over the storage engine's Parquet ``segments`` and ``hot`` rows
     (``_segments.HOT_COLUMNS`` of one snapshot).
@@ -104,7 +111,11 @@ def connect_segments(
     given), so DuckDB reads only the columns and row groups a query needs, cuts only
     the keys it asks for out of the JSON, and joins ids to persons only where a
     query counts them. The view ``src`` has the columns of ``arrow_schema()`` over
-    the same rows, for reading them as the engine's Arrow input."""
+    the same rows, for reading them as the engine's Arrow input.
+
+    ``raw_events`` also has a column ``p:<key>`` for each of ``props`` (the
+    ``properties`` keys the query reads): a segment's property column where it has
+    one, else the same value cut out of the JSON (``_segments.property_json``)."""
     con = duckdb.connect(config={"threads": 2, "memory_limit": memory_limit})
     con.execute("SET TimeZone = 'UTC'")
     con.register("hot_rows", hot)
@@ -116,9 +127,15 @@ def connect_segments(
     hot_raw = (
         raw if "payload" in hot.column_names else raw.replace("payload", "NULL::VARCHAR AS payload")
     )
-    parts = [f"SELECT {hot_raw} FROM hot_rows"]
-    if segments:
-        parts.insert(0, f"SELECT {raw} FROM {parquet_list(segments)}")
+    if "payload" not in hot.column_names:
+        props = ()  # a query that reads no JSON reads no property either
+    parts = [f"SELECT {hot_raw}{_props_from(props, ())} FROM hot_rows"]
+    # the segments by which of the keys they hold as columns: one scan each
+    groups: dict[frozenset[str], list[str]] = {}
+    for path in segments:
+        groups.setdefault(segment_properties(path) & set(props), []).append(path)
+    for held, paths in groups.items():
+        parts.insert(0, f"SELECT {raw}{_props_from(props, held)} FROM {parquet_list(paths)}")
     con.execute(f"CREATE VIEW raw_events AS {' UNION ALL '.join(parts)}")
     actor = "coalesce(e.user_id, e.anonymous_id)"
     join = ""
@@ -133,6 +150,16 @@ def connect_segments(
         f" {_json_column('deviceInfo')} AS device FROM raw_events e{join}"
     )
     return con
+
+
+def _props_from(props: Sequence[str], held: Collection[str]) -> str:
+    """The ``p:<key>`` columns of a part of ``raw_events`` whose segments hold the
+    keys ``held`` as columns."""
+    cols = []
+    for key in props:
+        name = '"' + PROPERTY_PREFIX + key + '"'  # keys never hold '"' (validated)
+        cols.append(name if key in held else f"{property_json(key)} AS {name}")
+    return "".join(", " + c for c in cols)
 
 
 def _as_persons(source: pa.Table, persons: Mapping[str, str]) -> pa.Table:
@@ -185,7 +212,9 @@ def run_interruptible(
     if isinstance(source, pa.Table):
         con = _connect(source, memory_limit, mapping)
     else:
-        con = connect_segments(source[0], source[1], memory_limit, mapping)
+        con = connect_segments(
+            source[0], source[1], memory_limit, mapping, props=property_keys(query)
+        )
     if on_connection is not None:
         on_connection(con)
     try:
@@ -277,11 +306,14 @@ def _trends_range(
                 f"SELECT 1, NULL, strftime(bt, {LABEL}), {agg} FROM m GROUP BY bt"
             )
         elif series.math == "total":
-            # counts add up: count per (value, bucket), then rank and group the counts
-            bv = sql.breakdown(q.breakdown)
+            # counts add up: count per (bucket, the value's JSON text), read each text
+            # as its value once (values from texts such as '"12"' and '12' are one:
+            # add those up again), then rank and group the counts
+            bj = sql.breakdown_json(q.breakdown)
             text = (
-                f"WITH {base}, m AS (SELECT {bucket} AS bt, {bv} AS bv FROM ev WHERE {where}), "
-                "c AS MATERIALIZED (SELECT bt, bv, count(*) AS n FROM m GROUP BY bt, bv), "
+                f"WITH {base}, m AS (SELECT {bucket} AS bt, {bj} AS bj FROM ev WHERE {where}), "
+                f"c AS MATERIALIZED (SELECT bt, {sql.breakdown_of('bj')} AS bv, sum(n) AS n "
+                "FROM (SELECT bt, bj, count(*) AS n FROM m GROUP BY bt, bj) GROUP BY bt, bv), "
                 + ranked_groups("c", "sum(n)", q.breakdown.limit, sql)
                 + f", g AS ({grouped('c', sql)}) "
                 f"SELECT r, grp, strftime(bt, {LABEL}), sum(n) FROM g GROUP BY r, grp, bt"

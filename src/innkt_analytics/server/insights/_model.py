@@ -58,6 +58,7 @@ __all__ = [
     "TrendsResult",
     "counts_persons",
     "parse_query",
+    "property_keys",
 ]
 
 OPERATORS: Final = frozenset(
@@ -340,6 +341,31 @@ def reads_json(value: object) -> bool:
     if isinstance(value, list):
         return any(reads_json(v) for v in value)
     return False
+
+
+def property_keys(value: object) -> list[str]:
+    """The ``properties`` keys a query (or any part of one) reads, each once, sorted:
+    what a storage's property columns may answer (``_segments``)."""
+    keys: set[str] = set()
+
+    def walk(v: object) -> None:
+        if isinstance(v, PropertyFilter) and v.source == "properties":
+            keys.add(v.key)
+        elif isinstance(v, Breakdown) and v.source == "properties":
+            keys.add(v.property)
+        elif (
+            isinstance(v, Series) and v.math_property is not None and v.math_source == "properties"
+        ):
+            keys.add(v.math_property)
+        if isinstance(v, msgspec.Struct):
+            for name in v.__struct_fields__:
+                walk(getattr(v, name))
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(value)
+    return sorted(keys)
 
 
 def parse_query(kind: str, body: bytes) -> Query:

@@ -16,6 +16,7 @@ import duckdb
 
 from innkt_analytics.server.insights._model import Breakdown, EventSpec, PropertyFilter, Query
 from innkt_analytics.server.insights._reference import OTHER
+from innkt_analytics.server.storage._segments import PROPERTY_PREFIX
 
 __all__ = ["LABEL", "SOURCE", "UNIQUE", "Source", "Sql", "grouped", "ranked_groups"]
 
@@ -36,8 +37,9 @@ class Source:
     storage's stored rows (``raw_events`` of ``connect_segments``: the JSON payload,
     ids not yet mapped to persons), and whether ids map to persons (``person_of``)."""
 
-    def __init__(self, stored: bool, mapped: bool) -> None:
-        self.stored, self.mapped = stored, mapped
+    def __init__(self, stored: bool, mapped: bool, props: frozenset[str] = frozenset()) -> None:
+        #: ``props``: the ``properties`` keys ``raw_events`` has a ``p:<key>`` column of
+        self.stored, self.mapped, self.props = stored, mapped, props
 
     @classmethod
     def of(cls, con: duckdb.DuckDBPyConnection) -> Source:
@@ -48,7 +50,15 @@ class Source:
                 "WHERE view_name IN ('raw_events', 'person_of')"
             ).fetchall()
         }
-        return cls("raw_events" in names, "person_of" in names)
+        props = frozenset(
+            name[len(PROPERTY_PREFIX) :]
+            for (name,) in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = 'raw_events'"
+                " AND starts_with(column_name, $prefix)",
+                {"prefix": PROPERTY_PREFIX},
+            ).fetchall()
+        )
+        return cls("raw_events" in names, "person_of" in names, props)
 
 
 class Sql:
@@ -80,6 +90,8 @@ class Sql:
         # keys never hold '"' or '\\' (validated), so this is always a plain member path
         # a literal, not a parameter: DuckDB then compiles the path once and sees the
         # same subexpression twice when an expression reads it again
+        if self.source.stored and source == "properties" and key in self.source.props:
+            return f'CAST("{PROPERTY_PREFIX}{key}" AS JSON)'  # a column of the JSON text
         member = '."' + key.replace("'", "''") + '"'
         if self.source.stored:
             return f"json_extract(payload, '$.{_STORED_KEY[source]}{member}')"
@@ -129,14 +141,22 @@ class Sql:
         cond = "true" if spec.event is None else f"event_type = {self.p(spec.event)}"
         return f"({cond} AND {self.filters(spec.filters)})"
 
+    def breakdown_json(self, b: Breakdown) -> str:
+        """The JSON text of the breakdown's value (NULL when missing): what
+        ``breakdown_of`` makes the value of. Grouping by the text is cheaper than
+        reading each event's value: a property column is the text already."""
+        if self.source.stored and b.source == "properties" and b.property in self.source.props:
+            return f'"{PROPERTY_PREFIX}{b.property}"'
+        return f"CAST({self.value(b.source, b.property)} AS VARCHAR)"
+
+    @staticmethod
+    def breakdown_of(text: str) -> str:
+        """``breakdown`` of a value given as its JSON text (``breakdown_json``)."""
+        return f"json_extract_string(CAST({text} AS JSON), '$')"
+
     def breakdown(self, b: Breakdown) -> str:
-        # the JSON value is cut out of the payload once (DuckDB computes a
-        # projection's repeated subexpression once), then read three ways
-        v = self.value(b.source, b.property)
-        return (
-            f"(CASE json_type({v}) WHEN 'VARCHAR' THEN json_extract_string({v}, '$') "
-            f"WHEN 'NULL' THEN NULL ELSE CAST({v} AS VARCHAR) END)"
-        )
+        # a string's text, NULL for null or missing, any other value's JSON text
+        return f"json_extract_string({self.value(b.source, b.property)}, '$')"
 
     def bucket(self, interval: str, zone: str) -> str:
         """The wall-clock start of the event's bucket as a naive TIMESTAMP."""
@@ -169,8 +189,9 @@ class Sql:
                     "(SELECT * FROM raw_events QUALIFY row_number() OVER "
                     "(PARTITION BY project, event_id ORDER BY seq) = 1)"
                 )
+            props = "".join(f', e."{PROPERTY_PREFIX}{k}"' for k in sorted(self.source.props))
             return (
-                "SELECT e.event_id, e.seq, e.event_type, e.ts, e.session_id, e.payload, "
+                f"SELECT e.event_id, e.seq, e.event_type, e.ts, e.session_id, e.payload{props}, "
                 f"coalesce(e.user_id, e.anonymous_id) AS id, {actor} AS actor FROM {rows} e"
                 f"{join} WHERE e.project = {self.p(project)} AND {self.filters(query.filters)}"
             )

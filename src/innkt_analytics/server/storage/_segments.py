@@ -9,14 +9,24 @@ directory) and the writer process swaps the lists in one transaction
 
 The ``payload`` column is the event's JSON exactly as it was stored in the hot
 log, as UTF-8 text; the other columns are the ones every query filters or groups on.
+
+**Property columns.** A segment also holds, as columns of their own, the values of
+the top-level ``properties`` keys found in at least ``PROPERTY_SHARE`` of its rows
+(at most ``PROPERTY_COLUMNS`` keys): column ``p:<key>`` is exactly
+``CAST(json_extract(payload, '$.properties."<key>"') AS VARCHAR)`` — the value's
+JSON text, NULL where the key is missing. Insights read a property from it instead
+of parsing every event's JSON (a breakdown over 10M events: 1.15 -> 0.2 s); a
+segment without the column (older, or whose rows lacked the key) is read from the
+JSON as before. A merge keeps the columns every one of its sources has.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -28,16 +38,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOT_COLUMNS",
+    "PROPERTY_PREFIX",
     "ROW_GROUP",
     "SegmentMeta",
     "hot_rows",
+    "property_json",
     "rewrite",
     "schema",
+    "segment_properties",
     "write_segment",
 ]
 
 #: rows per Parquet row group: the unit a query skips or reads
 ROW_GROUP: Final = 65_536
+#: a property column's name: this prefix and the key
+PROPERTY_PREFIX: Final = "p:"
+#: at most this many property columns a segment
+PROPERTY_COLUMNS: Final = 8
+#: a key gets a column when at least this share of the sampled rows hold it
+PROPERTY_SHARE: Final = 0.1
+#: rows sampled (the first ones) to choose the keys
+_PROPERTY_SAMPLE: Final = 2_000
 #: the events columns, in the order of ``schema()``
 HOT_COLUMNS: Final = (
     "seq",
@@ -112,6 +133,59 @@ def hot_rows(
     return pa.Table.from_arrays(arrays, schema=pa.schema([full.field(c) for c in columns]))
 
 
+def property_json(key: str) -> str:
+    """SQL: the JSON text of ``properties.<key>`` in ``payload`` (NULL when missing),
+    what a segment's column of the key holds."""
+    # keys never hold '"' or '\\' (``_usable_key``; insights validate theirs)
+    path = ('$.properties."' + key + '"').replace("'", "''")
+    return f"CAST(json_extract(payload, '{path}') AS VARCHAR)"
+
+
+def _usable_key(key: object) -> bool:
+    return (
+        isinstance(key, str)
+        and 0 < len(key) <= 128
+        and not any(c in key for c in '"\\')
+        and key.isprintable()
+    )
+
+
+def _property_columns(table: pa.Table) -> dict[str, pa.Array]:
+    """The property columns of a segment of ``table``'s rows (with ``payload``)."""
+    import duckdb
+
+    if table.num_rows == 0 or "payload" not in table.column_names:
+        return {}
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        con.register("sample", table.select(["payload"]).slice(0, _PROPERTY_SAMPLE))
+        found = con.execute(
+            "SELECT k, count(*) AS n FROM (SELECT unnest(json_keys(payload, '$.properties'))"
+            " AS k FROM sample WHERE json_type(payload, '$.properties') = 'OBJECT')"
+            " GROUP BY k ORDER BY n DESC, k"
+        ).fetchall()
+        least = PROPERTY_SHARE * min(table.num_rows, _PROPERTY_SAMPLE)
+        keys = [k for k, n in found if n >= least and _usable_key(k)][:PROPERTY_COLUMNS]
+        if not keys:
+            return {}
+        con.register("rows", table.select(["payload"]))
+        columns = ", ".join(f"{property_json(k)} AS c{i}" for i, k in enumerate(keys))
+        values = con.sql(f"SELECT {columns} FROM rows").to_arrow_table()
+    finally:
+        con.close()
+    return {k: values.column(i).combine_chunks() for i, k in enumerate(keys)}
+
+
+@functools.lru_cache(maxsize=65_536)
+def segment_properties(path: str) -> frozenset[str]:
+    """The keys of the property columns of the segment at ``path`` (segment files are
+    never changed, and a new one has a new name: cached by path)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    return frozenset(n[len(PROPERTY_PREFIX) :] for n in names if n.startswith(PROPERTY_PREFIX))
+
+
 @dataclass(slots=True)
 class SegmentMeta:
     """A segment's row in the ``segments`` table."""
@@ -133,20 +207,32 @@ class SegmentMeta:
 class _Writer:
     """A segment being written: row groups in, ``SegmentMeta`` out."""
 
-    def __init__(self, directory: str, name: str, tier: int) -> None:
+    def __init__(self, directory: str, name: str, tier: int, props: Sequence[str] = ()) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.path = os.path.join(directory, name)
         self.name, self.tier = name, tier
         self.tmp = self.path + ".tmp"
+        full = schema()
+        for key in props:
+            full = full.append(pa.field(PROPERTY_PREFIX + key, pa.string()))
+        self.columns = full.names
         self._writer = pq.ParquetWriter(
             self.tmp,
-            schema(),
+            full,
             compression="zstd",
             # level 1: faster than 3 and, on these columns, no bigger (a 163k-row
             # merged segment: 1.3 vs 1.6 us/event to write, 67.9 vs 72.0 B/event)
             compression_level=1,
-            use_dictionary=["project", "event_type", "user_id", "session_id", "anonymous_id"],
+            use_dictionary=[
+                "project",
+                "event_type",
+                "user_id",
+                "session_id",
+                "anonymous_id",
+                *(PROPERTY_PREFIX + key for key in props),
+            ],
             write_statistics=["seq", "corrected", "project", "event_type"],
         )
         self.rows = 0
@@ -157,7 +243,7 @@ class _Writer:
 
         if table.num_rows == 0:
             return
-        self._writer.write_table(table, row_group_size=ROW_GROUP)
+        self._writer.write_table(table.select(self.columns), row_group_size=ROW_GROUP)
         self.rows += table.num_rows
         seq = pc.min_max(table["seq"])
         cor = pc.min_max(table["corrected"])
@@ -207,8 +293,12 @@ class _Writer:
 
 
 def write_segment(directory: str, name: str, table: pa.Table, tier: int = 0) -> SegmentMeta | None:
-    """Write ``table`` (rows in seq order) as one segment."""
-    writer = _Writer(directory, name, tier)
+    """Write ``table`` (rows in seq order, ``schema()``'s columns) as one segment, with
+    the property columns its rows call for."""
+    props = _property_columns(table)
+    for key, values in props.items():
+        table = table.append_column(PROPERTY_PREFIX + key, values)
+    writer = _Writer(directory, name, tier, list(props))
     try:
         writer.write(table)
     except BaseException:
@@ -237,13 +327,17 @@ def rewrite(
     memory stays at a row group. ``keep`` (table -> boolean mask) drops rows."""
     import pyarrow as pa
 
-    writer = _Writer(directory, name, tier)
+    # the property columns every source has (a column is the whole segment's or none)
+    held = [segment_properties(path) for path in sources]
+    props = sorted(held[0].intersection(*held[1:])) if held else []
+    writer = _Writer(directory, name, tier, props)
     try:
         # Whole row groups of ROW_GROUP rows: the sources' groups are smaller (a
         # compaction's rows), and a merged file would keep them small otherwise.
         pending: list[pa.Table] = []
         buffered = 0
-        for table in _batches(sources):
+        for read in _batches(sources):
+            table = read.select(writer.columns)
             kept = table if keep is None else table.filter(keep(table))
             pending.append(kept)
             buffered += kept.num_rows
