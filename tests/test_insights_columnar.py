@@ -189,6 +189,19 @@ def _event(event_id: str, ts: int, properties: dict[str, Any]) -> InsightEvent:
     )
 
 
+def _same_trends(files: list[str], hot: Any, events: list[InsightEvent], body: Any) -> None:
+    """Project p's trends ``body`` over the segments (with the query's property
+    columns) and the hot rows gives the reference implementation's answer."""
+    query = parse_query("trends", msgspec.json.encode(body))
+    expected = msgspec.to_builtins(run_reference(query, events, "p"))
+    con = connect_segments(files, hot, MEMORY_LIMIT, props=property_keys(query))
+    try:
+        got = msgspec.to_builtins(_run(con, query, "p", unique=True))
+    finally:
+        con.close()
+    assert close(got, expected), f"{body}\nsegments:  {got}\nreference: {expected}"
+
+
 def test_property_columns_hold_the_json_values_and_merges_keep_the_shared_ones(
     tmp_path: Path,
 ) -> None:
@@ -249,14 +262,7 @@ def test_property_columns_hold_the_json_values_and_merges_keep_the_shared_ones(
             ),
         ):
             full = {"dateFrom": "2026-03-26", "dateTo": "2026-03-29", "interval": "hour", **body}
-            query = parse_query("trends", msgspec.json.encode(full))
-            expected = msgspec.to_builtins(run_reference(query, events, "p"))
-            con = connect_segments(files, hot, MEMORY_LIMIT, props=property_keys(query))
-            try:
-                got = msgspec.to_builtins(_run(con, query, "p", unique=True))
-            finally:
-                con.close()
-            assert close(got, expected), f"{body}\nsegments:  {got}\nreference: {expected}"
+            _same_trends(files, hot, events, full)
         merged = _segments.rewrite(str(tmp_path), "merged.parquet", files, tier=1)
         assert merged is not None
         assert merged.rows == 80
@@ -267,5 +273,36 @@ def test_property_columns_hold_the_json_values_and_merges_keep_the_shared_ones(
             _segments.segment_properties(files[0])
         )
         assert pq.read_table(str(tmp_path / "one.parquet")).num_rows == 40
+    finally:
+        s.close_sync()
+
+
+def test_keys_equal_but_for_case_are_read_from_the_json(tmp_path: Path) -> None:
+    """DuckDB's names ignore case: "Plan" and "plan" get no column, "url" does, and a
+    query reading all three gives the reference's answers."""
+    from innkt_analytics.server.storage import _segments
+
+    log = [
+        _event(f"e{i}", T0 + i * 60_000, {"plan": f"p{i % 3}", "Plan": i % 2, "url": f"/{i % 5}"})
+        for i in range(30)
+    ]
+    s = SQLiteStorage(str(tmp_path / "s.db"))
+    s.open_sync()
+    try:
+        asyncio.run(s.insert_events("p", [to_row(e) for e in log]))
+        s.compact_sync()
+        files, hot = s.insight_source("p", None, None)
+        assert [_segments.segment_properties(f) for f in files] == [frozenset({"url"})]
+        events = asyncio.run(stored(s, "p"))
+        for breakdown in ("plan", "Plan", "url"):
+            body = {
+                "dateFrom": "2026-03-26",
+                "dateTo": "2026-03-29",
+                "interval": "hour",
+                "series": [{"event": "view", "filters": [{"key": "Plan", "op": "is_set"}]}],
+                "breakdown": {"property": breakdown},
+                "filters": [{"key": "plan", "op": "neq", "value": "p9"}],
+            }
+            _same_trends(files, hot, events, body)
     finally:
         s.close_sync()

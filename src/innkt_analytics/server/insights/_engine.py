@@ -67,6 +67,7 @@ from innkt_analytics.server.insights._sql import (
 from innkt_analytics.server.storage._columnar import parquet_list, person_table
 from innkt_analytics.server.storage._segments import (
     PROPERTY_PREFIX,
+    distinct_columns,
     property_json,
     segment_properties,
 )
@@ -127,8 +128,9 @@ def connect_segments(
     hot_raw = (
         raw if "payload" in hot.column_names else raw.replace("payload", "NULL::VARCHAR AS payload")
     )
-    if "payload" not in hot.column_names:
-        props = ()  # a query that reads no JSON reads no property either
+    # a query that reads no JSON reads no property either; "Plan" and "plan" cannot
+    # both be columns of the view: those are read from the JSON
+    props = distinct_columns(props) if "payload" in hot.column_names else []
     parts = [f"SELECT {hot_raw}{_props_from(props, ())} FROM hot_rows"]
     # the segments by which of the keys they hold as columns: one scan each
     groups: dict[frozenset[str], list[str]] = {}

@@ -41,6 +41,7 @@ __all__ = [
     "PROPERTY_PREFIX",
     "ROW_GROUP",
     "SegmentMeta",
+    "distinct_columns",
     "hot_rows",
     "property_json",
     "rewrite",
@@ -165,7 +166,8 @@ def _property_columns(table: pa.Table) -> dict[str, pa.Array]:
             " GROUP BY k ORDER BY n DESC, k"
         ).fetchall()
         least = PROPERTY_SHARE * min(table.num_rows, _PROPERTY_SAMPLE)
-        keys = [k for k, n in found if n >= least and _usable_key(k)][:PROPERTY_COLUMNS]
+        keys = distinct_columns([k for k, n in found if n >= least and _usable_key(k)])
+        keys = keys[:PROPERTY_COLUMNS]
         if not keys:
             return {}
         con.register("rows", table.select(["payload"]))
@@ -174,6 +176,16 @@ def _property_columns(table: pa.Table) -> dict[str, pa.Array]:
     finally:
         con.close()
     return {k: values.column(i).combine_chunks() for i, k in enumerate(keys)}
+
+
+def distinct_columns(keys: Sequence[str]) -> list[str]:
+    """``keys`` but those equal to another one but for case: SQL names are not
+    case-sensitive in DuckDB, so "Plan" and "plan" cannot both be columns (both are
+    then read from the JSON)."""
+    folded: dict[str, int] = {}
+    for key in keys:
+        folded[key.casefold()] = folded.get(key.casefold(), 0) + 1
+    return [k for k in keys if folded[k.casefold()] == 1]
 
 
 @functools.lru_cache(maxsize=65_536)
