@@ -306,3 +306,34 @@ def test_keys_equal_but_for_case_are_read_from_the_json(tmp_path: Path) -> None:
             _same_trends(files, hot, events, body)
     finally:
         s.close_sync()
+
+
+def test_keys_no_column_may_hold_are_read_from_the_json(tmp_path: Path) -> None:
+    """An empty key, or a mathProperty sent with a count (schemathesis found a 500 for
+    ``"math": "total", "mathProperty": ""``), make no column of the view; a segment
+    whose JSON DuckDB refuses is written without property columns."""
+    from innkt_analytics.server.storage import _segments
+
+    log = [_event(f"e{i}", T0 + i * 60_000, {"": i % 2, "plan": "a"}) for i in range(20)]
+    s = SQLiteStorage(str(tmp_path / "s.db"))
+    s.open_sync()
+    try:
+        asyncio.run(s.insert_events("p", [to_row(e) for e in log]))
+        s.compact_sync()
+        files, hot = s.insight_source("p", None, None)
+        assert [_segments.segment_properties(f) for f in files] == [frozenset({"plan"})]
+        events = asyncio.run(stored(s, "p"))
+        window = {"dateFrom": "2026-03-26", "dateTo": "2026-03-29", "interval": "day"}
+        series = {"event": None, "math": "total", "mathProperty": "", "mathSource": "properties"}
+        _same_trends(files, hot, events, window | {"series": [series]})
+        refused = to_row(_event("e99", T0, {"plan": "b"}))
+        refused.payload = b'{"eventId":"e99\x00","properties":{"plan":"b"}}'
+        asyncio.run(s.insert_events("p", [refused]))
+        s.compact_sync()
+        files, _ = s.insight_source("p", None, None)
+        assert sorted(_segments.segment_properties(f) for f in files) == [
+            frozenset(),
+            frozenset({"plan"}),
+        ]
+    finally:
+        s.close_sync()

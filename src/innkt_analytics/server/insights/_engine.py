@@ -70,6 +70,7 @@ from innkt_analytics.server.storage._segments import (
     distinct_columns,
     property_json,
     segment_properties,
+    usable_key,
 )
 
 __all__ = ["MEMORY_LIMIT", "connect_segments", "run", "run_interruptible"]
@@ -130,7 +131,9 @@ def connect_segments(
     )
     # a query that reads no JSON reads no property either; "Plan" and "plan" cannot
     # both be columns of the view: those are read from the JSON
-    props = distinct_columns(props) if "payload" in hot.column_names else []
+    if "payload" not in hot.column_names:
+        props = []
+    props = [k for k in distinct_columns(props) if usable_key(k)]
     parts = [f"SELECT {hot_raw}{_props_from(props, ())} FROM hot_rows"]
     # the segments by which of the keys they hold as columns: one scan each
     groups: dict[frozenset[str], list[str]] = {}

@@ -343,6 +343,10 @@ def reads_json(value: object) -> bool:
     return False
 
 
+#: the series maths that read no property (a ``mathProperty`` sent with one is unread)
+_COUNTS: Final = frozenset({"total", "unique_users", "unique_sessions"})
+
+
 def property_keys(value: object) -> list[str]:
     """The ``properties`` keys a query (or any part of one) reads, each once, sorted:
     what a storage's property columns may answer (``_segments``)."""
@@ -354,7 +358,10 @@ def property_keys(value: object) -> list[str]:
         elif isinstance(v, Breakdown) and v.source == "properties":
             keys.add(v.property)
         elif (
-            isinstance(v, Series) and v.math_property is not None and v.math_source == "properties"
+            isinstance(v, Series)
+            and v.math not in _COUNTS
+            and v.math_property is not None
+            and v.math_source == "properties"
         ):
             keys.add(v.math_property)
         if isinstance(v, msgspec.Struct):

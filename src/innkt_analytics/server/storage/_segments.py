@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from innkt_analytics.shared._backup import fsync_dir
 
 if TYPE_CHECKING:
+    import duckdb
     import pyarrow as pa
 
 __all__ = [
@@ -47,8 +49,11 @@ __all__ = [
     "rewrite",
     "schema",
     "segment_properties",
+    "usable_key",
     "write_segment",
 ]
+
+log = logging.getLogger("innkt_analytics.server.storage")
 
 #: rows per Parquet row group: the unit a query skips or reads
 ROW_GROUP: Final = 65_536
@@ -137,12 +142,13 @@ def hot_rows(
 def property_json(key: str) -> str:
     """SQL: the JSON text of ``properties.<key>`` in ``payload`` (NULL when missing),
     what a segment's column of the key holds."""
-    # keys never hold '"' or '\\' (``_usable_key``; insights validate theirs)
+    # keys never hold '"' or '\\' (``usable_key``; insights validate theirs)
     path = ('$.properties."' + key + '"').replace("'", "''")
     return f"CAST(json_extract(payload, '{path}') AS VARCHAR)"
 
 
-def _usable_key(key: object) -> bool:
+def usable_key(key: object) -> bool:
+    """Whether a properties key may be a column (else it is read from the JSON)."""
     return (
         isinstance(key, str)
         and 0 < len(key) <= 128
@@ -159,22 +165,32 @@ def _property_columns(table: pa.Table) -> dict[str, pa.Array]:
         return {}
     con = duckdb.connect(config={"threads": 1})
     try:
-        con.register("sample", table.select(["payload"]).slice(0, _PROPERTY_SAMPLE))
-        found = con.execute(
-            "SELECT k, count(*) AS n FROM (SELECT unnest(json_keys(payload, '$.properties'))"
-            " AS k FROM sample WHERE json_type(payload, '$.properties') = 'OBJECT')"
-            " GROUP BY k ORDER BY n DESC, k"
-        ).fetchall()
-        least = PROPERTY_SHARE * min(table.num_rows, _PROPERTY_SAMPLE)
-        keys = distinct_columns([k for k, n in found if n >= least and _usable_key(k)])
-        keys = keys[:PROPERTY_COLUMNS]
-        if not keys:
-            return {}
-        con.register("rows", table.select(["payload"]))
-        columns = ", ".join(f"{property_json(k)} AS c{i}" for i, k in enumerate(keys))
-        values = con.sql(f"SELECT {columns} FROM rows").to_arrow_table()
+        return _extract_properties(con, table)
+    except duckdb.Error as exc:
+        # JSON DuckDB refuses (a raw control character in a string, which the ingest
+        # parser lets through): no columns, so every read of this segment's properties
+        # is what it was without them
+        log.warning("segment written without property columns: %s", exc)
+        return {}
     finally:
         con.close()
+
+
+def _extract_properties(con: duckdb.DuckDBPyConnection, table: pa.Table) -> dict[str, pa.Array]:
+    con.register("sample", table.select(["payload"]).slice(0, _PROPERTY_SAMPLE))
+    found = con.execute(
+        "SELECT k, count(*) AS n FROM (SELECT unnest(json_keys(payload, '$.properties'))"
+        " AS k FROM sample WHERE json_type(payload, '$.properties') = 'OBJECT')"
+        " GROUP BY k ORDER BY n DESC, k"
+    ).fetchall()
+    least = PROPERTY_SHARE * min(table.num_rows, _PROPERTY_SAMPLE)
+    keys = distinct_columns([k for k, n in found if n >= least and usable_key(k)])
+    keys = keys[:PROPERTY_COLUMNS]
+    if not keys:
+        return {}
+    con.register("rows", table.select(["payload"]))
+    columns = ", ".join(f"{property_json(k)} AS c{i}" for i, k in enumerate(keys))
+    values = con.sql(f"SELECT {columns} FROM rows").to_arrow_table()
     return {k: values.column(i).combine_chunks() for i, k in enumerate(keys)}
 
 
