@@ -12,6 +12,7 @@ over the events as stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Iterator
@@ -189,6 +190,23 @@ def _event(event_id: str, ts: int, properties: dict[str, Any]) -> InsightEvent:
     )
 
 
+@contextlib.contextmanager
+def _one_segment(
+    tmp_path: Path, log: list[InsightEvent]
+) -> Iterator[tuple[SQLiteStorage, list[str], Any, list[InsightEvent]]]:
+    """A storage holding ``log`` (project p) compacted into one segment: the storage,
+    its segment files, hot rows and events as stored."""
+    s = SQLiteStorage(str(tmp_path / "s.db"))
+    s.open_sync()
+    try:
+        asyncio.run(s.insert_events("p", [to_row(e) for e in log]))
+        s.compact_sync()
+        files, hot = s.insight_source("p", None, None)
+        yield s, files, hot, asyncio.run(stored(s, "p"))
+    finally:
+        s.close_sync()
+
+
 def _same_trends(files: list[str], hot: Any, events: list[InsightEvent], body: Any) -> None:
     """Project p's trends ``body`` over the segments (with the query's property
     columns) and the hot rows gives the reference implementation's answer."""
@@ -286,14 +304,8 @@ def test_keys_equal_but_for_case_are_read_from_the_json(tmp_path: Path) -> None:
         _event(f"e{i}", T0 + i * 60_000, {"plan": f"p{i % 3}", "Plan": i % 2, "url": f"/{i % 5}"})
         for i in range(30)
     ]
-    s = SQLiteStorage(str(tmp_path / "s.db"))
-    s.open_sync()
-    try:
-        asyncio.run(s.insert_events("p", [to_row(e) for e in log]))
-        s.compact_sync()
-        files, hot = s.insight_source("p", None, None)
+    with _one_segment(tmp_path, log) as (_, files, hot, events):
         assert [_segments.segment_properties(f) for f in files] == [frozenset({"url"})]
-        events = asyncio.run(stored(s, "p"))
         for breakdown in ("plan", "Plan", "url"):
             body = {
                 "dateFrom": "2026-03-26",
@@ -304,8 +316,6 @@ def test_keys_equal_but_for_case_are_read_from_the_json(tmp_path: Path) -> None:
                 "filters": [{"key": "plan", "op": "neq", "value": "p9"}],
             }
             _same_trends(files, hot, events, body)
-    finally:
-        s.close_sync()
 
 
 def test_keys_no_column_may_hold_are_read_from_the_json(tmp_path: Path) -> None:
@@ -315,14 +325,8 @@ def test_keys_no_column_may_hold_are_read_from_the_json(tmp_path: Path) -> None:
     from innkt_analytics.server.storage import _segments
 
     log = [_event(f"e{i}", T0 + i * 60_000, {"": i % 2, "plan": "a"}) for i in range(20)]
-    s = SQLiteStorage(str(tmp_path / "s.db"))
-    s.open_sync()
-    try:
-        asyncio.run(s.insert_events("p", [to_row(e) for e in log]))
-        s.compact_sync()
-        files, hot = s.insight_source("p", None, None)
+    with _one_segment(tmp_path, log) as (s, files, hot, events):
         assert [_segments.segment_properties(f) for f in files] == [frozenset({"plan"})]
-        events = asyncio.run(stored(s, "p"))
         window = {"dateFrom": "2026-03-26", "dateTo": "2026-03-29", "interval": "day"}
         series = {"event": None, "math": "total", "mathProperty": "", "mathSource": "properties"}
         _same_trends(files, hot, events, window | {"series": [series]})
@@ -335,5 +339,3 @@ def test_keys_no_column_may_hold_are_read_from_the_json(tmp_path: Path) -> None:
             frozenset(),
             frozenset({"plan"}),
         ]
-    finally:
-        s.close_sync()
