@@ -339,3 +339,64 @@ def test_keys_no_column_may_hold_are_read_from_the_json(tmp_path: Path) -> None:
             frozenset(),
             frozenset({"plan"}),
         ]
+
+
+def test_actor_hashes_are_used_only_when_this_duckdb_made_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment's ``actor_hash`` is ``ACTOR_HASH_SQL`` of each row (NULL without an
+    id); one another DuckDB version made is computed again, a merge with it has none,
+    and retention's answers are the reference's either way."""
+    import duckdb
+
+    from innkt_analytics.server.storage import _segments
+
+    def log(first: int) -> list[InsightEvent]:
+        out = [_event(f"e{first + i}", T0 + i * 3_600_000, {}) for i in range(30)]
+        out.append(InsightEvent(project="p", event_id=f"x{first}", event_type="view", timestamp=T0))
+        return out
+
+    s = SQLiteStorage(str(tmp_path / "s.db"))
+    s.open_sync()
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(_segments, "hash_tag", lambda: "duckdb 0.0.0")
+            asyncio.run(s.insert_events("p", [to_row(e) for e in log(0)]))
+            s.compact_sync()
+        asyncio.run(s.insert_events("p", [to_row(e) for e in log(100)]))
+        s.compact_sync()
+        files, hot = s.insight_source("p", None, None)
+        assert sorted(_segments.segment_hashed(f) for f in files) == [False, True]
+        con = duckdb.connect()
+        for f in files:
+            wrong = con.execute(
+                f"SELECT count(*) FROM read_parquet('{f}') "
+                f"WHERE actor_hash IS DISTINCT FROM ({_segments.ACTOR_HASH_SQL})"
+            ).fetchone()
+            assert wrong == (0,)  # the stale tag's hashes are this DuckDB's here too
+        con.close()
+        events = asyncio.run(stored(s, "p"))
+        body = {
+            "dateFrom": "2026-03-26",
+            "dateTo": "2026-03-29",
+            "period": "day",
+            "periods": 3,
+            "target": {"event": "view"},
+        }
+        query = parse_query("retention", msgspec.json.encode(body))
+        expected = msgspec.to_builtins(run_reference(query, events, "p"))
+        con = connect_segments(files, hot, MEMORY_LIMIT)
+        try:
+            got = msgspec.to_builtins(_run(con, query, "p", unique=True))
+        finally:
+            con.close()
+        assert close(got, expected), f"\nsegments:  {got}\nreference: {expected}"
+        merged = _segments.rewrite(str(tmp_path), "merged.parquet", files, tier=1)
+        assert merged is not None
+        assert not _segments.segment_hashed(str(tmp_path / "merged.parquet"))
+        fresh = [f for f in files if _segments.segment_hashed(f)]
+        again = _segments.rewrite(str(tmp_path), "again.parquet", fresh, tier=1)
+        assert again is not None
+        assert _segments.segment_hashed(str(tmp_path / "again.parquet"))
+    finally:
+        s.close_sync()

@@ -66,9 +66,12 @@ from innkt_analytics.server.insights._sql import (
 )
 from innkt_analytics.server.storage._columnar import parquet_list, person_table
 from innkt_analytics.server.storage._segments import (
+    ACTOR_HASH,
+    ACTOR_HASH_SQL,
     PROPERTY_PREFIX,
     distinct_columns,
     property_json,
+    segment_hashed,
     segment_properties,
     usable_key,
 )
@@ -117,7 +120,9 @@ def connect_segments(
 
     ``raw_events`` also has a column ``p:<key>`` for each of ``props`` (the
     ``properties`` keys the query reads): a segment's property column where it has
-    one, else the same value cut out of the JSON (``_segments.property_json``)."""
+    one, else the same value cut out of the JSON (``_segments.property_json``); and
+    ``actor_hash``, the 64-bit hash of the actor id (``_segments.ACTOR_HASH_SQL``),
+    stored or computed alike."""
     con = duckdb.connect(config={"threads": 2, "memory_limit": memory_limit})
     con.execute("SET TimeZone = 'UTC'")
     con.register("hot_rows", hot)
@@ -134,13 +139,19 @@ def connect_segments(
     if "payload" not in hot.column_names:
         props = []
     props = [k for k in distinct_columns(props) if usable_key(k)]
-    parts = [f"SELECT {hot_raw}{_props_from(props, ())} FROM hot_rows"]
-    # the segments by which of the keys they hold as columns: one scan each
-    groups: dict[frozenset[str], list[str]] = {}
+    computed = f", {ACTOR_HASH_SQL} AS {ACTOR_HASH}"
+    parts = [f"SELECT {hot_raw}{_props_from(props, ())}{computed} FROM hot_rows"]
+    # the segments by which of the keys they hold as columns, and whether they hold
+    # the actor hashes (made by this DuckDB): one scan each
+    groups: dict[tuple[frozenset[str], bool], list[str]] = {}
     for path in segments:
-        groups.setdefault(segment_properties(path) & set(props), []).append(path)
-    for held, paths in groups.items():
-        parts.insert(0, f"SELECT {raw}{_props_from(props, held)} FROM {parquet_list(paths)}")
+        kind = (segment_properties(path) & set(props), segment_hashed(path))
+        groups.setdefault(kind, []).append(path)
+    for (held, hashed), paths in groups.items():
+        hashes = f", {ACTOR_HASH}" if hashed else computed
+        parts.insert(
+            0, f"SELECT {raw}{_props_from(props, held)}{hashes} FROM {parquet_list(paths)}"
+        )
     con.execute(f"CREATE VIEW raw_events AS {' UNION ALL '.join(parts)}")
     actor = "coalesce(e.user_id, e.anonymous_id)"
     join = ""
@@ -399,8 +410,9 @@ def _retention(con: duckdb.DuckDBPyConnection, q: RetentionQuery, project: str) 
     # one pass over the events: the buckets each id (hashed) was active in, by what
     # it did there; ids become persons on those few rows, not on every event
     text = (
-        f"WITH {sql.base(q, project, persons=False)}, e AS (SELECT hash(id) AS id, {bucket} AS bt, "
-        f"{sql.spec(q.target)} AS mt, {sql.spec(q.returning)} AS mr FROM ev "
+        f"WITH {sql.base(q, project, persons=False, id_hash=True)}, "
+        f"e AS (SELECT {sql.id_hash()} AS id, "
+        f"{bucket} AS bt, {sql.spec(q.target)} AS mt, {sql.spec(q.returning)} AS mr FROM ev "
         f"WHERE id IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)}), "
         "ids AS (SELECT id, bt, bool_or(mt) AS mt, bool_or(mr) AS mr FROM e "
         "WHERE mt OR mr GROUP BY id, bt), "

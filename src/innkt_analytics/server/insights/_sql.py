@@ -16,7 +16,7 @@ import duckdb
 
 from innkt_analytics.server.insights._model import Breakdown, EventSpec, PropertyFilter, Query
 from innkt_analytics.server.insights._reference import OTHER
-from innkt_analytics.server.storage._segments import PROPERTY_PREFIX
+from innkt_analytics.server.storage._segments import ACTOR_HASH, PROPERTY_PREFIX
 
 __all__ = ["LABEL", "SOURCE", "UNIQUE", "Source", "Sql", "grouped", "ranked_groups"]
 
@@ -167,11 +167,15 @@ class Sql:
             f"date_trunc('{interval}', timezone({self.p(zone)}, CAST(epoch_ms(ts) AS TIMESTAMPTZ)))"
         )
 
-    def base(self, query: Query, project: str, *, persons: bool = True) -> str:
+    def base(
+        self, query: Query, project: str, *, persons: bool = True, id_hash: bool = False
+    ) -> str:
         """The ``ev`` CTE: ``events``."""
-        return f"ev AS ({self.events(query, project, persons=persons)})"
+        return f"ev AS ({self.events(query, project, persons=persons, id_hash=id_hash)})"
 
-    def events(self, query: Query, project: str, *, persons: bool = True) -> str:
+    def events(
+        self, query: Query, project: str, *, persons: bool = True, id_hash: bool = False
+    ) -> str:
         """The project's events, one per event id, past the query's filters, with
         ``id`` (user or else anonymous id) and ``actor`` (its person).
 
@@ -192,6 +196,7 @@ class Sql:
             props = "".join(f', e."{PROPERTY_PREFIX}{k}"' for k in sorted(self.source.props))
             return (
                 f"SELECT e.event_id, e.seq, e.event_type, e.ts, e.session_id, e.payload{props}, "
+                f"{f'e.{ACTOR_HASH} AS id_hash, ' if id_hash else ''}"
                 f"coalesce(e.user_id, e.anonymous_id) AS id, {actor} AS actor FROM {rows} e"
                 f"{join} WHERE e.project = {self.p(project)} AND {self.filters(query.filters)}"
             )
@@ -205,6 +210,13 @@ class Sql:
             "(PARTITION BY event_id ORDER BY seq) AS dup FROM src "
             f"WHERE project = {self.p(project)}) WHERE dup = 1 AND {self.filters(query.filters)}"
         )
+
+    def id_hash(self) -> str:
+        """An ``events`` row's ``hash(id)`` (made with ``id_hash=True``): stored with a
+        storage's rows (the segments' ``actor_hash``, made by this DuckDB, or computed),
+        computed otherwise. Only a query that reads it asks for it: ``SELECT *`` over
+        the events would read the 8-byte column too."""
+        return "id_hash" if self.source.stored else "hash(id)"
 
     def persons_of(self, table: str, *, hashed: bool = False) -> str:
         """``table``'s rows with ``actor``: the person of their ``id`` (``base`` with

@@ -18,6 +18,10 @@ JSON text, NULL where the key is missing. Insights read a property from it inste
 of parsing every event's JSON (a breakdown over 10M events: 1.15 -> 0.2 s); a
 segment without the column (older, or whose rows lacked the key) is read from the
 JSON as before. A merge keeps the columns every one of its sources has.
+
+**Actor hashes.** ``actor_hash`` is ``ACTOR_HASH_SQL`` of each row, made by the DuckDB
+version named in the file's metadata; a reader of another version computes it
+instead (``segment_hashed``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
+    "ACTOR_HASH",
+    "ACTOR_HASH_SQL",
     "HOT_COLUMNS",
     "PROPERTY_PREFIX",
     "ROW_GROUP",
@@ -48,6 +54,7 @@ __all__ = [
     "property_json",
     "rewrite",
     "schema",
+    "segment_hashed",
     "segment_properties",
     "usable_key",
     "write_segment",
@@ -57,6 +64,9 @@ log = logging.getLogger("innkt_analytics.server.storage")
 
 #: rows per Parquet row group: the unit a query skips or reads
 ROW_GROUP: Final = 65_536
+#: a segment's column of ``ACTOR_HASH_SQL``, and the file metadata naming its maker
+ACTOR_HASH: Final = "actor_hash"
+_HASH_KEY: Final = b"innkt.actor_hash"
 #: a property column's name: this prefix and the key
 PROPERTY_PREFIX: Final = "p:"
 #: at most this many property columns a segment
@@ -157,21 +167,25 @@ def usable_key(key: object) -> bool:
     )
 
 
-def _property_columns(table: pa.Table) -> dict[str, pa.Array]:
-    """The property columns of a segment of ``table``'s rows (with ``payload``)."""
+def _derived_columns(table: pa.Table) -> tuple[dict[str, pa.Array], pa.Array | None]:
+    """The property columns and the actor hashes of a segment of ``table``'s rows."""
     import duckdb
 
     if table.num_rows == 0 or "payload" not in table.column_names:
-        return {}
+        return {}, None
     con = duckdb.connect(config={"threads": 1})
     try:
-        return _extract_properties(con, table)
-    except duckdb.Error as exc:
-        # JSON DuckDB refuses (a raw control character in a string, which the ingest
-        # parser lets through): no columns, so every read of this segment's properties
-        # is what it was without them
-        log.warning("segment written without property columns: %s", exc)
-        return {}
+        con.register("ids", table.select(["user_id", "anonymous_id"]))
+        hashes = con.sql(f"SELECT {ACTOR_HASH_SQL} FROM ids").to_arrow_table().column(0)
+        try:
+            props = _extract_properties(con, table)
+        except duckdb.Error as exc:
+            # JSON DuckDB refuses (a raw control character in a string, which the
+            # ingest parser lets through): no columns, so every read of this
+            # segment's properties is what it was without them
+            log.warning("segment written without property columns: %s", exc)
+            props = {}
+        return props, hashes.combine_chunks()
     finally:
         con.close()
 
@@ -205,13 +219,42 @@ def distinct_columns(keys: Sequence[str]) -> list[str]:
 
 
 @functools.lru_cache(maxsize=65_536)
+def _columns_of(path: str) -> tuple[frozenset[str], bool]:
+    import pyarrow.parquet as pq
+
+    found = pq.read_schema(path)
+    props = frozenset(
+        n[len(PROPERTY_PREFIX) :] for n in found.names if n.startswith(PROPERTY_PREFIX)
+    )
+    tag = (found.metadata or {}).get(_HASH_KEY)
+    return props, ACTOR_HASH in found.names and tag == hash_tag().encode()
+
+
 def segment_properties(path: str) -> frozenset[str]:
     """The keys of the property columns of the segment at ``path`` (segment files are
     never changed, and a new one has a new name: cached by path)."""
-    import pyarrow.parquet as pq
+    return _columns_of(path)[0]
 
-    names = pq.read_schema(path).names
-    return frozenset(n[len(PROPERTY_PREFIX) :] for n in names if n.startswith(PROPERTY_PREFIX))
+
+def segment_hashed(path: str) -> bool:
+    """Whether the segment at ``path`` has an ``actor_hash`` column made by this
+    DuckDB version (another version's ``hash()`` may differ: then it is unused)."""
+    return _columns_of(path)[1]
+
+
+def hash_tag() -> str:
+    """What a segment's ``actor_hash`` was made with: DuckDB's ``hash()`` of this version."""
+    import duckdb
+
+    return f"duckdb {duckdb.__version__}"
+
+
+#: SQL: the 64-bit hash of an event's actor id (userId, else anonymousId), NULL without
+#: one (``hash(NULL)`` is a number): what a segment's ``actor_hash`` holds
+ACTOR_HASH_SQL: Final = (
+    "CASE WHEN coalesce(user_id, anonymous_id) IS NULL THEN NULL"
+    " ELSE hash(coalesce(user_id, anonymous_id)) END"
+)
 
 
 @dataclass(slots=True)
@@ -235,7 +278,14 @@ class SegmentMeta:
 class _Writer:
     """A segment being written: row groups in, ``SegmentMeta`` out."""
 
-    def __init__(self, directory: str, name: str, tier: int, props: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        directory: str,
+        name: str,
+        tier: int,
+        props: Sequence[str] = (),
+        hashed: bool = False,
+    ) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -245,6 +295,9 @@ class _Writer:
         full = schema()
         for key in props:
             full = full.append(pa.field(PROPERTY_PREFIX + key, pa.string()))
+        if hashed:
+            full = full.append(pa.field(ACTOR_HASH, pa.uint64()))
+            full = full.with_metadata({_HASH_KEY: hash_tag().encode()})
         self.columns = full.names
         self._writer = pq.ParquetWriter(
             self.tmp,
@@ -323,10 +376,12 @@ class _Writer:
 def write_segment(directory: str, name: str, table: pa.Table, tier: int = 0) -> SegmentMeta | None:
     """Write ``table`` (rows in seq order, ``schema()``'s columns) as one segment, with
     the property columns its rows call for."""
-    props = _property_columns(table)
+    props, hashes = _derived_columns(table)
     for key, values in props.items():
         table = table.append_column(PROPERTY_PREFIX + key, values)
-    writer = _Writer(directory, name, tier, list(props))
+    if hashes is not None:
+        table = table.append_column(ACTOR_HASH, hashes)
+    writer = _Writer(directory, name, tier, list(props), hashed=hashes is not None)
     try:
         writer.write(table)
     except BaseException:
@@ -358,7 +413,8 @@ def rewrite(
     # the property columns every source has (a column is the whole segment's or none)
     held = [segment_properties(path) for path in sources]
     props = sorted(held[0].intersection(*held[1:])) if held else []
-    writer = _Writer(directory, name, tier, props)
+    hashed = bool(sources) and all(segment_hashed(path) for path in sources)
+    writer = _Writer(directory, name, tier, props, hashed=hashed)
     try:
         # Whole row groups of ROW_GROUP rows: the sources' groups are smaller (a
         # compaction's rows), and a merged file would keep them small otherwise.
