@@ -130,14 +130,12 @@ def connect_segments(
         "seq, project, event_id, event_type, corrected AS ts, user_id, anonymous_id,"
         " session_id, payload"
     )
-    # hot rows loaded without their JSON (a query that reads none): NULL in its place
-    hot_raw = (
-        raw if "payload" in hot.column_names else raw.replace("payload", "NULL::VARCHAR AS payload")
-    )
-    # a query that reads no JSON reads no property either; "Plan" and "plan" cannot
-    # both be columns of the view: those are read from the JSON
+    hot_raw = raw
     if "payload" not in hot.column_names:
-        props = []
+        # hot rows loaded without their JSON (a query that reads none): NULL in its
+        # place, and no property to read either
+        hot_raw, props = raw.replace("payload", "NULL::VARCHAR AS payload"), []
+    # "Plan" and "plan" cannot both be columns of the view: those are read from the JSON
     props = [k for k in distinct_columns(props) if usable_key(k)]
     computed = f", {ACTOR_HASH_SQL} AS {ACTOR_HASH}"
     parts = [f"SELECT {hot_raw}{_props_from(props, ())}{computed} FROM hot_rows"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
+from collections.abc import Iterator
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -328,19 +329,26 @@ def _parse_time(value: str, zone: zoneinfo.ZoneInfo) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+def _parts(value: object) -> Iterator[object]:
+    """``value`` and every struct and list element inside it."""
+    yield value
+    if isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            yield from _parts(getattr(value, name))
+    elif isinstance(value, list):
+        for v in value:
+            yield from _parts(v)
+
+
 def reads_json(value: object) -> bool:
     """Whether a query (or any part of one) reads the events' JSON: a property filter,
     a breakdown, a property's math. The storage's hot rows are then loaded with their
     JSON; otherwise without it (most of a hot row's bytes)."""
-    if isinstance(value, PropertyFilter | Breakdown):
-        return True
-    if isinstance(value, Series) and value.math_property is not None:
-        return True
-    if isinstance(value, msgspec.Struct):
-        return any(reads_json(getattr(value, name)) for name in value.__struct_fields__)
-    if isinstance(value, list):
-        return any(reads_json(v) for v in value)
-    return False
+    return any(
+        isinstance(v, PropertyFilter | Breakdown)
+        or (isinstance(v, Series) and v.math_property is not None)
+        for v in _parts(value)
+    )
 
 
 #: the series maths that read no property (a ``mathProperty`` sent with one is unread)
@@ -351,8 +359,7 @@ def property_keys(value: object) -> list[str]:
     """The ``properties`` keys a query (or any part of one) reads, each once, sorted:
     what a storage's property columns may answer (``_segments``)."""
     keys: set[str] = set()
-
-    def walk(v: object) -> None:
+    for v in _parts(value):
         if isinstance(v, PropertyFilter) and v.source == "properties":
             keys.add(v.key)
         elif isinstance(v, Breakdown) and v.source == "properties":
@@ -364,14 +371,6 @@ def property_keys(value: object) -> list[str]:
             and v.math_source == "properties"
         ):
             keys.add(v.math_property)
-        if isinstance(v, msgspec.Struct):
-            for name in v.__struct_fields__:
-                walk(getattr(v, name))
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-
-    walk(value)
     return sorted(keys)
 
 

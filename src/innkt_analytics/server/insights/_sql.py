@@ -16,7 +16,7 @@ import duckdb
 
 from innkt_analytics.server.insights._model import Breakdown, EventSpec, PropertyFilter, Query
 from innkt_analytics.server.insights._reference import OTHER
-from innkt_analytics.server.storage._segments import ACTOR_HASH, PROPERTY_PREFIX
+from innkt_analytics.server.storage._segments import ACTOR_HASH, PROPERTY_PREFIX, json_member
 
 __all__ = ["LABEL", "SOURCE", "UNIQUE", "Source", "Sql", "grouped", "ranked_groups"]
 
@@ -85,14 +85,18 @@ class Sql:
         """The parameters ``text`` reads (a statement refuses any other)."""
         return {name: self.params[name] for name in set(re.findall(r"\$(p\d+)\b", text))}
 
+    def _column(self, source: str, key: str) -> str | None:
+        """The ``raw_events`` column holding the key's JSON text, if there is one."""
+        if self.source.stored and source == "properties" and key in self.source.props:
+            return f'"{PROPERTY_PREFIX}{key}"'
+        return None
+
     def value(self, source: str, key: str) -> str:
         """The key's JSON value; NULL when missing or when ``source`` is no object."""
-        # keys never hold '"' or '\\' (validated), so this is always a plain member path
-        # a literal, not a parameter: DuckDB then compiles the path once and sees the
-        # same subexpression twice when an expression reads it again
-        if self.source.stored and source == "properties" and key in self.source.props:
-            return f'CAST("{PROPERTY_PREFIX}{key}" AS JSON)'  # a column of the JSON text
-        member = '."' + key.replace("'", "''") + '"'
+        column = self._column(source, key)
+        if column is not None:
+            return f"CAST({column} AS JSON)"
+        member = json_member(key)
         if self.source.stored:
             return f"json_extract(payload, '$.{_STORED_KEY[source]}{member}')"
         return f"json_extract({source}, '${member}')"
@@ -145,9 +149,8 @@ class Sql:
         """The JSON text of the breakdown's value (NULL when missing): what
         ``breakdown_of`` makes the value of. Grouping by the text is cheaper than
         reading each event's value: a property column is the text already."""
-        if self.source.stored and b.source == "properties" and b.property in self.source.props:
-            return f'"{PROPERTY_PREFIX}{b.property}"'
-        return f"CAST({self.value(b.source, b.property)} AS VARCHAR)"
+        column = self._column(b.source, b.property)
+        return column or f"CAST({self.value(b.source, b.property)} AS VARCHAR)"
 
     @staticmethod
     def breakdown_of(text: str) -> str:

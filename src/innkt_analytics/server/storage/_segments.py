@@ -51,6 +51,7 @@ __all__ = [
     "SegmentMeta",
     "distinct_columns",
     "hot_rows",
+    "json_member",
     "property_json",
     "rewrite",
     "schema",
@@ -149,12 +150,18 @@ def hot_rows(
     return pa.Table.from_arrays(arrays, schema=pa.schema([full.field(c) for c in columns]))
 
 
+def json_member(key: str) -> str:
+    """A JSON path step to member ``key``, as text inside an SQL string literal. Keys
+    never hold '"' or '\\' (``usable_key``; insights validate theirs), so this is
+    always a plain member path; a literal, not a parameter: DuckDB then compiles the
+    path once and sees the same subexpression twice when an expression reads it again."""
+    return '."' + key.replace("'", "''") + '"'
+
+
 def property_json(key: str) -> str:
     """SQL: the JSON text of ``properties.<key>`` in ``payload`` (NULL when missing),
     what a segment's column of the key holds."""
-    # keys never hold '"' or '\\' (``usable_key``; insights validate theirs)
-    path = ('$.properties."' + key + '"').replace("'", "''")
-    return f"CAST(json_extract(payload, '{path}') AS VARCHAR)"
+    return f"CAST(json_extract(payload, '$.properties{json_member(key)}') AS VARCHAR)"
 
 
 def usable_key(key: object) -> bool:
@@ -390,13 +397,13 @@ def write_segment(directory: str, name: str, table: pa.Table, tier: int = 0) -> 
     return writer.finish()
 
 
-def _batches(paths: list[str]) -> Iterator[pa.Table]:
+def _batches(paths: list[str], columns: list[str]) -> Iterator[pa.Table]:
     import pyarrow.parquet as pq
 
     for path in paths:
         f = pq.ParquetFile(path)
         for i in range(f.num_row_groups):
-            yield f.read_row_group(i)
+            yield f.read_row_group(i, columns=columns)
 
 
 def rewrite(
@@ -420,8 +427,7 @@ def rewrite(
         # compaction's rows), and a merged file would keep them small otherwise.
         pending: list[pa.Table] = []
         buffered = 0
-        for read in _batches(sources):
-            table = read.select(writer.columns)
+        for table in _batches(sources, writer.columns):
             kept = table if keep is None else table.filter(keep(table))
             pending.append(kept)
             buffered += kept.num_rows
