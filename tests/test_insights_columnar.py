@@ -38,6 +38,7 @@ from tests.test_insights_engine import (
     retention,
     trends,
 )
+from tests.test_insights_funnels import converting, dense_logs
 
 SETTINGS = settings(
     max_examples=12,
@@ -404,3 +405,13 @@ def test_actor_hashes_are_used_only_when_this_duckdb_made_them(
         assert _segments.segment_hashed(str(tmp_path / "again.parquet"))
     finally:
         s.close_sync()
+
+
+@SETTINGS
+@given(log=dense_logs(), body=converting())
+def test_funnels_that_convert(
+    storage: SQLiteStorage, log: list[InsightEvent], body: dict[str, Any]
+) -> None:
+    """Dense logs (test_insights_funnels) over segments: both ways of finding the best
+    attempt, on actors hashed from the stored ids."""
+    check(storage, "funnels", body, log)

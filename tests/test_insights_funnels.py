@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -73,3 +74,60 @@ def test_funnels_that_convert(log: list[InsightEvent], body: dict[str, Any]) -> 
     expected = msgspec.to_builtins(run_reference(query, log, "p"))
     got = msgspec.to_builtins(run(query, to_arrow(log), "p"))
     assert close(got, expected), f"\nengine:    {got}\nreference: {expected}"
+
+
+def _event(i: int, event_type: str, minute: int, user: str = "u1") -> InsightEvent:
+    return InsightEvent(
+        project="p",
+        event_id=f"e{i:02d}",
+        event_type=event_type,
+        timestamp=T0 + minute * MINUTE,
+        user_id=user,
+        anonymous_id=None,
+        session_id="s1",
+        properties={},
+    )
+
+
+def _steps(log: list[InsightEvent], steps: list[str]) -> list[dict[str, Any]]:
+    body = {
+        "dateFrom": "2026-03-26",
+        "dateTo": "2026-03-29",
+        "steps": [{"event": s} for s in steps],
+        "windowSeconds": 86400,
+    }
+    query = parse_query("funnels", msgspec.json.encode(body))
+    expected = msgspec.to_builtins(run_reference(query, log, "p"))
+    got = msgspec.to_builtins(run(query, to_arrow(log), "p"))
+    assert close(got, expected), f"\nengine:    {got}\nreference: {expected}"
+    return list(got["steps"])
+
+
+@pytest.mark.parametrize("ids", [(0, 1, 2, 3), (3, 2, 1, 0), (1, 3, 0, 2)])
+def test_same_millisecond_events_follow_the_steps_not_their_ids(ids: tuple[int, ...]) -> None:
+    """Events of one millisecond are in step order whatever their ids: a signup at the
+    page view's millisecond follows it; a second page view at the same millisecond is
+    step 2 of "page view, page view" (not the one a minute later); and of two such
+    attempts the first, whose chain is earlier, is the user's."""
+    log = [
+        _event(ids[0], "signup", 10),
+        _event(ids[1], "page_view", 10),
+        _event(ids[2], "page_view", 10),
+        _event(ids[3], "page_view", 11),
+    ]
+    steps = _steps(log, ["page_view", "signup"])
+    assert [s["count"] for s in steps] == [1, 1]
+    assert steps[1]["medianSeconds"] == 0
+    steps = _steps(log, ["page_view", "page_view"])
+    assert [s["count"] for s in steps] == [1, 1]
+    assert steps[1]["medianSeconds"] == 0
+    # two attempts at minute 10: one goes on at minute 10, the other at 11
+    log = [
+        _event(ids[0], "a", 10),
+        _event(ids[1], "a", 10),
+        _event(ids[2], "a", 11),
+        _event(ids[3], "b", 20),
+    ]
+    steps = _steps(log, ["a", "a", "b"])
+    assert [s["count"] for s in steps] == [1, 1, 1]
+    assert [s["medianSeconds"] for s in steps[1:]] == [0, 600]

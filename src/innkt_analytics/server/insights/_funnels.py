@@ -21,32 +21,42 @@ __all__ = ["funnel"]
 def funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> FunnelResult:
     """Each actor's best attempt (per breakdown value), into ``funnel_best``.
 
-    Only events of some step matter. The earliest attempt that reaches the last step
-    is the best one, so each actor's earliest attempt is first followed with joins
-    and minimums, no sort (step k: the earliest step-k event after step k-1's within
-    the window), by time alone, without reading event ids (a column as costly to
-    read as all the others): exact when step k-1's event is the only event of steps
-    k-1 and k at its millisecond, at every step. The other actors (whose earliest
-    attempt falls short, or with such a tie) are sequenced: their events sorted once
-    per actor by ``(ts, event_id)``, and per event "the chain from the next step-k
-    event" is a window function over the rows after it, one pass per step from the
-    last back to the second; each step-1 event is an attempt, the window only cuts
-    its chain short. The best is an ``arg_min`` of (most steps, earliest) per actor
-    and value, in a temporary table that the overall answer, the breakdown and the
-    dropped page all read.
+    Only events of some step matter. Each gets a *key*, ``ts * 2^n`` plus its rank
+    among the step sets an event can match, so that the keys order an actor's events
+    as ``_reference`` does, with no event id read (a column as costly to read as all
+    the others together). Events with equal keys match the same steps: which comes
+    first changes no answer.
+
+    The earliest attempt that reaches the last step is the best one, so each actor's
+    earliest attempt is first followed with joins and minimums, no sort (step k: the
+    smallest step-k key after step k-1's within the window): exact unless another
+    step-k event has step k-1's key. The other actors (whose earliest attempt falls
+    short, or with such a tie) are sequenced: their events sorted once per actor by
+    key, and per event "the chain from the next step-k event" is a window function over
+    the rows after it, one pass per step from the last back to the second; each step-1
+    event is an attempt, the window only cuts its chain short. The best is an
+    ``arg_min`` of (most steps, earliest keys) per actor and value, in a temporary
+    table that the overall answer, the breakdown and the dropped page all read.
+
+    Actors are DuckDB's 64-bit hashes of their ids (``_actors``: grouping and joining
+    integers instead of strings; a storage's segments hold the ids' hashes) unless the
+    answer names them (a dropped page) or they are sessions. Two actors whose ids hash
+    alike would count as one: a chance of about n^2 / 2^65 for n actors, as retention.
     """
     start, end = q.range_ms()
     n = len(q.steps)
     sql = Sql()
-    key = "session_id" if q.count_by == "session" else "actor"
     flags = ", ".join(f"{sql.spec(s)} AS m{k}" for k, s in enumerate(q.steps))
     bv = sql.breakdown(q.breakdown) if q.breakdown else "NULL"
     window = sql.p(q.window_seconds * 1000)
-    rows = f"{key} IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)}"
-    ev = sql.events(q, project, persons=key == "actor")
+    ev, actor = _actors(sql, q, project)
+    rows = f"{actor} IS NOT NULL AND ts >= {sql.p(start)} AND ts < {sql.p(end)}"
     ms = ", ".join(f"m{k}" for k in range(n))
+    # step 1 the highest bit: an event matching more, or earlier, steps comes first
+    mask = " + ".join(f"m{k}::BIGINT * {1 << (n - 1 - k)}" for k in range(n))
+    key = f"ts * {1 << n} + {(1 << n) - 1} - ({mask})"
 
-    def steps(cols: str, of: Sequence[int], each_type: bool = True) -> str:
+    def steps(of: Sequence[int], each_type: bool = True) -> str:
         # the events of steps ``of``, as text rather than a CTE: DuckDB keeps a CTE
         # read several times as one result, which at 10M events is more than the
         # memory limit (spilled to disk), where a scan per use reads only what its
@@ -56,51 +66,74 @@ def funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Funn
         types = {q.steps[k].event for k in of}
         each = [None] if None in types or not each_type else sorted(types)  # type: ignore[type-var]  # no None
         scans = " UNION ALL ".join(
-            f"SELECT *, {key} AS a, {flags} FROM ({ev}) ev WHERE {rows}"
+            f"SELECT *, {actor} AS a, {flags} FROM ({ev}) ev WHERE {rows}"
             + ("" if t is None else f" AND event_type = {sql.p(t)}")
             for t in each
         )
         # the breakdown value of step-1 events only: the JSON of no other is read
         return (
-            f"(SELECT a, ts, {cols}{ms}, CASE WHEN m0 THEN {bv} END AS bv FROM ({scans}) e0 "
-            f"WHERE {' OR '.join(f'm{k}' for k in of)})"
+            f"(SELECT a, {key} AS k, {ms}, CASE WHEN m0 THEN {bv} END AS bv "
+            f"FROM ({scans}) e0 WHERE {' OR '.join(f'm{k}' for k in of)})"
         )
 
+    # the window in keys: a step's key is at most ``last`` (its time at most t0 + window)
+    last = f"((k0 >> {n}) + {window} + 1) * {1 << n} - 1"
     text = (
-        f"WITH f0 AS (SELECT a, bv, min(ts) AS t0 FROM {steps('', [0])} e WHERE m0 GROUP BY a, bv)"
+        f"WITH f0 AS (SELECT a, bv, k0, {last} AS last FROM (SELECT a, bv, min(k) AS k0 "
+        f"FROM {steps([0])} e WHERE m0 GROUP BY a, bv))"
     )
-    keys = ["f.a", "f.bv", "f.t0"]
+    keys = ["f.a", "f.bv", "f.k0", "f.last"]
     for k in range(1, n):
-        # step k of the chain, and whether step k-1's event is the only event of step
-        # k-1 or k at its millisecond (else which comes first is the event ids' call)
+        # step k of the chain, and whether another step-k event has step k-1's key
+        # (then which comes first is not known here; it changes no answer, but the
+        # chain would have to count the events of that key)
         text += (
-            f", f{k} AS (SELECT f.*, min(e.ts) FILTER (WHERE e.m{k} AND e.ts > f.t{k - 1} "
-            f"AND e.ts - f.t0 <= {window}) AS t{k}, "
-            f"count(*) FILTER (WHERE e.ts = f.t{k - 1}) > 1 AS tie{k} "
-            f"FROM f{k - 1} f LEFT JOIN {steps('', [k - 1, k])} e ON e.a = f.a "
-            f"AND e.ts >= f.t{k - 1} AND e.ts - f.t0 <= {window} "
+            f", f{k} AS (SELECT f.*, min(e.k) FILTER (WHERE e.k > f.k{k - 1}) AS k{k}, "
+            f"count(*) FILTER (WHERE e.k = f.k{k - 1}) > 1 AS tie{k} "
+            f"FROM f{k - 1} f LEFT JOIN {steps([k])} e ON e.a = f.a "
+            f"AND e.k >= f.k{k - 1} AND e.k <= f.last AND e.m{k} "
             f"GROUP BY {', '.join(keys)})"
         )
-        keys += [f"f.t{k}", f"f.tie{k}"]
+        keys += [f"f.k{k}", f"f.tie{k}"]
     ties = " OR ".join(f"coalesce(tie{k}, false)" for k in range(1, n))
     text += (
         # done: the earliest attempt reached the last step with no tie on the way;
-        # an actor's values whose earliest attempts start at the same millisecond
-        # are ordered by event id too
-        f" SELECT *, t{n - 1} IS NOT NULL AND NOT ({ties}) "
-        f"AND count(*) OVER (PARTITION BY a, t0) = 1 AS done FROM f{n - 1}"
+        # an actor's values whose earliest attempts have the same key go the other way
+        f" SELECT *, k{n - 1} IS NOT NULL AND NOT ({ties}) "
+        f"AND count(*) OVER (PARTITION BY a, k0) = 1 AS done FROM f{n - 1}"
     )
     con.execute(f"CREATE OR REPLACE TEMP TABLE funnel_first AS {text}", sql.used(text))
     try:
-        # the others in (ts, event_id) order: one scan, as the id column costs as
-        # much to read for some rows as for all
-        _funnel_best(con, sql, steps("event_id, ", range(n), each_type=False), n, window)
+        # the others: one scan of every step's events, of their actors only
+        _funnel_best(con, sql, steps(range(n), each_type=False), n, window)
     finally:
         con.execute("DROP TABLE funnel_first")
     try:
         return _funnel_answer(con, q, n)
     finally:
         con.execute("DROP TABLE funnel_best")
+
+
+def _actors(sql: Sql, q: FunnelQuery, project: str) -> tuple[str, str]:
+    """The funnel's events and the SQL of each one's actor (``a``): a session id, the
+    person's id when the answer names actors (a dropped page), else the hash of it."""
+    if q.count_by == "session":
+        return sql.events(q, project, persons=False), "session_id"
+    if q.dropped is not None:
+        return sql.events(q, project), "actor"
+    ev = sql.events(q, project, persons=False, id_hash=True)
+    if not sql.source.stored:
+        # an Arrow table's ids are persons already; hash(NULL) is a number
+        return ev, f"CASE WHEN id IS NULL THEN NULL ELSE {sql.id_hash()} END"
+    # a storage's rows: ``id_hash`` is the stored hash of ``id``, NULL without one (so
+    # the ids themselves, two string columns, are not read)
+    if not sql.source.mapped:
+        return ev, "id_hash"
+    return (
+        "SELECT e.*, CASE WHEN pm.id IS NULL THEN e.id_hash ELSE hash(pm.person) END "
+        f"AS person_hash FROM ({ev}) e LEFT JOIN person_of pm ON hash(pm.id) = e.id_hash",
+        "person_hash",
+    )
 
 
 def _funnel_best(con: duckdb.DuckDBPyConnection, sql: Sql, e: str, n: int, window: str) -> None:
@@ -113,11 +146,11 @@ def _funnel_best(con: duckdb.DuckDBPyConnection, sql: Sql, e: str, n: int, windo
     after = "ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING"
     prev = "rest"
     for k in range(n - 1, 0, -1):
-        # c{k}: the times of the chain from the next step-k event (t{k} .. t{n-1})
-        fields = ", ".join([f"'t{k}': ts", *(f"'t{j}': c{k + 1}.t{j}" for j in range(k + 1, n))])
-        # the first pass orders by (ts, event_id) and numbers the rows; the others
-        # order by that number
-        order = "ts, event_id" if k == n - 1 else "o"
+        # c{k}: the keys of the chain from the next step-k event (k{k} .. k{n-1})
+        fields = ", ".join([f"'k{k}': k", *(f"'k{j}': c{k + 1}.k{j}" for j in range(k + 1, n))])
+        # the first pass orders by (key, step-1 value) and numbers the rows; the
+        # others order by that number
+        order = "k, bv NULLS FIRST" if k == n - 1 else "o"
         number = f", row_number() OVER (PARTITION BY a ORDER BY {order}) AS o" if k == n - 1 else ""
         text += (
             f", l{k} AS (SELECT *{number}, first_value(CASE WHEN m{k} THEN {{{fields}}} END "
@@ -125,23 +158,46 @@ def _funnel_best(con: duckdb.DuckDBPyConnection, sql: Sql, e: str, n: int, windo
             f"FROM {prev})"
         )
         prev = f"l{k}"
-    times = ", ".join(f"c1.t{k} AS t{k}" for k in range(1, n))
+    chain = ", ".join(f"c1.k{k} AS k{k}" for k in range(1, n))
     depth = " + ".join(
-        ["1", *(f"coalesce(t{k} - t0 <= {window}, false)::INT" for k in range(1, n))]
+        [
+            "1",
+            *(
+                f"coalesce((k{k} >> {n}) - (k0 >> {n}) <= {window}, false)::INT"
+                for k in range(1, n)
+            ),
+        ]
     )
-    fields = ", ".join(["'depth': depth", *(f"'t{k}': t{k}" for k in range(n))])
-    quick = ", ".join([f"'depth': {n}", *(f"'t{k}': t{k}" for k in range(n))])
     text += (
-        f", att AS (SELECT a, bv, event_id, ts AS t0, {times} FROM l1 WHERE m0), "
-        # the most steps, then the earliest: the smallest score
-        f"scored AS (SELECT a, bv, {{{fields}}} AS s, "
-        "{'d': -depth, 't': t0, 'i': event_id} AS score "
-        f"FROM (SELECT *, {depth} AS depth FROM att) "
-        f"UNION ALL SELECT a, bv, {{{quick}}}, {{'d': -{n}, 't': t0, 'i': NULL}} "
+        f", att AS (SELECT a, bv, k AS k0, {chain} FROM l1 WHERE m0), "
+        f"scored AS (SELECT a, bv, depth, k0, "
+        + ", ".join(f"CASE WHEN depth > {k} THEN k{k} END AS k{k}" for k in range(1, n))
+        + f" FROM (SELECT *, {depth} AS depth FROM att) "
+        f"UNION ALL SELECT a, bv, {n}, k0, {', '.join(f'k{k}' for k in range(1, n))} "
         "FROM funnel_first WHERE a NOT IN (SELECT a FROM open)) "
-        "SELECT a, bv, arg_min(s, score) AS s, min(score) AS score FROM scored GROUP BY a, bv"
+        f"SELECT a, bv, arg_min(s, score) AS s, min(score) AS score FROM ({_scored(n)}) "
+        "GROUP BY a, bv"
     )
     con.execute(f"CREATE OR REPLACE TEMP TABLE funnel_best AS {text}", sql.used(text))
+
+
+def _scored(n: int) -> str:
+    """``scored``'s attempts as ``s`` (steps reached, their times) and ``score``, the
+    smallest for the best: the most steps, then the earliest in the funnel's order
+    (step 1's key and value, then the chain's keys: of two attempts with the same
+    step-1 key and value the one first in order has the earlier chain)."""
+    last = 2**63 - 1  # a step not reached: after every key
+    times = ", ".join(["'depth': depth", *(f"'t{k}': k{k} >> {n}" for k in range(n))])
+    score = ", ".join(
+        [
+            "'d': -depth",
+            "'k0': k0",
+            "'b': bv IS NOT NULL",
+            "'v': coalesce(bv, '')",
+            *(f"'k{k}': coalesce(k{k}, {last})" for k in range(1, n)),
+        ]
+    )
+    return f"SELECT a, bv, {{{times}}} AS s, {{{score}}} AS score FROM scored"
 
 
 def _funnel_answer(con: duckdb.DuckDBPyConnection, q: FunnelQuery, n: int) -> FunnelResult:

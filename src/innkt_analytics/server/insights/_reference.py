@@ -28,10 +28,14 @@ answers (tests/test_insights_engine.py). The semantics, shared by both:
   ``bucket_labels``): ``total`` events, distinct actors (``unique_users``), distinct
   sessions, or the numeric math. ``compare`` runs the same series over
   ``[dateFrom - L, dateFrom)``, L the range's length.
-* **Funnels.** For each actor and each of its step-1 events an *attempt* takes, for
-  step k, the first event after step k-1's event that matches step k and is at most
-  ``windowSeconds`` after the step-1 event (the earliest choice never loses a later
-  step). The actor's attempt is the one reaching the most steps, then the earliest.
+* **Funnels.** An actor's events are ordered by time, and those of the same
+  millisecond by the steps they match, not by id: of two such events, the one that
+  matches the first step one of them matches and the other does not comes first (then
+  events of the first step by their breakdown value, null first). For each of its
+  step-1 events an *attempt* takes, for step k, the first event after step k-1's
+  event in this order that matches step k and is at most ``windowSeconds`` after the
+  step-1 event (the earliest choice never loses a later step). The actor's attempt is
+  the one reaching the most steps, then the earliest in this order.
   A step's ``count`` is the actors whose attempt reached it; times to convert are from
   the previous step's event, median and p90 nearest-rank, in seconds. ``dropped``
   lists the ids of the actors whose attempt reached step ``step - 1`` and not
@@ -312,8 +316,28 @@ def funnel_steps(counts: list[int], times: list[list[float]]) -> list[FunnelStep
     return out
 
 
+def _funnel_order(q: FunnelQuery, seq: list[InsightEvent]) -> list[InsightEvent]:
+    """One actor's events in the funnel's order (the module's docstring): events of the
+    same millisecond are never ordered by their ids, so the funnel can be computed
+    without reading them. Events that tie here match the same steps (and have the same
+    breakdown value): which comes first changes no answer."""
+    matchers = [_spec(s) for s in q.steps]
+    n = len(matchers)
+
+    def key(e: InsightEvent) -> tuple[int, int, bool, str]:
+        # the steps matched as bits, step 1 the highest: more is earlier
+        mask = sum(1 << (n - 1 - k) for k, m in enumerate(matchers) if m(e))
+        bv = None
+        if q.breakdown is not None and matchers[0](e):
+            bv = _breakdown_value(e, q.breakdown)
+        return (e.timestamp, -mask, bv is not None, bv or "")
+
+    return sorted(seq, key=key)
+
+
 def _attempts(q: FunnelQuery, seq: list[InsightEvent]) -> list[list[InsightEvent]]:
-    """Every attempt of one actor (its events in order): the events of the steps reached."""
+    """Every attempt of one actor: the events of the steps reached."""
+    seq = _funnel_order(q, seq)
     matchers = [_spec(s) for s in q.steps]
     window = q.window_seconds * 1000
     attempts = []
