@@ -11,7 +11,12 @@ from typing import Any
 
 import duckdb
 
-from innkt_analytics.server.insights._model import FunnelBreakdownResult, FunnelQuery, FunnelResult
+from innkt_analytics.server.insights._model import (
+    EventSpec,
+    FunnelBreakdownResult,
+    FunnelQuery,
+    FunnelResult,
+)
 from innkt_analytics.server.insights._reference import funnel_steps
 from innkt_analytics.server.insights._sql import Sql, grouped, ranked_groups
 
@@ -56,6 +61,16 @@ def funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Funn
     mask = " + ".join(f"m{k}::BIGINT * {1 << (n - 1 - k)}" for k in range(n))
     key = f"ts * {1 << n} + {(1 << n) - 1} - ({mask})"
 
+    def typed_flags(t: str) -> str:
+        # the flags of events of type ``t``: no string compared per event (with no
+        # filters, a constant)
+        def flag(s: EventSpec) -> str:
+            if s.event is None:
+                return sql.spec(s)
+            return sql.filters(s.filters) if s.event == t else "false"
+
+        return ", ".join(f"{flag(s)} AS m{k}" for k, s in enumerate(q.steps))
+
     def steps(of: Sequence[int], each_type: bool = True) -> str:
         # the events of steps ``of``, as text rather than a CTE: DuckDB keeps a CTE
         # read several times as one result, which at 10M events is more than the
@@ -66,8 +81,8 @@ def funnel(con: duckdb.DuckDBPyConnection, q: FunnelQuery, project: str) -> Funn
         types = {q.steps[k].event for k in of}
         each = [None] if None in types or not each_type else sorted(types)  # type: ignore[type-var]  # no None
         scans = " UNION ALL ".join(
-            f"SELECT *, {actor} AS a, {flags} FROM ({ev}) ev WHERE {rows}"
-            + ("" if t is None else f" AND event_type = {sql.p(t)}")
+            f"SELECT *, {actor} AS a, {flags if t is None else typed_flags(t)} FROM ({ev}) ev "
+            f"WHERE {rows}" + ("" if t is None else f" AND event_type = {sql.p(t)}")
             for t in each
         )
         # the breakdown value of step-1 events only: the JSON of no other is read
