@@ -432,3 +432,61 @@ def test_pool_size_and_insert_concurrency_come_from_the_settings(pg_database: st
     for name in ("INNKT_PG_POOL_SIZE", "INNKT_PG_INSERT_CONCURRENCY"):
         with pytest.raises(ConfigError, match=name.removeprefix("INNKT_").lower()):
             ServerSettings.from_env({name: "0"})
+
+
+def test_insight_rows_are_the_stored_rows_whatever_their_text(pg_database: str) -> None:
+    """The insights' Arrow table of a range (one COPY as CSV, parsed by pyarrow) holds
+    exactly what ``query_events`` returns: NULL apart from empty strings, commas,
+    quotes, new lines and other text in ids and the JSON, booleans, the range's
+    bounds, and at most ``limit`` rows."""
+    import json
+
+    texts = ["", "a,b", 'say "hi"', "two\nlines", "é ☃ 𝄞", "  ", "NULL", "\\N", "t"]
+    rows = []
+    for i, text in enumerate(texts):
+        doc = {"eventId": f"e{i}", "properties": {"t": text, "n": i}}
+        rows.append(
+            row(
+                f"e{i}",
+                event_type=text or "page",
+                session_id=text,
+                user_id=None if i % 2 else text,
+                anonymous_id=text if i % 2 else None,
+                corrected=NOW + i,
+                sent_at=None if i % 3 else NOW,
+                future=i % 4 == 0,
+                payload=json.dumps(doc, ensure_ascii=i % 2 == 0).encode(),
+            )
+        )
+    rows.append(row("late", corrected=NOW - 10 * DAY))
+
+    async def body(s: PostgresStorage) -> None:
+        await s.insert_events("p", rows)
+        await s.insert_events("q", [row("other")])
+        page = await s.query_events("p", EventFilter(since=NOW - DAY), None, 100)
+        table = await s.insight_rows("p", NOW - DAY, None, payload=True, limit=100)
+        got = sorted(table.to_pylist(), key=lambda r: r["event_id"])
+        want = sorted(page.rows, key=lambda r: r.event_id)
+        assert [r["event_id"] for r in got] == [r.event_id for r in want]
+        for g, w in zip(got, want, strict=True):
+            assert g["project"] == "p"
+            assert (g["event_type"], g["session_id"], g["user_id"], g["anonymous_id"]) == (
+                w.event_type,
+                w.session_id,
+                w.user_id,
+                w.anonymous_id,
+            )
+            assert (g["ts"], g["sent_at"], g["corrected"], g["future"]) == (
+                w.timestamp,
+                w.sent_at,
+                w.corrected,
+                w.future,
+            )
+            assert g["payload"] == w.payload.decode()
+        bare = await s.insight_rows("p", None, None, payload=False, limit=100)
+        assert "payload" not in bare.column_names
+        assert bare.num_rows == len(rows)
+        assert (await s.insight_rows("p", None, None, payload=False, limit=3)).num_rows == 3
+        assert (await s.insight_rows("none", None, None, payload=True, limit=3)).num_rows == 0
+
+    run(PostgresStorage(pg_database), body)

@@ -3,8 +3,10 @@
 On the SQLite storage engine the DuckDB engine reads the Parquet segments and the
 hot rows of one snapshot directly (``SQLiteStorage.insight_source``,
 ``_engine.connect_segments``): only the columns a query needs, bounded by DuckDB's
-memory limit. Other backends page through ``query_events`` into an Arrow table, so
-there ``MAX_EVENTS`` bounds what one query may load (422 ``query_too_large``).
+memory limit. On PostgreSQL the range's rows come as one Arrow table of the same
+columns (``PostgresStorage.insight_rows``: a COPY as CSV, the JSON only when the
+query reads it), which the engine reads as it reads hot rows; there ``MAX_EVENTS``
+bounds what one query may load (422 ``query_too_large``).
 
 Answers are cached (``_cache``): ``X-Innkt-Cache: hit`` or ``miss`` says which. A
 query gets ``insights_timeout`` seconds for loading and running together; past it
@@ -120,6 +122,16 @@ async def _load(
             storage.insight_source, project, since, until, payload=payload
         )
         return Segments(paths, hot)
+    from innkt_analytics.server.storage._postgres import PostgresStorage  # loaded with it
+
+    if isinstance(storage, PostgresStorage):
+        # the range's rows as one Arrow table, read by the engine as hot rows are
+        rows = await storage.insight_rows(
+            project, since, until, payload=payload, limit=MAX_EVENTS + 1
+        )
+        if rows.num_rows > MAX_EVENTS:
+            raise ApiError(422, "query_too_large", f"the range holds more than {MAX_EVENTS} events")
+        return Segments([], rows)
     events: list[InsightEvent] = []
     cursor: int | None = None
     flt = EventFilter(since=since, until=until)
