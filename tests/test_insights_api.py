@@ -180,3 +180,30 @@ def test_a_deleted_user_leaves_the_answers(server: ServerProcess) -> None:
     log = [_as_insight("default", e) for e in events if e["userId"] != "u3"]
     expected = run_reference(parse_query("trends", msgspec.json.encode(body)), log, "default")
     assert httpx.post(url, json=body, headers=read).json() == msgspec.to_builtins(expected)
+
+
+def test_postgres_answers_422_past_the_events_a_query_may_load(
+    storage_url: str, server_factory: Any
+) -> None:
+    """``INNKT_INSIGHTS_MAX_EVENTS`` bounds what one query loads on PostgreSQL (the
+    range's events are copied into memory there): a range of more is 422
+    ``query_too_large``, a range of as many is answered. SQLite reads its segments
+    instead and is bounded by DuckDB's memory limit only."""
+    server = server_factory(env={"INNKT_INSIGHTS_MAX_EVENTS": "20"}, db=storage_url)
+    events = _events()  # 28 in the range, 9 in its first two days
+    r = httpx.post(
+        server.url + "/v1/events/batch", json={"events": events}, headers=server.headers()
+    )
+    assert r.status_code == 200, r.text
+    url, read = server.url + "/v1/insights/trends", server.headers("read")
+    body = RANGE | {"series": [{"event": "view"}], "interval": "month"}
+    r = httpx.post(url, json=body, headers=read)
+    if storage_url.startswith("postgresql"):
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == "query_too_large"
+        assert "20 events" in r.json()["message"]
+        # a narrower range of at most 20 events is answered
+        narrow = body | {"dateTo": "2026-03-05"}
+        r = httpx.post(url, json=narrow, headers=read)
+    assert r.status_code == 200, r.text
+    assert r.json()["series"][0]["values"][0] > 0

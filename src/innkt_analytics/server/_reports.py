@@ -274,17 +274,26 @@ async def run_insight(
     persons: PersonsMap | None = None,
     *,
     limit: float = NO_LIMIT,
+    max_events: int | None = None,
 ) -> dict[str, Any]:
     """Answer one parsed insights query over the stored events of ``project`` as the
     ``/v1/insights`` routes answer it (JSON builtins): the same loading and engine,
     persons counted with ``persons`` (``insights._persons_map.persons_for``; None:
-    every id its own person). Raises ``QueryTooLarge`` past the route's bounds or
-    ``limit`` seconds."""
+    every id its own person). Raises ``QueryTooLarge`` past the route's bounds,
+    ``limit`` seconds or, on PostgreSQL, ``max_events`` (``_routes.MAX_EVENTS`` by
+    default)."""
     # DuckDB on first use
-    from innkt_analytics.server.insights._routes import answer_within
+    from innkt_analytics.server.insights._routes import MAX_EVENTS, answer_within
 
     try:
-        answer = await answer_within(storage, query, project, limit, persons=persons)
+        answer = await answer_within(
+            storage,
+            query,
+            project,
+            limit,
+            persons=persons,
+            max_events=MAX_EVENTS if max_events is None else max_events,
+        )
     except ApiError as exc:  # 422 query_too_large or query_timeout
         raise QueryTooLarge(str(exc)) from None
     found: dict[str, Any] = msgspec.json.decode(answer)
@@ -411,6 +420,7 @@ class ReportService:
                     query,
                     persons,
                     limit=self.settings.insights_timeout,
+                    max_events=self.settings.insights_max_events,
                 )
                 section = Section(title, item.kind, answer)
             except (QueryError, QueryTooLarge) as exc:

@@ -89,6 +89,9 @@ class ServerSettings:
     insights_cache_size: int = 256
     insights_cache_ttl: float = 300.0
     insights_cache_ttl_postgres: float = 10.0
+    #: on PostgreSQL, the events one insights query may load into memory (past them
+    #: 422 query_too_large; ~100 B each, ~450 B with the JSON a property query reads)
+    insights_max_events: int = 1_000_000
     #: TLS: a PEM certificate chain and its private key; with both, ``serve`` speaks
     #: only HTTPS and WSS (TLS 1.2 or newer)
     tls_certfile: str = ""
@@ -178,6 +181,8 @@ class ServerSettings:
                 raise ConfigError(name, "must be positive")
         if self.insights_timeout <= 0:
             raise ConfigError("insights_timeout", "must be positive")
+        if self.insights_max_events < 1:
+            raise ConfigError("insights_max_events", "must be positive")
         for name in ("insights_cache_size", "insights_cache_ttl", "insights_cache_ttl_postgres"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be >= 0")

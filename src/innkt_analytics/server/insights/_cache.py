@@ -123,6 +123,8 @@ class InsightsRuntime:
     cache: AnswerCache
     #: seconds a query may run (loading its events included) before it is interrupted
     timeout: float
+    #: events a query may load on PostgreSQL (``_routes.MAX_EVENTS`` by default)
+    max_events: int
     #: queries refused past a bound since the start, by the error answered:
     #: ``query_timeout`` (the time limit), ``query_too_large`` (events or memory)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -142,7 +144,10 @@ def insights_of(state: ServerState) -> InsightsRuntime:
     shared = is_postgres_url(settings.db)
     ttl = settings.insights_cache_ttl_postgres if shared else settings.insights_cache_ttl
     made = InsightsRuntime(
-        DataVersions(), AnswerCache(settings.insights_cache_size, ttl), settings.insights_timeout
+        DataVersions(),
+        AnswerCache(settings.insights_cache_size, ttl),
+        settings.insights_timeout,
+        settings.insights_max_events,
     )
     state.extensions[_EXTENSION] = made
     return made

@@ -115,7 +115,13 @@ Source = list[InsightEvent] | Segments
 
 
 async def _load(
-    storage: Storage, project: str, since: int | None, until: int, *, payload: bool = True
+    storage: Storage,
+    project: str,
+    since: int | None,
+    until: int,
+    *,
+    payload: bool = True,
+    max_events: int = MAX_EVENTS,
 ) -> Source:
     if isinstance(storage, SQLiteStorage):
         paths, hot = await asyncio.to_thread(
@@ -127,10 +133,10 @@ async def _load(
     if isinstance(storage, PostgresStorage):
         # the range's rows as one Arrow table, read by the engine as hot rows are
         rows = await storage.insight_rows(
-            project, since, until, payload=payload, limit=MAX_EVENTS + 1
+            project, since, until, payload=payload, limit=max_events + 1
         )
-        if rows.num_rows > MAX_EVENTS:
-            raise ApiError(422, "query_too_large", f"the range holds more than {MAX_EVENTS} events")
+        if rows.num_rows > max_events:
+            raise ApiError(422, "query_too_large", f"the range holds more than {max_events} events")
         return Segments([], rows)
     events: list[InsightEvent] = []
     cursor: int | None = None
@@ -204,8 +210,10 @@ async def answer_within(
     limit: float,
     job: Job | None = None,
     persons: PersonsMap | None = None,
+    max_events: int = MAX_EVENTS,
 ) -> bytes:
-    """The encoded answer to ``query``, loading and running within ``limit`` seconds.
+    """The encoded answer to ``query``, loading and running within ``limit`` seconds
+    (and at most ``max_events`` events on PostgreSQL).
 
     Raises ``ApiError`` 422 ``query_timeout`` past the limit (the DuckDB statement
     under way is interrupted), 422 ``query_too_large`` past the event or memory bound.
@@ -216,7 +224,9 @@ async def answer_within(
     since, until = _read_range(query)
     try:
         async with asyncio.timeout_at(deadline):
-            events = await _load(storage, project, since, until, payload=reads_json(query))
+            events = await _load(
+                storage, project, since, until, payload=reads_json(query), max_events=max_events
+            )
     except TimeoutError:
         raise _timed_out(limit) from None
     return await run_within(
@@ -280,7 +290,12 @@ async def insights(request: Request[Any, Any, Any]) -> Response[bytes]:
     try:
         persons = await persons_for(state, key.project, query)
         answer = await answer_within(
-            state.storage, query, key.project, runtime.timeout, persons=persons
+            state.storage,
+            query,
+            key.project,
+            runtime.timeout,
+            persons=persons,
+            max_events=runtime.max_events,
         )
     except ApiError as exc:
         if exc.code in ("query_timeout", "query_too_large"):
