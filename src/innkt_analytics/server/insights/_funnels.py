@@ -144,11 +144,9 @@ def _actors(sql: Sql, q: FunnelQuery, project: str) -> tuple[str, str]:
     # the ids themselves, two string columns, are not read)
     if not sql.source.mapped:
         return ev, "id_hash"
-    return (
-        "SELECT e.*, CASE WHEN pm.id IS NULL THEN e.id_hash ELSE hash(pm.person) END "
-        f"AS person_hash FROM ({ev}) e LEFT JOIN person_of pm ON hash(pm.id) = e.id_hash",
-        "person_hash",
-    )
+    # the hashed ids to their persons' hashes, as retention maps them
+    hashed = f"(SELECT * EXCLUDE (id, actor), id_hash AS id FROM ({ev}))"
+    return sql.persons_of(hashed, hashed=True), "actor"
 
 
 def _funnel_best(con: duckdb.DuckDBPyConnection, sql: Sql, e: str, n: int, window: str) -> None:

@@ -39,7 +39,7 @@ from innkt_analytics.server.insights._model import (
     reads_json,
 )
 from innkt_analytics.server.insights._persons_map import PersonsMap, graph_version, persons_for
-from innkt_analytics.server.storage import EventFilter, SQLiteStorage, Storage
+from innkt_analytics.server.storage import SQLiteStorage, Storage
 
 if TYPE_CHECKING:
     import duckdb
@@ -51,7 +51,6 @@ KINDS: Final = ("trends", "funnels", "retention", "paths", "lifecycle", "stickin
 MAX_EVENTS: Final = 1_000_000
 #: the response header that says whether the answer came from the cache
 CACHE_HEADER: Final = "X-Innkt-Cache"
-_PAGE: Final = 1000
 #: how often a stopped query's connection is interrupted again, and for how long at
 #: most the answer waits for its thread to give up (a query between two statements
 #: has nothing to interrupt yet)
@@ -105,12 +104,14 @@ def _read_range(query: Query) -> tuple[int | None, int]:
 
 @dataclass(frozen=True, slots=True)
 class Segments:
-    """A query's events on the storage engine: Parquet files and the hot rows."""
+    """A query's events: on SQLite the storage engine's Parquet files and hot rows, on
+    PostgreSQL no file and the range's rows in the hot rows' columns."""
 
     paths: list[str]
     hot: pa.Table
 
 
+#: what ``run_within`` answers over: a storage's rows, or events in memory
 Source = list[InsightEvent] | Segments
 
 
@@ -122,7 +123,7 @@ async def _load(
     *,
     payload: bool = True,
     max_events: int = MAX_EVENTS,
-) -> Source:
+) -> Segments:
     if isinstance(storage, SQLiteStorage):
         paths, hot = await asyncio.to_thread(
             storage.insight_source, project, since, until, payload=payload
@@ -130,25 +131,13 @@ async def _load(
         return Segments(paths, hot)
     from innkt_analytics.server.storage._postgres import PostgresStorage  # loaded with it
 
-    if isinstance(storage, PostgresStorage):
-        # the range's rows as one Arrow table, read by the engine as hot rows are
-        rows = await storage.insight_rows(
-            project, since, until, payload=payload, limit=max_events + 1
-        )
-        if rows.num_rows > max_events:
-            raise ApiError(422, "query_too_large", f"the range holds more than {max_events} events")
-        return Segments([], rows)
-    events: list[InsightEvent] = []
-    cursor: int | None = None
-    flt = EventFilter(since=since, until=until)
-    while True:
-        page = await storage.query_events(project, flt, cursor, _PAGE)
-        events.extend(InsightEvent.from_row(project, row) for row in page.rows)
-        if len(events) > MAX_EVENTS:
-            raise ApiError(422, "query_too_large", f"the range holds more than {MAX_EVENTS} events")
-        if page.next_cursor is None:
-            return events
-        cursor = page.next_cursor
+    if not isinstance(storage, PostgresStorage):  # make_storage makes no other
+        raise TypeError(f"no insights over {type(storage).__name__}")
+    # the range's rows as one Arrow table, read by the engine as hot rows are
+    rows = await storage.insight_rows(project, since, until, payload=payload, limit=max_events + 1)
+    if rows.num_rows > max_events:
+        raise ApiError(422, "query_too_large", f"the range holds more than {max_events} events")
+    return Segments([], rows)
 
 
 def _answer(
