@@ -43,7 +43,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from query import DAY_MS, load, timed  # bench/query.py
+from query import DAY_MS, load, pg_parquet, timed  # bench/query.py
 from tests._server import ServerProcess
 
 from innkt_analytics.server.storage import SQLiteStorage
@@ -79,29 +79,16 @@ class Refused(Exception):
 
 
 def parquet_copy_pg(url: str, path: Path) -> int:
-    """``parquet_copy`` for a PostgreSQL database: PostgreSQL's COPY of the same four
-    columns as CSV, which DuckDB sorts by time into zstd Parquet; the row count."""
-    import psycopg  # PostgreSQL runs only
-
-    csv = path.with_suffix(".csv")
-    cols = (
+    """``parquet_copy`` for a PostgreSQL database: the same four columns, sorted by
+    time; the row count."""
+    return pg_parquet(
+        url,
+        path,
         "event_type, coalesce(user_id, anonymous_id), corrected,"
-        " convert_from(payload, 'UTF8')::jsonb -> 'properties' ->> 'path'"
+        " convert_from(payload, 'UTF8')::jsonb -> 'properties' ->> 'path'",
+        "{'event_type': 'VARCHAR', 'actor': 'VARCHAR', 'ts': 'BIGINT', 'path': 'VARCHAR'}",
+        "ts",
     )
-    with psycopg.connect(url) as conn, open(csv, "wb") as out:
-        query = f"COPY (SELECT {cols} FROM events WHERE project = 'default') TO STDOUT (FORMAT csv)"
-        with conn.cursor().copy(query) as copy:
-            for chunk in copy:
-                out.write(chunk)
-    schema = "{'event_type': 'VARCHAR', 'actor': 'VARCHAR', 'ts': 'BIGINT', 'path': 'VARCHAR'}"
-    con = duckdb.connect()
-    con.execute(
-        f"COPY (SELECT * FROM read_csv('{csv}', header = false, columns = {schema})"
-        f" ORDER BY ts) TO '{path}' (FORMAT parquet, COMPRESSION zstd)"
-    )
-    csv.unlink()
-    [(n,)] = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()
-    return int(n)
 
 
 def duck_trends(con: duckdb.DuckDBPyConnection, src: str, start: int, end: int) -> Any:

@@ -91,27 +91,35 @@ def parquet_copy(db: str, path: Path) -> int:
 
 
 def parquet_copy_pg(url: str, path: Path) -> int:
-    """``parquet_copy`` for a PostgreSQL database: PostgreSQL's COPY of the 5 columns
-    as CSV, which DuckDB sorts by time into zstd Parquet; the row count."""
+    """``parquet_copy`` for a PostgreSQL database: the 5 columns; the row count."""
+    return pg_parquet(
+        url,
+        path,
+        "event_id, event_type, user_id, session_id, corrected",
+        "{'event_id': 'VARCHAR', 'event_type': 'VARCHAR', 'user_id': 'VARCHAR',"
+        " 'session_id': 'VARCHAR', 'corrected': 'BIGINT'}",
+        "corrected",
+    )
+
+
+def pg_parquet(url: str, path: Path, select: str, schema: str, order: str) -> int:
+    """PostgreSQL's COPY of ``select`` over project ``default``'s events as CSV, which
+    DuckDB reads with the column ``schema`` (a DuckDB struct literal) and writes
+    sorted by ``order`` as zstd Parquet to ``path``; the row count."""
     import psycopg  # PostgreSQL runs only
 
     csv = path.with_suffix(".csv")
     with psycopg.connect(url) as conn, open(csv, "wb") as out:
-        cur = conn.cursor()
-        columns = "event_id, event_type, user_id, session_id, corrected"
-        with cur.copy(
-            f"COPY (SELECT {columns} FROM events WHERE project = 'default') TO STDOUT (FORMAT csv)"
-        ) as copy:
+        query = (
+            f"COPY (SELECT {select} FROM events WHERE project = 'default') TO STDOUT (FORMAT csv)"
+        )
+        with conn.cursor().copy(query) as copy:
             for chunk in copy:
                 out.write(chunk)
-    schema = (
-        "{'event_id': 'VARCHAR', 'event_type': 'VARCHAR', 'user_id': 'VARCHAR',"
-        " 'session_id': 'VARCHAR', 'corrected': 'BIGINT'}"
-    )
     con = duckdb.connect()
     con.execute(
         f"COPY (SELECT * FROM read_csv('{csv}', header = false, columns = {schema})"
-        f" ORDER BY corrected) TO '{path}' (FORMAT parquet, COMPRESSION zstd)"
+        f" ORDER BY {order}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)"
     )
     csv.unlink()
     row = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()
