@@ -84,9 +84,8 @@ def parquet_copy_pg(url: str, path: Path) -> int:
     return pg_parquet(
         url,
         path,
-        "event_type, coalesce(user_id, anonymous_id), corrected,"
-        " convert_from(payload, 'UTF8')::jsonb -> 'properties' ->> 'path'",
-        "{'event_type': 'VARCHAR', 'actor': 'VARCHAR', 'ts': 'BIGINT', 'path': 'VARCHAR'}",
+        "event_type, coalesce(user_id, anonymous_id) AS actor, corrected AS ts,"
+        " json_extract_string(payload, '$.properties.path') AS path",
         "ts",
     )
 

@@ -93,36 +93,37 @@ def parquet_copy(db: str, path: Path) -> int:
 def parquet_copy_pg(url: str, path: Path) -> int:
     """``parquet_copy`` for a PostgreSQL database: the 5 columns; the row count."""
     return pg_parquet(
-        url,
-        path,
-        "event_id, event_type, user_id, session_id, corrected",
-        "{'event_id': 'VARCHAR', 'event_type': 'VARCHAR', 'user_id': 'VARCHAR',"
-        " 'session_id': 'VARCHAR', 'corrected': 'BIGINT'}",
-        "corrected",
+        url, path, "event_id, event_type, user_id, session_id, corrected", "corrected"
     )
 
 
-def pg_parquet(url: str, path: Path, select: str, schema: str, order: str) -> int:
-    """PostgreSQL's COPY of ``select`` over project ``default``'s events as CSV, which
-    DuckDB reads with the column ``schema`` (a DuckDB struct literal) and writes
-    sorted by ``order`` as zstd Parquet to ``path``; the row count."""
-    import psycopg  # PostgreSQL runs only
+def pg_parquet(url: str, path: Path, select: str, order: str) -> int:
+    """DuckDB's ``select`` (SQL over the storage engine's columns) of project
+    ``default``'s events in PostgreSQL (its segments and hot rows, one snapshot),
+    written sorted by ``order`` as zstd Parquet to ``path``; the row count."""
+    import asyncio
 
-    csv = path.with_suffix(".csv")
-    with psycopg.connect(url) as conn, open(csv, "wb") as out:
-        query = (
-            f"COPY (SELECT {select} FROM events WHERE project = 'default') TO STDOUT (FORMAT csv)"
-        )
-        with conn.cursor().copy(query) as copy:
-            for chunk in copy:
-                out.write(chunk)
-    con = duckdb.connect()
-    con.execute(
-        f"COPY (SELECT * FROM read_csv('{csv}', header = false, columns = {schema})"
-        f" ORDER BY {order}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)"
-    )
-    csv.unlink()
-    row = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()
+    from innkt_analytics.server.storage import EventFilter
+    from innkt_analytics.server.storage._pg_engine import PgEngineSettings
+    from innkt_analytics.server.storage._postgres import PostgresStorage
+    from innkt_analytics.server.storage._segments import HOT_COLUMNS
+
+    async def copy() -> None:
+        storage = PostgresStorage(url, engine=PgEngineSettings(interval=None))
+        await storage.open()
+        try:
+            snap = await storage.snapshot("default", EventFilter(), HOT_COLUMNS)
+            con = duckdb.connect()
+            con.register("hot", snap.hot)
+            con.execute(
+                f"COPY (SELECT {select} FROM ({snap.source(HOT_COLUMNS)}) ORDER BY {order})"
+                f" TO '{path}' (FORMAT parquet, COMPRESSION zstd)"
+            )
+        finally:
+            await storage.close()
+
+    asyncio.run(copy())
+    row = duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()
     return int(row[0]) if row else 0
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from innkt_analytics.server._settings import ServerSettings, storage_for
 from innkt_analytics.server.storage import EventFilter, StorageStatus, make_storage
+from innkt_analytics.server.storage._pg_engine import PgEngineSettings
 from innkt_analytics.server.storage._pg_partitions import retire
 from innkt_analytics.server.storage._pg_schema import (
     KEY_COLUMNS_DDL,
@@ -134,7 +135,7 @@ def test_rows_outside_the_window_move_into_their_month_when_it_gets_a_partition(
     narrow = PartitionWindow(past_months=1, future_months=1)
     old = month_ago(6) + 3 * DAY
     run(
-        PostgresStorage(pg_database, window=narrow),
+        PostgresStorage(pg_database, window=narrow, engine=PgEngineSettings(interval=None)),
         lambda s: s.insert_events("p", [row("a", corrected=old)]),
     )
     assert sql(pg_database, "SELECT event_id FROM events_default") == [("a",)]
@@ -144,7 +145,9 @@ def test_rows_outside_the_window_move_into_their_month_when_it_gets_a_partition(
         assert await s.insert_events("p", [row("b", corrected=old + DAY)]) == {"b"}
         return await all_ids(s, "p")
 
-    assert run(PostgresStorage(pg_database), later) == ["a", "b"]
+    # no compaction meanwhile: the rows are to be found in their partition
+    hot = PostgresStorage(pg_database, engine=PgEngineSettings(interval=None))
+    assert run(hot, later) == ["a", "b"]
     name = partition_name(month_ago(6))
     assert name in attached(pg_database)
     assert sql(pg_database, "SELECT count(*) FROM events_default") == [(0,)]
@@ -198,24 +201,30 @@ def test_deleting_a_user_forgets_both_kinds_of_ids(pg_database: str) -> None:
     assert run(PostgresStorage(pg_database), body) == (2, {UUID_A, "t1"}, [UUID_B, UUID_A, "t1"])
 
 
-def test_a_version_2_database_is_migrated_in_place(pg_database: str) -> None:
-    # The schema as the previous release left it, with one event of each kind of id.
-    for version in (1, 2):
-        for statement in MIGRATIONS[version]:
-            sql(pg_database, statement)
+def old_database(url: str, version: int, event_ids: list[str]) -> None:
+    """The schema as release ``version`` left it, with events of ``event_ids`` (in
+    ``event_ids``: as versions before 3 stored every id) in a partition."""
+    for v in range(1, version + 1):
+        for statement in MIGRATIONS[v]:
+            sql(url, statement)
     for statement in KEY_COLUMNS_DDL:
-        sql(pg_database, statement)
-    sql(pg_database, "CREATE TABLE innkt_schema (version integer NOT NULL)")
-    sql(pg_database, "INSERT INTO innkt_schema VALUES (2)")
-    sql(pg_database, "CREATE TABLE events_old PARTITION OF events FOR VALUES FROM (0) TO (1)")
-    for event_id in (UUID_A, "t1"):
+        sql(url, statement)
+    sql(url, "CREATE TABLE innkt_schema (version integer NOT NULL)")
+    sql(url, "INSERT INTO innkt_schema VALUES (%s)", (version,))
+    sql(url, "CREATE TABLE events_old PARTITION OF events FOR VALUES FROM (0) TO (1)")
+    for event_id in event_ids:
         sql(
-            pg_database,
+            url,
             "INSERT INTO events (project, event_id, event_type, ts, received_at, corrected,"
             " payload) VALUES ('p', %s, 'page', 0, 0, 0, '{}')",
             (event_id,),
         )
-        sql(pg_database, "INSERT INTO event_ids VALUES ('p', %s)", (event_id,))
+        sql(url, "INSERT INTO event_ids VALUES ('p', %s)", (event_id,))
+
+
+def test_a_version_2_database_is_migrated_in_place(pg_database: str) -> None:
+    # The schema as the previous release left it, with one event of each kind of id.
+    old_database(pg_database, 2, [UUID_A, "t1"])
 
     async def body(s: PostgresStorage) -> set[str]:
         return await s.insert_events("p", [row(UUID_A), row("t1"), row(UUID_B)])
@@ -434,12 +443,19 @@ def test_pool_size_and_insert_concurrency_come_from_the_settings(pg_database: st
             ServerSettings.from_env({name: "0"})
 
 
-def test_insight_rows_are_the_stored_rows_whatever_their_text(pg_database: str) -> None:
-    """The insights' Arrow table of a range (one COPY as CSV, parsed by pyarrow) holds
-    exactly what ``query_events`` returns: NULL apart from empty strings, commas,
-    quotes, new lines and other text in ids and the JSON, booleans, the range's
-    bounds, and at most ``limit`` rows."""
+def test_hot_and_compacted_rows_are_the_stored_rows_whatever_their_text(
+    pg_database: str,
+) -> None:
+    """The engine's Arrow copy of the hot rows (one COPY as CSV, parsed by pyarrow) and,
+    after compaction, its segments hold exactly what the events table held: NULL
+    apart from empty strings, commas, quotes, new lines and other text in ids and the
+    JSON, booleans, the range's bounds, and at most ``hot_limit`` rows."""
     import json
+
+    import duckdb
+
+    from innkt_analytics.server.storage._pg_engine import PgEngineSettings
+    from innkt_analytics.server.storage._segments import HOT_COLUMNS
 
     texts = ["", "a,b", 'say "hi"', "two\nlines", "é ☃ 𝄞", "  ", "NULL", "\\N", "t"]
     rows = []
@@ -459,34 +475,47 @@ def test_insight_rows_are_the_stored_rows_whatever_their_text(pg_database: str) 
             )
         )
     rows.append(row("late", corrected=NOW - 10 * DAY))
+    columns = ", ".join(
+        "convert_from(payload, 'UTF8')" if c == "payload" else c for c in HOT_COLUMNS
+    )
+    recent = EventFilter(since=NOW - DAY)
+
+    def stored() -> list[tuple[Any, ...]]:
+        return sorted(
+            sql(
+                pg_database,
+                f"SELECT {columns} FROM events WHERE project = 'p' AND corrected >= %s",
+                (NOW - DAY,),
+            ),
+            key=lambda r: r[2],
+        )
 
     async def body(s: PostgresStorage) -> None:
         await s.insert_events("p", rows)
         await s.insert_events("q", [row("other")])
-        page = await s.query_events("p", EventFilter(since=NOW - DAY), None, 100)
-        table = await s.insight_rows("p", NOW - DAY, None, payload=True, limit=100)
-        got = sorted(table.to_pylist(), key=lambda r: r["event_id"])
-        want = sorted(page.rows, key=lambda r: r.event_id)
-        assert [r["event_id"] for r in got] == [r.event_id for r in want]
-        for g, w in zip(got, want, strict=True):
-            assert g["project"] == "p"
-            assert (g["event_type"], g["session_id"], g["user_id"], g["anonymous_id"]) == (
-                w.event_type,
-                w.session_id,
-                w.user_id,
-                w.anonymous_id,
-            )
-            assert (g["ts"], g["sent_at"], g["corrected"], g["future"]) == (
-                w.timestamp,
-                w.sent_at,
-                w.corrected,
-                w.future,
-            )
-            assert g["payload"] == w.payload.decode()
-        bare = await s.insight_rows("p", None, None, payload=False, limit=100)
-        assert "payload" not in bare.column_names
+        want = stored()
+        assert len(want) == len(texts)
+        hot = (await s.snapshot("p", recent, HOT_COLUMNS)).hot
+        assert sorted(tuple(r.values()) for r in hot.to_pylist()) == sorted(want)
+        bare = (await s.snapshot("p", EventFilter(), ("event_id", "corrected"))).hot
+        assert bare.column_names == ["event_id", "corrected"]
         assert bare.num_rows == len(rows)
-        assert (await s.insight_rows("p", None, None, payload=False, limit=3)).num_rows == 3
-        assert (await s.insight_rows("none", None, None, payload=True, limit=3)).num_rows == 0
+        assert (await s.snapshot("p", EventFilter(), HOT_COLUMNS, hot_limit=3)).hot.num_rows == 3
+        assert (await s.snapshot("none", EventFilter(), HOT_COLUMNS)).hot.num_rows == 0
 
-    run(PostgresStorage(pg_database), body)
+        await s.compact_now()
+        assert sql(pg_database, "SELECT count(*) FROM events") == [(0,)]
+        snap = await s.snapshot("p", recent, HOT_COLUMNS)
+        assert snap.hot.num_rows == 0
+        assert snap.segments
+        files = [seg.path for seg in snap.segments]
+        cold = duckdb.sql(
+            f"SELECT {', '.join(HOT_COLUMNS)} FROM read_parquet({files!r})"
+            f" WHERE project = 'p' AND corrected >= {NOW - DAY}"
+        ).fetchall()
+        assert sorted(cold) == want
+
+    run(
+        PostgresStorage(pg_database, engine=PgEngineSettings(interval=None)),
+        body,
+    )

@@ -8,6 +8,7 @@ like the others.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +30,8 @@ from innkt_analytics.server.storage import (
     make_storage,
 )
 from innkt_analytics.server.storage._engine import EngineSettings
+from innkt_analytics.server.storage._pg_engine import PgEngineSettings
+from innkt_analytics.server.storage._postgres import PostgresStorage
 from innkt_analytics.server.storage._sqlite import SQLiteStorage
 from innkt_analytics.shared._exceptions import StorageError
 from innkt_analytics.shared._protocol import ClientConfig
@@ -51,21 +54,41 @@ class ColdSQLite(SQLiteStorage):
         return stored
 
 
+class ColdPostgres(PostgresStorage):
+    """PostgreSQL's engine compacting after every write, merging two segments at a
+    time: every event a test reads back comes from segments kept in PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, engine=PgEngineSettings(fanin=2, cache_grace=0, interval=None))
+
+    async def insert_events(self, project: str, rows: Sequence[EventRow]) -> set[str]:
+        stored = await super().insert_events(project, rows)
+        await self.compact_now()
+        return stored
+
+
 @pytest.fixture(
-    params=["sqlite", "sqlite-cold", pytest.param("postgres", marks=pytest.mark.postgres)]
+    params=[
+        "sqlite",
+        "sqlite-cold",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-cold", marks=pytest.mark.postgres),
+    ]
 )
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database per backend; ``cold:`` marks the compacting SQLite engine."""
+    """A fresh database per backend; ``cold:`` marks the compacting engines."""
     if request.param == "sqlite":
         return str(tmp_path / "storage.db")
     if request.param == "sqlite-cold":
         return "cold:" + str(tmp_path / "storage.db")
     url: str = request.getfixturevalue("pg_database")
-    return url
+    return "cold:" + url if request.param == "postgres-cold" else url
 
 
 def open_storage(url: str) -> Storage:
     """The (unopened) storage for a ``storage_url``."""
+    if url.startswith("cold:postgresql"):
+        return ColdPostgres(url[5:])
     return ColdSQLite(url[5:]) if url.startswith("cold:") else make_storage(url)
 
 
@@ -106,7 +129,8 @@ def row(
         received_at=corrected + 5,
         corrected=corrected,
         future=future,
-        payload=payload or b'{"eventId":"%s"}' % event_id.encode(),
+        # the server stores JSON it encoded itself: a NUL is escaped, never raw
+        payload=payload or json.dumps({"eventId": event_id}, separators=(",", ":")).encode(),
     )
 
 

@@ -165,7 +165,7 @@ async def export_stream(
     """The export's bytes in ``fmt`` (ndjson or csv, with its header), chunk by chunk."""
     if fmt == "csv":
         yield render_csv([], header=True)
-    if not isinstance(storage, SQLiteStorage):
+    if not _columnar(storage):
         async for rows in iter_rows(storage, project, flt):
             yield render_ndjson(rows) if fmt == "ndjson" else render_csv(rows)
             if progress is not None:
@@ -175,10 +175,36 @@ async def export_stream(
         select, render = _NDJSON_SELECT, _ndjson_batch
     else:
         select, render = f"{_PARSED}, {_CSV_LINE}", _csv_batch
-    async for batch in _threaded(storage.scan(project, flt, select)):
+    async for batch in _scan(storage, project, flt, select):
         yield render(batch)
         if progress is not None:
             progress(batch.num_rows)
+
+
+def _columnar(storage: Storage) -> bool:
+    """Whether ``storage`` reads through the storage engine's segments (``_scan``)."""
+    return isinstance(storage, SQLiteStorage) or storage.backend == "postgresql"
+
+
+async def _scan(
+    storage: Storage, project: str, flt: EventFilter, select: str
+) -> AsyncIterator[pa.RecordBatch]:
+    """``SELECT {select}`` over the matching events of one snapshot, as record
+    batches computed on a thread of their own."""
+    if isinstance(storage, SQLiteStorage):
+        blocking = storage.scan(project, flt, select)
+    else:
+        from innkt_analytics.server.storage._columnar import scan_snapshot
+        from innkt_analytics.server.storage._pg_engine import clean_filter
+        from innkt_analytics.server.storage._pg_ingest import clean_text
+        from innkt_analytics.server.storage._postgres import PostgresStorage
+        from innkt_analytics.server.storage._segments import HOT_COLUMNS
+
+        assert isinstance(storage, PostgresStorage)
+        snap = await storage.snapshot(project, flt, HOT_COLUMNS)
+        blocking = scan_snapshot(snap, clean_text(project), clean_filter(flt), select)
+    async for batch in _threaded(blocking):
+        yield batch
 
 
 async def _threaded(blocking: Iterator[T]) -> AsyncIterator[T]:
@@ -274,10 +300,10 @@ async def write_parquet(
 
     schema = pa.schema([(c, pa.bool_() if c == "future" else pa.string()) for c in CSV_COLUMNS])
     total = 0
-    if isinstance(storage, SQLiteStorage):
+    if _columnar(storage):
         select = _csv_select(lambda c: "future" if c == "future" else _csv_cell_sql(c))
         with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-            async for batch in _threaded(storage.scan(project, flt, select)):
+            async for batch in _scan(storage, project, flt, select):
                 writer.write_batch(batch.select(CSV_COLUMNS).cast(schema))
                 total += batch.num_rows
                 if progress is not None:

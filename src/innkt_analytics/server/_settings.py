@@ -79,6 +79,9 @@ class ServerSettings:
     #: transactions it runs at once (concurrent batches beyond that are merged)
     pg_pool_size: int = 10
     pg_insert_concurrency: int = 4
+    #: PostgreSQL: the directory where this instance caches the storage engine's
+    #: segment files (kept across restarts); empty: a temporary one, removed at exit
+    pg_segment_cache: str = ""
     #: seconds ``serve`` keeps trying to reach PostgreSQL when it starts first (0 gives
     #: up at once); SQLite errors are never retried
     storage_startup_wait: float = 30.0
@@ -89,8 +92,9 @@ class ServerSettings:
     insights_cache_size: int = 256
     insights_cache_ttl: float = 300.0
     insights_cache_ttl_postgres: float = 10.0
-    #: on PostgreSQL, the events one insights query may load into memory (past them
-    #: 422 query_too_large; ~100 B each, ~450 B with the JSON a property query reads)
+    #: on PostgreSQL, the hot events (not yet compacted into segments) one insights
+    #: query may copy into memory (past them 422 query_too_large; ~100 B each, ~450 B
+    #: with the JSON a property query reads)
     insights_max_events: int = 1_000_000
     #: TLS: a PEM certificate chain and its private key; with both, ``serve`` speaks
     #: only HTTPS and WSS (TLS 1.2 or newer)
@@ -250,4 +254,5 @@ def storage_for(settings: ServerSettings) -> Storage:
         settings.db,
         pool_size=settings.pg_pool_size,
         insert_concurrency=settings.pg_insert_concurrency,
+        segment_cache=settings.pg_segment_cache or None,
     )

@@ -37,11 +37,17 @@ __all__ = [
 ]
 
 
-def make_storage(url: str, *, pool_size: int = 10, insert_concurrency: int = 4) -> Storage:
+def make_storage(
+    url: str,
+    *,
+    pool_size: int = 10,
+    insert_concurrency: int = 4,
+    segment_cache: str | None = None,
+) -> Storage:
     """Build (not open) the storage for ``url``: a path, ``sqlite:///path`` or ``postgresql://``.
 
-    ``pool_size`` and ``insert_concurrency`` apply to PostgreSQL (see
-    ``PostgresStorage``). Raises ``ConfigError`` for an unknown scheme.
+    ``pool_size``, ``insert_concurrency`` and ``segment_cache`` apply to PostgreSQL
+    (see ``PostgresStorage``). Raises ``ConfigError`` for an unknown scheme.
     """
     db = parse_db_url(url)
     if db.sqlite_path is not None:
@@ -50,4 +56,9 @@ def make_storage(url: str, *, pool_size: int = 10, insert_concurrency: int = 4) 
         from innkt_analytics.server.storage._postgres import PostgresStorage
     except ImportError as exc:  # the optional dependency is missing
         raise ConfigError("db", f"PostgreSQL support needs asyncpg: {exc}") from exc
-    return PostgresStorage(url, pool_size=pool_size, insert_concurrency=insert_concurrency)
+    return PostgresStorage(
+        url,
+        pool_size=pool_size,
+        insert_concurrency=insert_concurrency,
+        segment_cache=segment_cache,
+    )

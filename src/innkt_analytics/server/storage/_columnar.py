@@ -28,8 +28,10 @@ __all__ = [
     "MERGED_ACTORS",
     "Reader",
     "Snapshot",
+    "page_merged",
     "parquet_list",
     "person_table",
+    "scan_snapshot",
     "where",
 ]
 
@@ -132,8 +134,8 @@ def _quote(text: str) -> str:
 class Reader:
     """Snapshots and DuckDB queries; one DuckDB connection per thread."""
 
-    def __init__(self, db_path: str) -> None:
-        self.dir = db_path + ".segments"
+    def __init__(self, db_path: str | None = None, *, directory: str | None = None) -> None:
+        self.dir = directory if directory is not None else f"{db_path}.segments"
         self._local = threading.local()
 
     def duck(self) -> duckdb.DuckDBPyConnection:
@@ -242,19 +244,51 @@ class Reader:
     ) -> Iterator[pa.RecordBatch]:
         """``SELECT {select}`` over the matching events of one snapshot, in seq order,
         streamed in record batches (memory stays at a batch, whatever the total)."""
-        import duckdb
-
         snap = self.snapshot(conn, project, flt, _segments.HOT_COLUMNS)
-        cond, params = where(project, flt)
-        con = duckdb.connect(config={"threads": 2})
-        try:
-            con.register("hot", snap.hot)
-            sources = [f"read_parquet({_quote(s.path)})" for s in snap.segments] + ["hot"]
-            for source in sources:  # one at a time: each scan keeps its file's order
-                relation = con.sql(f"SELECT {select} FROM {source} WHERE {cond}", params=params)
-                yield from relation.to_arrow_reader(rows)
-        finally:
-            con.close()
+        yield from scan_snapshot(snap, project, flt, select, rows)
+
+
+def scan_snapshot(
+    snap: Snapshot, project: str, flt: EventFilter, select: str, rows: int = 32_768
+) -> Iterator[pa.RecordBatch]:
+    """``SELECT {select}`` over the matching events of ``snap`` (taken with every
+    column of ``_segments.HOT_COLUMNS``), a segment at a time in the list's order and
+    the hot rows last, each in seq order, as record batches."""
+    import duckdb
+
+    cond, params = where(project, flt)
+    con = duckdb.connect(config={"threads": 2})
+    try:
+        con.register("hot", snap.hot)
+        sources = [f"read_parquet({_quote(s.path)})" for s in snap.segments] + ["hot"]
+        for source in sources:  # one at a time: each scan keeps its file's order
+            relation = con.sql(f"SELECT {select} FROM {source} WHERE {cond}", params=params)
+            yield from relation.to_arrow_reader(rows)
+    finally:
+        con.close()
+
+
+def page_merged(
+    reader: Reader,
+    snap: Snapshot,
+    project: str,
+    flt: EventFilter,
+    cursor: int | None,
+    limit: int,
+) -> list[EventRow]:
+    """Up to ``limit`` matching rows of ``snap`` (taken with every column of
+    ``_segments.HOT_COLUMNS``) with ``seq > cursor``, in seq order,
+    when segments and hot rows may interleave in seq (PostgreSQL's: a transaction
+    commits its seqs after others' later ones)."""
+    cond, params = where(project, flt)
+    if cursor is not None:
+        cond += " AND seq > ?"
+        params.append(cursor)
+    sql = (
+        f"SELECT {', '.join(ROW_COLUMNS)} FROM ({snap.source(_segments.HOT_COLUMNS)})"
+        f" WHERE {cond} ORDER BY seq LIMIT {int(limit)}"
+    )
+    return [_row(r) for r in reader.query(snap, sql, params)]
 
 
 def _row(r: Sequence[Any]) -> EventRow:

@@ -405,56 +405,26 @@ class Compactor:
         """Rewrite the segments holding events of ``project`` (None: every project)
         whose user or anonymous id is one of ``ids``, or whose corrected time is before
         ``before``; returns how many rows went. Call under ``locked()``."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         deleted = 0
-        conn = self.conn()
-        segments = conn.execute(
-            "SELECT id, file, rows, tier, min_corrected, max_corrected FROM segments"
-            " ORDER BY min_seq"
-        ).fetchall()
-        id_set = pa.array(ids or [], pa.string())
-
-        def doomed(t: pa.Table) -> Any:
-            mask = pa.array([True] * t.num_rows, pa.bool_())
-            if project is not None:
-                mask = pc.equal(t["project"], project)
-            if ids is not None:
-                who = pc.or_kleene(
-                    pc.is_in(t["user_id"], id_set), pc.is_in(t["anonymous_id"], id_set)
-                )
-                mask = pc.and_kleene(mask, pc.fill_null(who, False))
-            if before is not None:
-                mask = pc.and_kleene(mask, pc.less(t["corrected"], before))
-            return pc.fill_null(mask, False)
-
-        import pyarrow.parquet as pq
-
+        segments = (
+            self.conn()
+            .execute(
+                "SELECT id, file, rows, tier, min_corrected, max_corrected FROM segments"
+                " ORDER BY min_seq"
+            )
+            .fetchall()
+        )
         forgotten: list[tuple[str, str]] = []
         for seg_id, name, rows, tier, min_cor, _ in segments:
             if before is not None and min_cor >= before:
                 continue
-            probe = pq.read_table(
-                self._path(name),
-                columns=["project", "event_id", "user_id", "anonymous_id", "corrected"],
+            new_name = f"seg-d{tier}-{secrets.token_hex(6)}.parquet"
+            gone, keys, meta = _segments.drop_matching(
+                self.dir, name, new_name, tier, rows, project, ids, before
             )
-            mask = doomed(probe)
-            gone = pc.sum(mask).as_py() or 0
             if gone == 0:
                 continue
-            hit = probe.filter(mask)
-            forgotten += zip(hit["project"].to_pylist(), hit["event_id"].to_pylist(), strict=True)
-            new_name = f"seg-d{tier}-{secrets.token_hex(6)}.parquet"
-            meta = None
-            if gone < rows:
-                meta = _segments.rewrite(
-                    self.dir,
-                    new_name,
-                    [self._path(name)],
-                    tier,
-                    keep=lambda t: pc.invert(doomed(t)),
-                )
+            forgotten += keys
             self._swap("segments", [seg_id], meta, new_name if meta else None)
             deleted += gone
         if forgotten:

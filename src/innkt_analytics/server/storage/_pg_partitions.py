@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from innkt_analytics.server.storage._pg_ingest import FORGET_IDS
-from innkt_analytics.server.storage._pg_schema import month_bounds, partition_name
+from innkt_analytics.server.storage._pg_schema import SEGMENT_LOCK, month_bounds, partition_name
 
 __all__ = [
     "PARTITION_LOCK",
@@ -37,6 +37,15 @@ __all__ = [
 PARTITION_LOCK: Final = 0x494E4B54_0002
 
 
+async def _lock(conn: Any, *, segments: bool = True) -> None:
+    """Partition DDL's locks, in this order everywhere: the storage engine's segment
+    lock (no compaction reads or deletes the rows meanwhile), when the DDL moves or
+    drops rows, then the partition lock."""
+    if segments:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", SEGMENT_LOCK)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+
+
 async def load_partitions(conn: Any) -> set[int]:
     """Month starts (epoch ms) of the partitions attached to ``events``."""
     rows = await conn.fetch(
@@ -50,8 +59,15 @@ async def load_partitions(conn: Any) -> set[int]:
 
 async def create_partitions(conn: Any, starts: Iterable[int]) -> set[int]:
     """Create the missing months among ``starts``; returns every attached month."""
+    starts = list(starts)
+    missing = [m for m in starts if m not in await load_partitions(conn)]
+    moving = False
+    for start in missing:
+        moving = moving or await _stranded(conn, start)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+        # rows to move out of the default partition: no compaction may be reading
+        # and deleting them meanwhile (a deadlock), so the segment lock first
+        await _lock(conn, segments=moving)
         existing = await load_partitions(conn)
         for start in starts:
             if start not in existing:
@@ -60,15 +76,22 @@ async def create_partitions(conn: Any, starts: Iterable[int]) -> set[int]:
     return existing
 
 
+async def _stranded(conn: Any, start: int) -> bool:
+    """Whether the default partition holds rows of the month starting at ``start``."""
+    low, high = month_bounds(start)
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM events_default WHERE corrected >= $1 AND corrected < $2)",
+            low,
+            high,
+        )
+    )
+
+
 async def _create_partition(conn: Any, start: int) -> None:
     low, high = month_bounds(start)
     name = partition_name(start)
-    stranded = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM events_default WHERE corrected >= $1 AND corrected < $2)",
-        low,
-        high,
-    )
-    if not stranded:
+    if not await _stranded(conn, start):
         await conn.execute(
             f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ({low}) TO ({high})"
         )
@@ -106,7 +129,7 @@ async def retire(conn: Any, start: int, project: str | None) -> None:
     name = partition_name(start)
     retired = f"events_retired_{name[len('events_') :]}_{time.time_ns()}"
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+        await _lock(conn)
         if start not in await load_partitions(conn):
             return  # another instance got there first
         await conn.execute(f"ALTER TABLE events DETACH PARTITION {name}")
@@ -121,6 +144,7 @@ async def purge_retired(conn: Any) -> int:
     removed = 0
     for table, project in await conn.fetch("SELECT table_name, project FROM innkt_retired"):
         async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SEGMENT_LOCK)
             claimed = await conn.fetchval(
                 "SELECT table_name FROM innkt_retired WHERE table_name = $1 FOR UPDATE SKIP LOCKED",
                 table,

@@ -48,6 +48,7 @@ __all__ = [
     "KEY_COLUMNS_DDL",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "SEGMENT_LOCK",
     "PartitionWindow",
     "month_bounds",
     "month_start",
@@ -56,7 +57,11 @@ __all__ = [
     "partitions_to_create",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
+#: pg_advisory lock key held by whoever changes the storage engine's segment list
+#: (``_pg_engine``), and taken first by partition DDL, which would otherwise
+#: deadlock with a compaction reading and deleting hot rows
+SEGMENT_LOCK: Final = 0x494E4B54_0003
 _DAY_MS: Final = 86_400_000
 
 #: the ids stored as ``uuid`` in ``event_uuids`` (a regular expression both
@@ -167,6 +172,38 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "DROP INDEX events_type_idx",
         "CREATE INDEX events_time_brin ON events USING brin (corrected)"
         " WITH (pages_per_range = 32)",
+    ),
+    # the storage engine's segments (_pg_engine): events leave ``events`` for zstd
+    # Parquet files kept in ``segment_parts``; ``events`` holds only the hot rows,
+    # which the compactor reads by seq, and which need no other index
+    4: (
+        """
+        CREATE TABLE segments (
+            file text COLLATE "C" PRIMARY KEY,
+            rows bigint NOT NULL,
+            bytes bigint NOT NULL,
+            min_seq bigint NOT NULL,
+            max_seq bigint NOT NULL,
+            min_corrected bigint NOT NULL,
+            max_corrected bigint NOT NULL,
+            tier integer NOT NULL,
+            sha256 text NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE segment_parts (
+            file text COLLATE "C" NOT NULL,
+            part integer NOT NULL,
+            data bytea NOT NULL,
+            PRIMARY KEY (file, part)
+        )
+        """,
+        # zstd already: PostgreSQL's own compression would only cost CPU
+        "ALTER TABLE segment_parts ALTER COLUMN data SET STORAGE EXTERNAL",
+        "CREATE INDEX events_hot_seq_idx ON events (seq)",
+        "DROP INDEX events_seq_idx",
+        "DROP INDEX events_session_idx",
+        "DROP INDEX events_user_idx",
     ),
 }
 

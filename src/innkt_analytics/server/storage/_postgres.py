@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import asyncpg
 import msgspec
 
+from innkt_analytics.server.storage import _rollups
 from innkt_analytics.server.storage._base import (
     KEY_COLUMNS,
     AuditEntry,
@@ -39,9 +40,13 @@ from innkt_analytics.server.storage._base import (
     StorageStatus,
     Suppression,
     audit_entry,
-    event_row,
     key_record,
-    person_pairs,
+)
+from innkt_analytics.server.storage._pg_engine import (
+    PgEngine,
+    PgEngineSettings,
+    clean_filter,
+    lock_segments,
 )
 from innkt_analytics.server.storage._pg_ingest import (
     EVENT_COLUMNS,
@@ -73,7 +78,7 @@ from innkt_analytics.shared._exceptions import ConfigError, StorageError, Storag
 from innkt_analytics.shared._protocol import ClientConfig
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    from innkt_analytics.server.storage._columnar import Snapshot
 
 __all__ = ["PostgresStorage"]
 
@@ -89,12 +94,6 @@ _CONFIG_LOCK_SPACE: Final = 0x494E4B54  # two-int form: (space, hashtext(project
 #: above this many (estimated) events, health reports the planner's estimate
 _EXACT_COUNT_LIMIT: Final = 200_000
 
-#: who did an event: the userId, else the anonymousId (``Storage.stats``)
-_ACTOR: Final = "coalesce(user_id, anonymous_id)"
-_SELECT: Final = (
-    "SELECT seq, event_id, event_type, session_id, user_id, anonymous_id,"
-    " ts, sent_at, received_at, corrected, future, payload FROM events"
-)
 
 # Errors after which the same request may succeed on a new connection.
 _CONNECTION_LOST: Final = (
@@ -147,6 +146,8 @@ class PostgresStorage(Storage):
         window: PartitionWindow | None = None,
         maintenance_interval: float = 3600.0,
         insert_concurrency: int = 4,
+        engine: PgEngineSettings | None = None,
+        segment_cache: str | None = None,
     ) -> None:
         if pool_size < 1:
             raise ConfigError("pool_size", "must be >= 1")
@@ -163,6 +164,10 @@ class PostgresStorage(Storage):
         self._known: set[int] = set()  # month starts that have a partition
         self._last_error: StorageError | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._engine_settings = engine or PgEngineSettings()
+        self._segment_cache = segment_cache
+        self._engine: PgEngine | None = None
+        self._compacting: asyncio.Task[None] | None = None
         self.slow_inserts = 0  # groups that held an already stored id (see _pg_ingest)
         # Ingest statements in flight at once; more concurrent batches are merged.
         self._inserter = GroupInserter(
@@ -190,6 +195,7 @@ class PostgresStorage(Storage):
         except (*_DRIVER_ERRORS, ValueError) as exc:
             raise _convert_error(exc) from exc
         self._state = StorageState.OPEN
+        self._engine = PgEngine(self._segment_cache, self._engine_settings)
         try:
             await self._run(self._migrate)
             await self.ensure_partitions_ahead()
@@ -197,6 +203,8 @@ class PostgresStorage(Storage):
             await self.close()
             raise
         self._maintenance = asyncio.create_task(self._maintain())
+        if self._engine_settings.interval is not None:
+            self._compacting = asyncio.create_task(self._compact_loop())
 
     async def close(self) -> None:
         if self._state is StorageState.CLOSED:
@@ -204,15 +212,18 @@ class PostgresStorage(Storage):
         if self._state is StorageState.OPEN:
             await self._inserter.close()  # answer what is in flight first
         self._state = StorageState.CLOSED
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        for task in (self._maintenance, self._compacting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), self._connect_timeout)
             except _DRIVER_ERRORS:  # TimeoutError is among them
                 self._pool.terminate()
+        if self._engine is not None:
+            self._engine.close()
 
     async def _migrate(self, conn: Any) -> None:
         async with conn.transaction():
@@ -243,6 +254,42 @@ class PostgresStorage(Storage):
                 await self.ensure_partitions_ahead()
             except StorageError as exc:
                 log.warning("partition maintenance failed: %s", exc)
+
+    async def _compact_loop(self) -> None:
+        """The storage engine's background steps (``_pg_engine``): compactions and
+        merges when this instance gets the segment lock, cache cleanup always."""
+        engine = self.engine
+        interval = engine.settings.interval or 0.5
+        while True:
+            try:
+                busy = await self._run(lambda conn: engine.step(conn))
+                engine.last_error = None
+            except (StorageError, OSError, ValueError) as exc:
+                # a full disk, say: the hot rows keep the events meanwhile
+                engine.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("storage compaction failed: %s", engine.last_error)
+                busy = False
+                await asyncio.sleep(5.0)
+            engine.sweep()
+            if not busy:
+                await asyncio.sleep(interval)
+
+    @property
+    def engine(self) -> PgEngine:
+        if self._engine is None:
+            raise StorageError(f"storage is {self._state.value}")
+        return self._engine
+
+    async def compact_now(self) -> None:
+        """Compact every hot row and merge until nothing is left to do, waiting for
+        the segment lock (tests, benchmarks); the background loop does this on its own."""
+        engine = self.engine
+
+        async def run(conn: Any) -> None:
+            while await engine.step(conn, force=True, wait=True):
+                pass
+
+        await self._run(run)
 
     async def ensure_partitions_ahead(self) -> None:
         """Create this month's and the next months' partitions if missing.
@@ -325,68 +372,42 @@ class PostgresStorage(Storage):
     async def query_events(
         self, project: str, flt: EventFilter, cursor: int | None, limit: int
     ) -> EventPage:
-        where, params = _where(project, flt)
-        if cursor is not None:
-            params.append(cursor)
-            where += f" AND seq > ${len(params)}"
-        params.append(limit + 1)
-        sql = f"{_SELECT} WHERE {where} ORDER BY project, seq LIMIT ${len(params)}"
+        from innkt_analytics.server.storage._columnar import page_merged
+        from innkt_analytics.server.storage._segments import HOT_COLUMNS
 
-        async def run(conn: Any) -> EventPage:
-            rows = [event_row(r) for r in await conn.fetch(sql, *params)]
-            more = len(rows) > limit
-            rows = rows[:limit]
-            return EventPage(rows=rows, next_cursor=rows[-1].seq if more and rows else None)
-
-        return await self._run(run)
-
-    async def insight_rows(
-        self, project: str, since: int | None, until: int | None, *, payload: bool, limit: int
-    ) -> pa.Table:
-        """Up to ``limit`` of the project's events in ``[since, until)`` as an Arrow
-        table of the storage engine's hot-row columns (``_segments.schema()``; the
-        JSON ``payload`` only when asked for), which the insights engine reads as it
-        reads SQLite's hot rows: one COPY as CSV, parsed by pyarrow, instead of
-        paging rows into Python objects."""
-        import io
-
-        import pyarrow as pa
-        import pyarrow.csv as pcsv
-
-        from innkt_analytics.server.storage._segments import HOT_COLUMNS, schema
-
-        columns = [c for c in HOT_COLUMNS if payload or c != "payload"]
-        select = ", ".join(
-            "convert_from(payload, 'UTF8')" if c == "payload" else c for c in columns
+        engine = self.engine
+        snap = await self._run(
+            lambda conn: engine.snapshot(
+                conn, project, flt, HOT_COLUMNS, after_seq=cursor, hot_limit=limit + 1
+            )
         )
-        where, params = _where(project, EventFilter(since=since, until=until))
-        params.append(limit)
-        sql = f"SELECT {select} FROM events WHERE {where} LIMIT ${len(params)}"
+        rows = await asyncio.to_thread(
+            page_merged,
+            engine.reader,
+            snap,
+            clean_text(project),
+            clean_filter(flt),
+            cursor,
+            limit + 1,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return EventPage(rows=rows, next_cursor=rows[-1].seq if more and rows else None)
 
-        async def run(conn: Any) -> bytes:
-            out = io.BytesIO()
-            await conn.copy_from_query(sql, *params, output=out, format="csv")
-            return out.getvalue()
-
-        data = await self._run(run)
-        full = schema().remove_metadata()
-        wanted = pa.schema([full.field(c) for c in columns])
-        if not data:
-            return wanted.empty_table()
-        return pcsv.read_csv(
-            io.BytesIO(data),
-            read_options=pcsv.ReadOptions(column_names=columns),
-            parse_options=pcsv.ParseOptions(newlines_in_values=True),
-            convert_options=pcsv.ConvertOptions(
-                column_types={c: wanted.field(c).type for c in columns},
-                true_values=["t"],
-                false_values=["f"],
-                # NULL is an empty field (and only that: pyarrow's defaults would
-                # take the text "NULL" or "NaN" for one), an empty string a quoted one
-                null_values=[""],
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
+    async def snapshot(
+        self,
+        project: str,
+        flt: EventFilter,
+        columns: Sequence[str],
+        *,
+        hot_limit: int | None = None,
+    ) -> Snapshot:
+        """One snapshot of the project's matching events: the segment files that may
+        hold some (cached locally) and the matching hot rows of ``columns`` (the first
+        ``hot_limit``), for DuckDB (``_columnar``)."""
+        engine = self.engine
+        return await self._run(
+            lambda conn: engine.snapshot(conn, project, flt, columns, hot_limit=hot_limit)
         )
 
     async def stats(
@@ -398,67 +419,37 @@ class PostgresStorage(Storage):
         persons: Mapping[str, str] | None = None,
         uniques: bool = True,
     ) -> Stats:
-        where, params = _where(project, flt)
-        n = len(params)
-
-        async def run(conn: Any) -> Stats:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                by_type = {
-                    r[0]: int(r[1])
-                    for r in await conn.fetch(
-                        f"SELECT event_type, count(*) FROM events WHERE {where}"
-                        " GROUP BY event_type ORDER BY count(*) DESC",
-                        *params,
-                    )
-                }
-                series = await conn.fetch(
-                    # rounded down, before 1970 too (integer / rounds toward zero)
-                    f"SELECT corrected - mod(mod(corrected, ${n + 1}) + ${n + 1}, ${n + 1})"
-                    " AS bucket, count(*)"
-                    f" FROM events WHERE {where} GROUP BY 1 ORDER BY 1",
-                    *params,
-                    bucket_ms,
-                )
-                sessions = actors = merged = 0
-                if uniques:
-                    sessions = await conn.fetchval(
-                        f"SELECT count(DISTINCT session_id) FROM events WHERE {where}", *params
-                    )
-                    ids, roots = person_pairs(persons or {})
-                    actors, merged = await conn.fetchrow(
-                        f"WITH a AS (SELECT DISTINCT {_ACTOR} AS actor FROM events"
-                        f" WHERE {where} AND {_ACTOR} IS NOT NULL),"
-                        f" m AS (SELECT * FROM unnest(${n + 1}::text[], ${n + 2}::text[])"
-                        " AS m(id, root))"
-                        " SELECT (SELECT count(*) FROM a),"
-                        " (SELECT count(*) - count(DISTINCT m.root)"
-                        "  FROM a JOIN m ON m.id = a.actor)",
-                        *params,
-                        ids,
-                        roots,
-                    )
-            return Stats(
-                total=sum(by_type.values()),
-                by_event_type=by_type,
-                series=[(int(t), int(c)) for t, c in series],
-                unique_sessions=int(sessions),
-                unique_users=int(actors) - int(merged),
-            )
-
-        return await self._run(run)
+        engine = self.engine
+        snap = await self.snapshot(project, flt, _rollups.STATS_COLUMNS)
+        return await asyncio.to_thread(
+            _rollups.snapshot_stats,
+            engine.reader,
+            engine.rollups,
+            snap,
+            clean_text(project),
+            clean_filter(flt),
+            bucket_ms,
+            persons=persons,
+            uniques=uniques,
+        )
 
     async def delete_events_before(self, project: str | None, before: int) -> int:
-        """Retention. Months wholly before ``before`` are dropped as partitions
-        (for one project: those holding only its rows); the rest is deleted row by
-        row. Raises ``StorageError``.
+        """Retention. Hot months wholly before ``before`` are dropped as partitions
+        (for one project: those holding only its rows), the other hot rows deleted
+        row by row; then the segments holding older events are rewritten. Raises
+        ``StorageError``.
         """
+        engine = self.engine
+        project = None if project is None else clean_text(project)
 
         async def run(conn: Any) -> int:
             for start in await expired_partitions(conn, project, before):
                 await retire(conn, start, project)
             deleted = await purge_retired(conn)
             async with conn.transaction():
+                await lock_segments(conn)
                 deleted += await delete_rows_before(conn, project, before)
+                deleted += await engine.delete_matching(conn, project, None, before)
             self._known = await load_partitions(conn)
             return deleted
 
@@ -574,9 +565,11 @@ class PostgresStorage(Storage):
 
     async def delete_user(self, project: str, user_id: str, at: int) -> int:
         project, user_id = clean_text(project), clean_text(user_id)  # as stored
+        engine = self.engine
 
         async def run(conn: Any) -> int:
             async with conn.transaction():
+                await lock_segments(conn)  # no compaction moves their rows meanwhile
                 # the ids go too, as deleting a row frees its unique key in SQLite;
                 # anonymous_id has no index (it would cost every insert): a deletion,
                 # rare, scans the project's rows instead
@@ -587,6 +580,7 @@ class PostgresStorage(Storage):
                     project,
                     user_id,
                 )
+                deleted += await engine.delete_matching(conn, project, [user_id])
                 await conn.execute(
                     "INSERT INTO suppressed_users (project, user_id, deleted_at)"
                     " VALUES ($1, $2, $3) ON CONFLICT (project, user_id)"
@@ -638,6 +632,20 @@ class PostgresStorage(Storage):
 
     # -- health --------------------------------------------------------------------
 
+    async def _engine_health(self, conn: Any) -> dict[str, object]:
+        segments, rows, size = await conn.fetchrow(
+            "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM segments",
+            timeout=self._connect_timeout,
+        )
+        engine = self.engine
+        return {
+            "segments": int(segments),
+            "segmentEvents": int(rows),
+            "segmentBytes": int(size),
+            "compactorRunning": self._compacting is not None and not self._compacting.done(),
+            "compactorError": engine.last_error,
+        }
+
     async def health(self) -> StorageHealth:
         async def run(conn: Any) -> StorageHealth:
             size, estimate, version = await conn.fetchrow(
@@ -661,6 +669,7 @@ class PostgresStorage(Storage):
                 size_bytes=int(size),
                 events=int(events),
                 extra={
+                    **await self._engine_health(conn),
                     "schemaVersion": version,
                     "partitions": len(self._known),
                     "eventsExact": exact,
@@ -686,22 +695,3 @@ class PostgresStorage(Storage):
             result.reason = str(last)
             self._last_error = last
         return result
-
-
-def _where(project: str, flt: EventFilter) -> tuple[str, list[object]]:
-    clauses = ["project = $1"]
-    params: list[object] = [clean_text(project)]
-    for column, op, value in (
-        ("event_type", "=", flt.event_type),
-        ("session_id", "=", flt.session_id),
-        ("user_id", "=", flt.user_id),
-        ("corrected", ">=", flt.since),
-        ("corrected", "<", flt.until),
-    ):
-        if value is not None:
-            params.append(clean_text(value) if isinstance(value, str) else value)
-            clauses.append(f"{column} {op} ${len(params)}")
-    if flt.any_id is not None:
-        params.append(clean_text(flt.any_id))
-        clauses.append(f"(user_id = ${len(params)} OR anonymous_id = ${len(params)})")
-    return " AND ".join(clauses), params

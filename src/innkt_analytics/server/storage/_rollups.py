@@ -26,15 +26,20 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from innkt_analytics.server.storage._base import EventFilter
+from innkt_analytics.server.storage._base import EventFilter, Stats
 from innkt_analytics.server.storage._columnar import (
     DISTINCT_ACTORS,
     DISTINCT_SESSIONS,
+    MERGED_ACTORS,
+    Reader,
+    Snapshot,
     parquet_list,
+    person_table,
+    where,
 )
 
 if TYPE_CHECKING:
@@ -49,12 +54,22 @@ __all__ = [
     "edge_minutes",
     "events_stats_query",
     "floor_div",
+    "snapshot_stats",
     "stats_query",
     "usable",
     "whole_minutes",
 ]
 
 MINUTE_MS: Final = 60_000
+#: the columns a stats query reads
+STATS_COLUMNS: Final = (
+    "project",
+    "event_type",
+    "corrected",
+    "session_id",
+    "user_id",
+    "anonymous_id",
+)
 #: the default memory for rollups: ~140 MB per 10M events of bench/ingest_scale.py
 DEFAULT_BUDGET: Final = 256 << 20
 
@@ -321,4 +336,74 @@ def _answer(total: str, sessions: str, actors: str, merged: str) -> str:
         f"SELECT ({total}), ({sessions}), ({actors}), ({merged}),"
         " (SELECT list(struct_pack(k := event_type, n := n) ORDER BY n DESC) FROM t),"
         " (SELECT list(struct_pack(k := k, n := n) ORDER BY k) FROM b)"
+    )
+
+
+def snapshot_stats(
+    reader: Reader,
+    rollups: Rollups,
+    snap: Snapshot,
+    project: str,
+    flt: EventFilter,
+    bucket_ms: int,
+    *,
+    persons: Mapping[str, str] | None,
+    uniques: bool,
+) -> Stats:
+    """``Storage.stats`` over one snapshot (blocking): from the rollups of its
+    segments when ``usable``, else over every matching event. Both engines (SQLite,
+    and PostgreSQL's segments) answer with this."""
+    tables = {"person_of": person_table(persons)} if uniques and persons else {}
+    merged = MERGED_ACTORS if tables else "0"
+    if usable(bucket_ms, flt):
+        query = _rolled_stats(reader, rollups, snap, project, flt, bucket_ms, uniques, merged)
+    else:
+        cond, params = where(project, flt)
+        source = f"({snap.source(STATS_COLUMNS)}) WHERE {cond}"
+        query = events_stats_query(source, params, bucket_ms, uniques, merged)
+    query.tables.update(tables)
+    [(total, sessions, actors, merged_actors, by_type, series)] = reader.query(
+        snap, query.sql, query.params, query.tables
+    )
+    return Stats(
+        total=int(total),
+        by_event_type={d["k"]: int(d["n"]) for d in by_type or []},
+        series=[(int(d["k"]), int(d["n"])) for d in series or []],
+        unique_sessions=int(sessions),
+        unique_users=int(actors) - int(merged_actors),
+    )
+
+
+def _rolled_stats(
+    reader: Reader,
+    rollups: Rollups,
+    snap: Snapshot,
+    project: str,
+    flt: EventFilter,
+    bucket_ms: int,
+    uniques: bool,
+    merged: str,
+) -> StatsQuery:
+    """Stats from the segments' rollups plus the events they cannot answer: the hot
+    rows, segments left without a rollup, edge minutes."""
+    rollups.forget(snap.listed)
+    found, left = rollups.get(reader.duck(), [s.path for s in snap.segments])
+    cond, params = where(project, flt)
+    cols = "event_type, corrected, session_id, user_id, anonymous_id"
+    raw: list[tuple[str, list[object]]] = [(f"SELECT {cols} FROM hot WHERE {cond}", params)]
+    if left:
+        raw.append((f"SELECT {cols} FROM {parquet_list(left)} WHERE {cond}", params))
+    edges = edge_minutes(flt.since, flt.until)
+    if found and edges:
+        files = parquet_list(list(found))
+        raw.append((f"SELECT {cols} FROM {files} WHERE {cond} AND ({edges})", params))
+    return stats_query(
+        rollups=list(found.values()),
+        raw_parts=raw,
+        project=project,
+        since=flt.since,
+        until=flt.until,
+        bucket_ms=bucket_ms,
+        uniques=uniques,
+        merged_sql=merged,
     )

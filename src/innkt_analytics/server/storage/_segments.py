@@ -50,6 +50,7 @@ __all__ = [
     "ROW_GROUP",
     "SegmentMeta",
     "distinct_columns",
+    "drop_matching",
     "hot_rows",
     "json_member",
     "property_json",
@@ -447,3 +448,51 @@ def rewrite(
         writer.abort()
         raise
     return writer.finish()
+
+
+def drop_matching(
+    directory: str,
+    name: str,
+    new_name: str,
+    tier: int,
+    rows: int,
+    project: str | None,
+    ids: Sequence[str] | None,
+    before: int | None,
+) -> tuple[int, list[tuple[str, str]], SegmentMeta | None]:
+    """Segment ``name`` (of ``rows`` rows) without its events of ``project`` (None:
+    every project) whose user or anonymous id is one of ``ids``, or whose corrected
+    time is before ``before``: ``(rows dropped, their (project, event id)s, the new
+    segment new_name)``. Nothing is written when no row matches; the new segment is
+    None when every row does."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    id_set = pa.array(list(ids or []), pa.string())
+
+    def doomed(t: pa.Table) -> Any:
+        mask = pa.array([True] * t.num_rows, pa.bool_())
+        if project is not None:
+            mask = pc.equal(t["project"], project)
+        if ids is not None:
+            who = pc.or_kleene(pc.is_in(t["user_id"], id_set), pc.is_in(t["anonymous_id"], id_set))
+            mask = pc.and_kleene(mask, pc.fill_null(who, False))
+        if before is not None:
+            mask = pc.and_kleene(mask, pc.less(t["corrected"], before))
+        return pc.fill_null(mask, False)
+
+    path = os.path.join(directory, name)
+    probe = pq.read_table(
+        path, columns=["project", "event_id", "user_id", "anonymous_id", "corrected"]
+    )
+    mask = doomed(probe)
+    gone = pc.sum(mask).as_py() or 0
+    if gone == 0:
+        return 0, [], None
+    hit = probe.filter(mask)
+    keys = list(zip(hit["project"].to_pylist(), hit["event_id"].to_pylist(), strict=True))
+    meta = None
+    if gone < rows:
+        meta = rewrite(directory, new_name, [path], tier, keep=lambda t: pc.invert(doomed(t)))
+    return gone, keys, meta

@@ -50,11 +50,7 @@ from innkt_analytics.server.storage._base import (
     key_record,
 )
 from innkt_analytics.server.storage._columnar import (
-    MERGED_ACTORS,
     Reader,
-    Snapshot,
-    parquet_list,
-    person_table,
     where,
 )
 from innkt_analytics.server.storage._engine import Compactor, EngineSettings, segment_dir, spawn
@@ -72,14 +68,6 @@ __all__ = ["SQLiteStorage"]
 T = TypeVar("T")
 
 _CHUNK: Final = 32766 // _w.NCOLS
-_STATS_COLUMNS: Final = (
-    "project",
-    "event_type",
-    "corrected",
-    "session_id",
-    "user_id",
-    "anonymous_id",
-)
 Statement = tuple[str, tuple[Any, ...]]
 
 
@@ -316,60 +304,19 @@ class SQLiteStorage(Storage):
         uniques: bool = True,
     ) -> Stats:
         def run(conn: sqlite3.Connection) -> Stats:
-            snap = self.columnar.snapshot(conn, project, flt, _STATS_COLUMNS)
-            tables = {"person_of": person_table(persons)} if uniques and persons else {}
-            merged = MERGED_ACTORS if tables else "0"
-            if _rollups.usable(bucket_ms, flt):
-                query = self._rolled_stats(snap, project, flt, bucket_ms, uniques, merged)
-            else:
-                cond, params = where(project, flt)
-                source = f"({snap.source(_STATS_COLUMNS)}) WHERE {cond}"
-                query = _rollups.events_stats_query(source, params, bucket_ms, uniques, merged)
-            query.tables.update(tables)
-            answer = self.columnar.query(snap, query.sql, query.params, query.tables)
-            [(total, sessions, actors, merged_actors, by_type, series)] = answer
-            return Stats(
-                total=int(total),
-                by_event_type={d["k"]: int(d["n"]) for d in by_type or []},
-                series=[(int(d["k"]), int(d["n"])) for d in series or []],
-                unique_sessions=int(sessions),
-                unique_users=int(actors) - int(merged_actors),
+            snap = self.columnar.snapshot(conn, project, flt, _rollups.STATS_COLUMNS)
+            return _rollups.snapshot_stats(
+                self.columnar,
+                self.rollups,
+                snap,
+                project,
+                flt,
+                bucket_ms,
+                persons=persons,
+                uniques=uniques,
             )
 
         return await self._read(run)
-
-    def _rolled_stats(
-        self,
-        snap: Snapshot,
-        project: str,
-        flt: EventFilter,
-        bucket_ms: int,
-        uniques: bool,
-        merged: str,
-    ) -> _rollups.StatsQuery:
-        """Stats from the segments' rollups (``_rollups.py``) plus the events they
-        cannot answer: the hot rows, segments left without a rollup, edge minutes."""
-        self.rollups.forget(snap.listed)
-        found, left = self.rollups.get(self.columnar.duck(), [s.path for s in snap.segments])
-        cond, params = where(project, flt)
-        cols = "event_type, corrected, session_id, user_id, anonymous_id"
-        raw: list[tuple[str, list[object]]] = [(f"SELECT {cols} FROM hot WHERE {cond}", params)]
-        if left:
-            raw.append((f"SELECT {cols} FROM {parquet_list(left)} WHERE {cond}", params))
-        edges = _rollups.edge_minutes(flt.since, flt.until)
-        if found and edges:
-            files = parquet_list(list(found))
-            raw.append((f"SELECT {cols} FROM {files} WHERE {cond} AND ({edges})", params))
-        return _rollups.stats_query(
-            rollups=list(found.values()),
-            raw_parts=raw,
-            project=project,
-            since=flt.since,
-            until=flt.until,
-            bucket_ms=bucket_ms,
-            uniques=uniques,
-            merged_sql=merged,
-        )
 
     async def delete_events_before(self, project: str | None, before: int) -> int:
         flt = EventFilter(until=before)
