@@ -123,8 +123,8 @@ def pg_parquet(url: str, path: Path, select: str, order: str) -> int:
             await storage.close()
 
     asyncio.run(copy())
-    row = duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()
-    return int(row[0]) if row else 0
+    [(n,)] = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()
+    return int(n)
 
 
 def duckdb_stats(con: duckdb.DuckDBPyConnection, path: Path, since: int, until: int) -> Any:

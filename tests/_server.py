@@ -225,9 +225,14 @@ class ServerProcess:
 
     def count_events(self, project: str | None = None) -> int:
         if self.is_postgres:
-            if project is None:
-                return int(self._pg_rows("SELECT count(*) FROM events")[0][0])
-            rows = self._pg_rows("SELECT count(*) FROM events WHERE project = %s", (project,))
+            # an id is in the dedup tables exactly while its event is stored, hot or
+            # compacted into a segment
+            where, params = ("", ()) if project is None else (" WHERE project = %s", (project,))
+            rows = self._pg_rows(
+                f"SELECT (SELECT count(*) FROM event_ids{where})"
+                f" + (SELECT count(*) FROM event_uuids{where})",
+                params * 2,
+            )
             return int(rows[0][0])
         # the hot log, and the Parquet segments the compactor moved events to
         with contextlib.closing(sqlite3.connect(self.db, isolation_level=None)) as conn:

@@ -209,14 +209,15 @@ class PostgresStorage(Storage):
     async def close(self) -> None:
         if self._state is StorageState.CLOSED:
             return
-        if self._state is StorageState.OPEN:
-            await self._inserter.close()  # answer what is in flight first
-        self._state = StorageState.CLOSED
-        for task in (self._maintenance, self._compacting):
+        # a compaction cut short rolls back: its rows stay hot, nothing is lost
+        for task in (self._compacting, self._maintenance):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._state is StorageState.OPEN:
+            await self._inserter.close()  # answer what is in flight first
+        self._state = StorageState.CLOSED
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), self._connect_timeout)
