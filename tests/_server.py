@@ -23,6 +23,40 @@ import httpx
 
 __all__ = ["ServerProcess"]
 
+
+def pg_events(url: str, columns: str, project: str) -> list[tuple[object, ...]]:
+    """A project's rows of a PostgreSQL server database in seq order, from the hot rows
+    and the segments (their bytes in ``segment_parts``) of one snapshot."""
+    import tempfile
+
+    import duckdb
+    import psycopg
+
+    with psycopg.connect(url) as conn, tempfile.TemporaryDirectory() as tmp:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        hot = conn.execute(
+            f"SELECT seq, {columns} FROM events WHERE project = %s", (project,)
+        ).fetchall()
+        paths = []
+        for (name,) in conn.execute("SELECT file FROM segments").fetchall():
+            parts = conn.execute(
+                "SELECT data FROM segment_parts WHERE file = %s ORDER BY part", (name,)
+            ).fetchall()
+            path = Path(tmp) / name
+            path.write_bytes(b"".join(bytes(p[0]) for p in parts))
+            paths.append(str(path))
+        cold = (
+            duckdb.connect()
+            .execute(
+                f"SELECT seq, {columns} FROM read_parquet(?) WHERE project = ?", [paths, project]
+            )
+            .fetchall()
+            if paths
+            else []
+        )
+    return [r[1:] for r in sorted(hot + cold, key=lambda r: r[0])]
+
+
 _KEY = re.compile(r"created (\w+) key \(project '[^']+'\): (\S+)")
 _URL = re.compile(r"listening on (https?://\S+)")
 
@@ -217,10 +251,7 @@ class ServerProcess:
 
     def event_ids(self, project: str = "default") -> list[str]:
         if self.is_postgres:
-            rows = self._pg_rows(
-                "SELECT event_id FROM events WHERE project = %s ORDER BY seq", (project,)
-            )
-            return [r[0] for r in rows]
+            return [str(r[0]) for r in pg_events(self.db, "event_id", project)]
         return [str(r[0]) for r in sqlite_events(self.db, "event_id", "project = ?", (project,))]
 
     def count_events(self, project: str | None = None) -> int:

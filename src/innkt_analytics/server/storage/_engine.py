@@ -174,14 +174,15 @@ class Compactor:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def recover(self) -> None:
+    def recover(self, *, pending: bool = True) -> None:
         """After a crash: remove files no list names, finish pending deletions."""
         with self.locked():
             self._remove_orphans()
-            self._apply_pending()
+            if pending:
+                self._apply_pending()
 
-    def start(self) -> None:
-        self.recover()
+    def start(self, *, pending: bool = True) -> None:
+        self.recover(pending=pending)
         self._thread = threading.Thread(target=self._loop, name="innkt-compactor", daemon=True)
         self._thread.start()
 
@@ -518,7 +519,11 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     compactor = Compactor(argv[1], EngineSettings(**json.loads(argv[2])))
-    compactor.start()
+    # Pending deletions are the server's: it finishes a crashed server's at open, and
+    # its own deletions as they run. Finishing one here, in a process started (late,
+    # on a loaded machine) while a deletion was under way, took its rows before the
+    # server's rewrite could count them (it answered 0 deleted).
+    compactor.start(pending=False)
     try:
         sys.stdin.buffer.read()
     finally:
