@@ -194,3 +194,26 @@ def test_a_version_3_database_is_migrated_and_its_rows_compacted(pg_database: st
     asyncio.run(main())
     assert sql(pg_database, "SELECT version FROM innkt_schema") == [(4,)]
     assert sql(pg_database, "SELECT sum(rows) FROM segments") == [(2,)]
+
+
+def test_a_persons_ids_are_deleted_in_one_rewrite_of_each_segment(
+    pg_database: str, tmp_path: Path
+) -> None:
+    # Deleting a person rewrites a segment holding several of its ids once, not once
+    # per id (at 10M events one pass over every segment took 21-26 s).
+    async def main() -> None:
+        s = storage(pg_database, tmp_path, PgEngineSettings(interval=None))
+        await s.open()
+        try:
+            await s.insert_events(
+                "p", [row("a", user_id="u1"), row("b", anonymous_id="x1"), row("c")]
+            )
+            await s.compact_now()
+            assert await s.delete_users("p", ["u1", "x1"], 1) == 2
+            rewritten = [n for n in os.listdir(tmp_path) if n.startswith("seg-d")]
+            assert len(rewritten) == 1
+            assert await all_ids(s, "p") == ["c"]
+        finally:
+            await s.close()
+
+    asyncio.run(main())

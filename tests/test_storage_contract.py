@@ -480,6 +480,29 @@ def test_delete_user_removes_their_events_and_suppresses_them(storage_url: str) 
     with_storage(storage_url, body)
 
 
+def test_delete_users_removes_every_id_of_a_person_in_one_call(storage_url: str) -> None:
+    async def body(s: Storage) -> None:
+        await s.insert_events(
+            "p",
+            [
+                row("a1", user_id="u1"),
+                row("a2", user_id=None, anonymous_id="anon"),
+                row("b1", user_id="u2"),
+                row("a3", user_id="u1", anonymous_id="anon"),
+            ],
+        )
+        await s.insert_events("p", [row("a4", user_id=None, anonymous_id="anon")])
+        assert await s.delete_users("p", ["u1", "anon", "u1"], 500) == 4
+        assert await all_ids(s, "p") == ["b1"]
+        assert sorted(x.user_id for x in await s.suppressed_users("p")) == ["anon", "u1"]
+        assert await s.delete_users("p", ["u1", "anon"], 600) == 0
+        assert await s.delete_users("p", [], 700) == 0
+        # their ids are free again, as after any delete
+        assert await s.insert_events("p", [row("a1", user_id="u1")]) == {"a1"}
+
+    with_storage(storage_url, body)
+
+
 def test_audit_log_pages_newest_first_per_project(storage_url: str) -> None:
     async def body(s: Storage) -> None:
         for i in range(5):

@@ -279,6 +279,15 @@ class Storage(abc.ABC):
         Returns the number of events deleted.
         """
 
+    async def delete_users(self, project: str, user_ids: Sequence[str], at: int) -> int:
+        """``delete_user`` for each of ``user_ids`` (a person's), in one pass over the
+        stored events where the backend can (both engines rewrite a segment once for
+        all the ids, not once per id). Returns the number of events deleted."""
+        deleted = 0
+        for user_id in user_ids:
+            deleted += await self.delete_user(project, user_id, at)
+        return deleted
+
     @abc.abstractmethod
     async def suppressed_users(self, project: str | None = None) -> list[Suppression]: ...
 

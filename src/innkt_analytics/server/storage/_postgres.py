@@ -565,30 +565,31 @@ class PostgresStorage(Storage):
     # -- privacy -------------------------------------------------------------------
 
     async def delete_user(self, project: str, user_id: str, at: int) -> int:
-        project, user_id = clean_text(project), clean_text(user_id)  # as stored
+        return await self.delete_users(project, [user_id], at)
+
+    async def delete_users(self, project: str, user_ids: Sequence[str], at: int) -> int:
+        project = clean_text(project)  # as stored
+        ids = sorted({clean_text(u) for u in user_ids})
         engine = self.engine
 
         async def run(conn: Any) -> int:
             async with conn.transaction():
                 await lock_segments(conn)  # no compaction moves their rows meanwhile
                 # the ids go too, as deleting a row frees its unique key in SQLite;
-                # anonymous_id has no index (it would cost every insert): a deletion,
-                # rare, scans the project's rows instead
+                # only the hot rows are in this table, scanned without an index
                 deleted = await conn.fetchval(
                     "WITH gone AS (DELETE FROM events WHERE project = $1"
-                    " AND (user_id = $2 OR anonymous_id = $2)"
+                    " AND (user_id = ANY($2::text[]) OR anonymous_id = ANY($2::text[]))"
                     " RETURNING project, event_id)" + FORGET_IDS,
                     project,
-                    user_id,
+                    ids,
                 )
-                deleted += await engine.delete_matching(conn, project, [user_id])
-                await conn.execute(
+                deleted += await engine.delete_matching(conn, project, ids)
+                await conn.executemany(
                     "INSERT INTO suppressed_users (project, user_id, deleted_at)"
                     " VALUES ($1, $2, $3) ON CONFLICT (project, user_id)"
                     " DO UPDATE SET deleted_at = excluded.deleted_at",
-                    project,
-                    user_id,
-                    at,
+                    [(project, user_id, at) for user_id in ids],
                 )
             return int(deleted)
 

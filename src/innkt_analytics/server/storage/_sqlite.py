@@ -462,22 +462,37 @@ class SQLiteStorage(Storage):
     # -- privacy -------------------------------------------------------------------
 
     async def delete_user(self, project: str, user_id: str, at: int) -> int:
-        cond, params = where(project, EventFilter(any_id=user_id))
-        [(deleted, _), _, _] = await self._sql(
-            (f"DELETE FROM events WHERE {cond}", tuple(params)),
+        return await self.delete_users(project, [user_id], at)
+
+    async def delete_users(self, project: str, user_ids: Sequence[str], at: int) -> int:
+        ids = sorted(set(user_ids))
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        statements: list[Statement] = [
             (
-                "INSERT INTO suppressed_users (project, user_id, deleted_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (project, user_id) DO UPDATE SET deleted_at = excluded.deleted_at",
-                (project, user_id, at),
-            ),
-            # Segments are rewritten next; should this process die first, the next
-            # start finishes the job from this row.
-            (
-                "INSERT OR IGNORE INTO pending_deletes (project, id) VALUES (?, ?)",
-                (project, user_id),
-            ),
-        )
-        deleted += await self._rewrite_segments(project, [user_id], None)
+                f"DELETE FROM events WHERE project = ?"
+                f" AND (user_id IN ({marks}) OR anonymous_id IN ({marks}))",
+                (project, *ids, *ids),
+            )
+        ]
+        for user_id in ids:
+            statements += [
+                (
+                    "INSERT INTO suppressed_users (project, user_id, deleted_at)"
+                    " VALUES (?, ?, ?) ON CONFLICT (project, user_id)"
+                    " DO UPDATE SET deleted_at = excluded.deleted_at",
+                    (project, user_id, at),
+                ),
+                # Segments are rewritten next; should this process die first, the next
+                # start finishes the job from this row.
+                (
+                    "INSERT OR IGNORE INTO pending_deletes (project, id) VALUES (?, ?)",
+                    (project, user_id),
+                ),
+            ]
+        [(deleted, _), *_] = await self._sql(*statements)
+        deleted += await self._rewrite_segments(project, ids, None)
         self._event_count -= deleted
         return deleted
 
