@@ -217,3 +217,30 @@ def test_a_persons_ids_are_deleted_in_one_rewrite_of_each_segment(
             await s.close()
 
     asyncio.run(main())
+
+
+def test_an_idle_instance_fetches_the_segments_another_wrote(
+    pg_database: str, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        writer = storage(pg_database, tmp_path / "w")
+        idle = storage(
+            pg_database, tmp_path / "idle", PgEngineSettings(interval=0.05, compact_age=3600)
+        )
+        await writer.open()
+        await idle.open()
+        try:
+            for i in range(3):
+                await writer.insert_events("p", [row(f"e{i}")])
+                await writer.compact_now()
+            listed = {r[0] for r in sql(pg_database, "SELECT file FROM segments")}
+            for _ in range(200):  # the idle instance's loop, two files a step
+                if listed <= set(os.listdir(tmp_path / "idle")):
+                    break
+                await asyncio.sleep(0.05)
+            assert listed <= set(os.listdir(tmp_path / "idle"))
+        finally:
+            await writer.close()
+            await idle.close()
+
+    asyncio.run(main())

@@ -261,6 +261,20 @@ class PgEngine:
                 with contextlib.suppress(FileNotFoundError):
                     await asyncio.to_thread(os.unlink, tmp)
 
+    async def warm(self, conn: Any, files: int = 2) -> bool:
+        """Fetch up to ``files`` listed segment files this instance has not cached
+        yet (the background loop's idle work): the first query after a start, or
+        after another instance's merge, then finds them here. False when every
+        listed file is cached."""
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            listed = [r[0] for r in await conn.fetch("SELECT file FROM segments")]
+            missing = await asyncio.to_thread(
+                lambda: [n for n in listed if not os.path.exists(self.path(n))]
+            )
+            await self._ensure_cached(conn, missing[:files])
+        self._seen(set(listed))
+        return len(missing) > files
+
     def _seen(self, listed: set[str]) -> None:
         """Note which cached files the latest listing no longer names."""
         now = time.monotonic()

@@ -258,12 +258,15 @@ class PostgresStorage(Storage):
 
     async def _compact_loop(self) -> None:
         """The storage engine's background steps (``_pg_engine``): compactions and
-        merges when this instance gets the segment lock, cache cleanup always."""
+        merges when this instance gets the segment lock; else fetching listed
+        segment files into the cache; cache cleanup always."""
         engine = self.engine
         interval = engine.settings.interval or 0.5
         while True:
             try:
                 busy = await self._run(lambda conn: engine.step(conn))
+                # idle: fetch what other instances wrote, before a query needs it
+                busy = busy or await self._run(lambda conn: engine.warm(conn))
                 engine.last_error = None
             except (StorageError, OSError, ValueError) as exc:
                 # a full disk, say: the hot rows keep the events meanwhile
