@@ -27,7 +27,7 @@ from innkt_analytics.server.insights._engine import MEMORY_LIMIT, _run, connect_
 from innkt_analytics.server.insights._events import InsightEvent
 from innkt_analytics.server.insights._model import Query, parse_query, property_keys
 from innkt_analytics.server.insights._reference import run_reference
-from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage
+from innkt_analytics.server.storage import EventFilter, EventRow, SQLiteStorage, Storage
 from tests.test_insights_engine import (
     T0,
     close,
@@ -82,7 +82,7 @@ def to_row(e: InsightEvent) -> EventRow:
     )
 
 
-async def stored(storage: SQLiteStorage, project: str) -> list[InsightEvent]:
+async def stored(storage: Storage, project: str) -> list[InsightEvent]:
     out: list[InsightEvent] = []
     cursor: int | None = None
     while True:
