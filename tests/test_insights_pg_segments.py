@@ -75,31 +75,20 @@ def check(url: str, kind: str, body: dict[str, Any], log: list[InsightEvent]) ->
     assert close(got, expected), f"\nsegments:  {got}\nreference: {expected}"
 
 
-@SETTINGS
-@given(log=logs, body=trends())
-def test_trends(pg_database: str, log: list[InsightEvent], body: dict[str, Any]) -> None:
-    check(pg_database, "trends", body, log)
+STRATEGIES = {
+    "trends": trends,
+    "funnels": funnels,
+    "retention": retention,
+    "paths": paths,
+    "lifecycle": lifecycle,
+}
 
 
-@SETTINGS
-@given(log=logs, body=funnels())
-def test_funnels(pg_database: str, log: list[InsightEvent], body: dict[str, Any]) -> None:
-    check(pg_database, "funnels", body, log)
+@pytest.mark.parametrize("kind", list(STRATEGIES))
+def test_every_query_type_matches_the_reference(pg_database: str, kind: str) -> None:
+    @SETTINGS
+    @given(log=logs, body=STRATEGIES[kind]())
+    def example(log: list[InsightEvent], body: dict[str, Any]) -> None:
+        check(pg_database, kind, body, log)
 
-
-@SETTINGS
-@given(log=logs, body=retention())
-def test_retention(pg_database: str, log: list[InsightEvent], body: dict[str, Any]) -> None:
-    check(pg_database, "retention", body, log)
-
-
-@SETTINGS
-@given(log=logs, body=paths())
-def test_paths(pg_database: str, log: list[InsightEvent], body: dict[str, Any]) -> None:
-    check(pg_database, "paths", body, log)
-
-
-@SETTINGS
-@given(log=logs, body=lifecycle())
-def test_lifecycle(pg_database: str, log: list[InsightEvent], body: dict[str, Any]) -> None:
-    check(pg_database, "lifecycle", body, log)
+    example()
