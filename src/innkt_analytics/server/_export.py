@@ -194,15 +194,10 @@ async def _scan(
     if isinstance(storage, SQLiteStorage):
         blocking = storage.scan(project, flt, select)
     else:
-        from innkt_analytics.server.storage._columnar import scan_snapshot
-        from innkt_analytics.server.storage._pg_engine import clean_filter
-        from innkt_analytics.server.storage._pg_ingest import clean_text
         from innkt_analytics.server.storage._postgres import PostgresStorage
-        from innkt_analytics.server.storage._segments import HOT_COLUMNS
 
-        assert isinstance(storage, PostgresStorage)
-        snap = await storage.snapshot(project, flt, HOT_COLUMNS)
-        blocking = scan_snapshot(snap, clean_text(project), clean_filter(flt), select)
+        assert isinstance(storage, PostgresStorage)  # _columnar(storage)
+        blocking = await storage.scan(project, flt, select)
     async for batch in _threaded(blocking):
         yield batch
 

@@ -4,10 +4,10 @@ On the SQLite storage engine the DuckDB engine reads the Parquet segments and th
 hot rows of one snapshot directly (``SQLiteStorage.insight_source``,
 ``_engine.connect_segments``): only the columns a query needs, bounded by DuckDB's
 memory limit. PostgreSQL's engine has the same segments (``_pg_engine``: cached on
-each instance) and its hot rows come as one Arrow table (``PostgresStorage.snapshot``:
-a COPY as CSV, the JSON only when the query reads it); there ``MAX_EVENTS`` bounds
-the hot rows one query may load (422 ``query_too_large``), which compaction keeps
-few.
+each instance) and its hot rows come as one Arrow table
+(``PostgresStorage.insight_source``: a COPY as CSV, the JSON only when the query
+reads it); there ``MAX_EVENTS`` bounds the hot rows one query may load (422
+``query_too_large``), which compaction keeps few.
 
 Answers are cached (``_cache``): ``X-Innkt-Cache: hit`` or ``miss`` says which. A
 query gets ``insights_timeout`` seconds for loading and running together; past it
@@ -40,7 +40,7 @@ from innkt_analytics.server.insights._model import (
     reads_json,
 )
 from innkt_analytics.server.insights._persons_map import PersonsMap, graph_version, persons_for
-from innkt_analytics.server.storage import EventFilter, SQLiteStorage, Storage
+from innkt_analytics.server.storage import SQLiteStorage, Storage
 
 if TYPE_CHECKING:
     import duckdb
@@ -131,19 +131,17 @@ async def _load(
         )
         return Segments(paths, hot)
     from innkt_analytics.server.storage._postgres import PostgresStorage  # loaded with it
-    from innkt_analytics.server.storage._segments import HOT_COLUMNS
 
     if not isinstance(storage, PostgresStorage):  # make_storage makes no other
         raise TypeError(f"no insights over {type(storage).__name__}")
     # the same engine's segments and hot rows; the hot rows, copied into memory,
     # are bounded (compaction keeps them few: a backlog could hold millions)
-    columns = HOT_COLUMNS if payload else tuple(c for c in HOT_COLUMNS if c != "payload")
-    snap = await storage.snapshot(
-        project, EventFilter(since=since, until=until), columns, hot_limit=max_events + 1
+    paths, hot = await storage.insight_source(
+        project, since, until, payload=payload, hot_limit=max_events + 1
     )
-    if snap.hot.num_rows > max_events:
+    if hot.num_rows > max_events:
         raise ApiError(422, "query_too_large", f"the range holds more than {max_events} hot events")
-    return Segments([s.path for s in snap.segments], snap.hot)
+    return Segments(paths, hot)
 
 
 def _answer(

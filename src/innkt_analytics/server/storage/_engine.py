@@ -324,19 +324,16 @@ class Compactor:
             .execute("SELECT id, file, rows, tier FROM segments ORDER BY min_seq")
             .fetchall()
         )
-        for start in range(len(rows) - s.fanin + 1):
-            window = rows[start : start + s.fanin]
-            tier = window[0][3]
-            if any(r[3] != tier for r in window):
-                continue
-            if sum(r[2] for r in window) > s.max_segment_rows:
-                continue
-            name = f"seg-m{tier + 1}-{secrets.token_hex(6)}.parquet"
-            meta = _segments.rewrite(self.dir, name, [self._path(r[1]) for r in window], tier + 1)
-            self._swap("segments", [r[0] for r in window], meta, name)
-            self.merges += 1
-            return True
-        return False
+        found = _segments.merge_window([(r[2], r[3]) for r in rows], s.fanin, s.max_segment_rows)
+        if found is None:
+            return False
+        start, tier = found
+        window = rows[start : start + s.fanin]
+        name = f"seg-m{tier + 1}-{secrets.token_hex(6)}.parquet"
+        meta = _segments.rewrite(self.dir, name, [self._path(r[1]) for r in window], tier + 1)
+        self._swap("segments", [r[0] for r in window], meta, name)
+        self.merges += 1
+        return True
 
     def _merge_runs(self) -> bool:
         from innkt_analytics.server.storage import _dedup_runs

@@ -238,28 +238,33 @@ class PgEngine:
 
     async def _ensure_cached(self, conn: Any, names: Sequence[str]) -> None:
         """Fetch the files of ``names`` missing here (in the caller's transaction)."""
-        missing = await asyncio.to_thread(
+        for name in await self._missing(names):
+            await self._fetch(conn, name)
+
+    async def _missing(self, names: Sequence[str]) -> list[str]:
+        """Those of ``names`` not in the cache."""
+        return await asyncio.to_thread(
             lambda: [n for n in names if not os.path.exists(self.path(n))]
         )
-        for name in missing:
-            parts = await conn.fetchval("SELECT count(*) FROM segment_parts WHERE file = $1", name)
-            path = self.path(name)
-            tmp = f"{path}.{secrets.token_hex(4)}.part"
-            f = await asyncio.to_thread(open, tmp, "wb")
-            try:
-                for part in range(parts):
-                    data = await conn.fetchval(
-                        "SELECT data FROM segment_parts WHERE file = $1 AND part = $2",
-                        name,
-                        part,
-                    )
-                    await asyncio.to_thread(f.write, data)
-                await asyncio.to_thread(f.close)
-                await asyncio.to_thread(os.replace, tmp, path)
-            finally:
-                f.close()
-                with contextlib.suppress(FileNotFoundError):
-                    await asyncio.to_thread(os.unlink, tmp)
+
+    async def _fetch(self, conn: Any, name: str) -> None:
+        """One file from ``segment_parts`` into the cache (written aside, then renamed)."""
+        parts = await conn.fetchval("SELECT count(*) FROM segment_parts WHERE file = $1", name)
+        path = self.path(name)
+        tmp = f"{path}.{secrets.token_hex(4)}.part"
+        f = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            for part in range(parts):
+                data = await conn.fetchval(
+                    "SELECT data FROM segment_parts WHERE file = $1 AND part = $2", name, part
+                )
+                await asyncio.to_thread(f.write, data)
+            await asyncio.to_thread(f.close)
+            await asyncio.to_thread(os.replace, tmp, path)
+        finally:
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, tmp)
 
     async def warm(self, conn: Any, files: int = 2) -> bool:
         """Fetch up to ``files`` listed segment files this instance has not cached
@@ -268,10 +273,9 @@ class PgEngine:
         listed file is cached."""
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             listed = [r[0] for r in await conn.fetch("SELECT file FROM segments")]
-            missing = await asyncio.to_thread(
-                lambda: [n for n in listed if not os.path.exists(self.path(n))]
-            )
-            await self._ensure_cached(conn, missing[:files])
+            missing = await self._missing(listed)
+            for name in missing[:files]:
+                await self._fetch(conn, name)
         self._seen(set(listed))
         return len(missing) > files
 
@@ -368,23 +372,21 @@ class PgEngine:
         s = self.settings
         async with conn.transaction():
             rows = await conn.fetch("SELECT file, rows, tier FROM segments ORDER BY min_seq")
-            for start in range(len(rows) - s.fanin + 1):
-                window = rows[start : start + s.fanin]
-                tier = window[0][2]
-                if any(r[2] != tier for r in window):
-                    continue
-                if sum(r[1] for r in window) > s.max_segment_rows:
-                    continue
-                names = [r[0] for r in window]
-                await self._ensure_cached(conn, names)
-                name = f"seg-m{tier + 1}-{secrets.token_hex(6)}.parquet"
-                meta = await asyncio.to_thread(
-                    _segments.rewrite, self.dir, name, [self.path(n) for n in names], tier + 1
-                )
-                await self._replace(conn, names, meta)
-                self.merges += 1
-                return True
-        return False
+            found = _segments.merge_window(
+                [(r[1], r[2]) for r in rows], s.fanin, s.max_segment_rows
+            )
+            if found is None:
+                return False
+            start, tier = found
+            names = [r[0] for r in rows[start : start + s.fanin]]
+            await self._ensure_cached(conn, names)
+            name = f"seg-m{tier + 1}-{secrets.token_hex(6)}.parquet"
+            meta = await asyncio.to_thread(
+                _segments.rewrite, self.dir, name, [self.path(n) for n in names], tier + 1
+            )
+            await self._replace(conn, names, meta)
+        self.merges += 1
+        return True
 
     async def delete_matching(
         self,

@@ -60,10 +60,12 @@ async def load_partitions(conn: Any) -> set[int]:
 async def create_partitions(conn: Any, starts: Iterable[int]) -> set[int]:
     """Create the missing months among ``starts``; returns every attached month."""
     starts = list(starts)
-    missing = [m for m in starts if m not in await load_partitions(conn)]
+    known = await load_partitions(conn)
     moving = False
-    for start in missing:
-        moving = moving or await _stranded(conn, start)
+    for start in starts:
+        if start not in known and await _stranded(conn, start):
+            moving = True
+            break
     async with conn.transaction():
         # rows to move out of the default partition: no compaction may be reading
         # and deleting them meanwhile (a deadlock), so the segment lock first

@@ -20,7 +20,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import asyncpg
@@ -78,6 +78,8 @@ from innkt_analytics.shared._exceptions import ConfigError, StorageError, Storag
 from innkt_analytics.shared._protocol import ClientConfig
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from innkt_analytics.server.storage._columnar import Snapshot
 
 __all__ = ["PostgresStorage"]
@@ -261,7 +263,8 @@ class PostgresStorage(Storage):
         merges when this instance gets the segment lock; else fetching listed
         segment files into the cache; cache cleanup always."""
         engine = self.engine
-        interval = engine.settings.interval or 0.5
+        interval = engine.settings.interval
+        assert interval is not None  # started only with one
         while True:
             try:
                 busy = await self._run(lambda conn: engine.step(conn))
@@ -413,6 +416,35 @@ class PostgresStorage(Storage):
         return await self._run(
             lambda conn: engine.snapshot(conn, project, flt, columns, hot_limit=hot_limit)
         )
+
+    async def insight_source(
+        self,
+        project: str,
+        since: int | None,
+        until: int | None,
+        *,
+        payload: bool = True,
+        hot_limit: int | None = None,
+    ) -> tuple[list[str], pa.Table]:
+        """``SQLiteStorage.insight_source`` on PostgreSQL: the segment files (cached
+        here) that may hold the project's events in ``[since, until)`` and the first
+        ``hot_limit`` matching hot rows, without their JSON unless ``payload``."""
+        from innkt_analytics.server.storage._segments import hot_columns
+
+        flt = EventFilter(since=since, until=until)
+        snap = await self.snapshot(project, flt, hot_columns(payload), hot_limit=hot_limit)
+        return [s.path for s in snap.segments], snap.hot
+
+    async def scan(self, project: str, flt: EventFilter, select: str) -> Iterator[pa.RecordBatch]:
+        """``SELECT {select}`` (DuckDB SQL over ``_segments.HOT_COLUMNS``) on the
+        matching events of one snapshot, as ``SQLiteStorage.scan`` gives them: the
+        snapshot is taken here, the returned iterator is blocking (run it on a
+        thread of its own)."""
+        from innkt_analytics.server.storage._columnar import scan_snapshot
+        from innkt_analytics.server.storage._segments import HOT_COLUMNS
+
+        snap = await self.snapshot(project, flt, HOT_COLUMNS)
+        return scan_snapshot(snap, clean_text(project), clean_filter(flt), select)
 
     async def stats(
         self,

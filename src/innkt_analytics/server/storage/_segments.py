@@ -51,8 +51,10 @@ __all__ = [
     "SegmentMeta",
     "distinct_columns",
     "drop_matching",
+    "hot_columns",
     "hot_rows",
     "json_member",
+    "merge_window",
     "property_json",
     "rewrite",
     "schema",
@@ -93,6 +95,12 @@ HOT_COLUMNS: Final = (
     "future",
     "payload",
 )
+
+
+def hot_columns(payload: bool) -> tuple[str, ...]:
+    """``HOT_COLUMNS``, without the JSON ``payload`` unless asked for (what an insights
+    query reads of the hot rows)."""
+    return HOT_COLUMNS if payload else tuple(c for c in HOT_COLUMNS if c != "payload")
 
 
 def schema() -> pa.Schema:
@@ -448,6 +456,23 @@ def rewrite(
         writer.abort()
         raise
     return writer.finish()
+
+
+def merge_window(
+    segments: Sequence[tuple[int, int]], fanin: int, max_rows: int
+) -> tuple[int, int] | None:
+    """The next merge among ``segments`` ((rows, tier) each, in seq order):
+    ``(start, tier)`` of the first ``fanin`` consecutive segments of one tier whose
+    rows together stay within ``max_rows``; None when there is none."""
+    for start in range(len(segments) - fanin + 1):
+        window = segments[start : start + fanin]
+        tier = window[0][1]
+        if any(t != tier for _, t in window):
+            continue
+        if sum(n for n, _ in window) > max_rows:
+            continue
+        return start, tier
+    return None
 
 
 def drop_matching(

@@ -54,7 +54,7 @@ from innkt_analytics.server.storage._columnar import (
     where,
 )
 from innkt_analytics.server.storage._engine import Compactor, EngineSettings, segment_dir, spawn
-from innkt_analytics.server.storage._segments import HOT_COLUMNS
+from innkt_analytics.server.storage._segments import hot_columns
 from innkt_analytics.server.storage._sqlite_client import WriterClient, storage_error
 from innkt_analytics.server.storage._sqlite_schema import migrate
 from innkt_analytics.shared._exceptions import StorageError, StorageFullError
@@ -246,7 +246,7 @@ class SQLiteStorage(Storage):
         """One snapshot of the project's events in ``[since, until)`` for the insights
         engine: the segment files that may hold some, and the matching hot rows
         (blocking), without their JSON unless ``payload``."""
-        columns = HOT_COLUMNS if payload else tuple(c for c in HOT_COLUMNS if c != "payload")
+        columns = hot_columns(payload)
         conn = _w.connect(self.path)
         try:
             snap = self.columnar.snapshot(
